@@ -1,0 +1,242 @@
+//! The audio-thread boundary: `Copy` event types, the host clock and the ring pair.
+//!
+//! Realtime-safe: [`AudioSide::push`] and [`host_time_ns`] never allocate, lock or block. All
+//! allocation happens in [`ring`], which runs on the main thread during activation.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Default ring capacity in events. At 1 event per block, a 1-sample block size at 192 kHz
+/// fills this in ~21 ms, which is still many worker drain periods (1 ms).
+pub const DEFAULT_RING_CAPACITY: usize = 4096;
+
+/// The process-wide origin of [`host_time_ns`]. Set on the first call, which the plugin makes
+/// from `activate()` (main thread) so the audio thread only ever reads it.
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Monotonic host time in nanoseconds since the process-wide epoch.
+///
+/// Realtime-safe once the epoch exists (an atomic load plus `clock_gettime` through the vDSO).
+/// Call it once from a non-realtime thread first; [`ring`] does that.
+pub fn host_time_ns() -> u64 {
+    let epoch = EPOCH.get_or_init(Instant::now);
+    // u64 nanoseconds cover 584 years of uptime; saturate rather than wrap.
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A time signature as the host reports it (numerator / denominator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TimeSignature {
+    /// Beats per bar.
+    pub numerator: i32,
+    /// Note value of one beat (4 = quarter note).
+    pub denominator: i32,
+}
+
+/// Everything the host told the plugin about its transport for one block, plus where that
+/// block sits on the plugin's own sample clock and the monotonic time it was processed.
+///
+/// Fields the host did not report are `None`; nothing is invented here (derivations such as
+/// beats from seconds belong to the clock engine, which knows which ones it can trust).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TransportSnapshot {
+    /// Running sample counter of this instance since activation: the block's first sample.
+    pub block_start_samples: u64,
+    /// Number of samples in the block.
+    pub block_len: u32,
+    /// Sample rate in Hz.
+    pub sample_rate: f32,
+    /// [`host_time_ns`] taken once at the start of `process()`.
+    pub host_time_ns: u64,
+    /// Transport running.
+    pub playing: bool,
+    /// Recording armed and running.
+    pub recording: bool,
+    /// Pre-roll / count-in active, if the host reports it.
+    pub preroll_active: Option<bool>,
+    /// Tempo in quarter notes per minute.
+    pub tempo_bpm: Option<f64>,
+    /// Time signature.
+    pub time_sig: Option<TimeSignature>,
+    /// Song position of the block's first sample, in samples.
+    pub pos_samples: Option<i64>,
+    /// Song position in seconds.
+    pub pos_seconds: Option<f64>,
+    /// Song position in quarter notes.
+    pub pos_beats: Option<f64>,
+    /// Start of the current bar in quarter notes.
+    pub bar_start_beats: Option<f64>,
+    /// Number of the current bar, 0 for the first bar.
+    pub bar_number: Option<i32>,
+    /// Active loop range in samples (end exclusive).
+    pub loop_range_samples: Option<(i64, i64)>,
+    /// Active loop range in quarter notes (end exclusive).
+    pub loop_range_beats: Option<(f64, f64)>,
+}
+
+/// One item on an instance's audio → worker ring.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BridgeEvent {
+    /// The transport as seen at the start of a block.
+    Transport(TransportSnapshot),
+}
+
+/// Counters shared by both ends of one instance's ring.
+///
+/// Thread-safe: plain relaxed atomics; they are statistics, not synchronisation.
+#[derive(Debug, Default)]
+pub struct RingCounters {
+    /// Events the audio thread pushed successfully.
+    pub pushed: AtomicU64,
+    /// Events dropped because the ring was full (the newest is dropped).
+    pub dropped_full: AtomicU64,
+    /// Events the worker took off the ring.
+    pub drained: AtomicU64,
+}
+
+impl RingCounters {
+    /// Read all three counters (pushed, dropped, drained).
+    pub fn load(&self) -> (u64, u64, u64) {
+        (
+            self.pushed.load(Ordering::Relaxed),
+            self.dropped_full.load(Ordering::Relaxed),
+            self.drained.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The audio thread's end of a ring.
+#[derive(Debug)]
+pub struct AudioSide {
+    producer: rtrb::Producer<BridgeEvent>,
+    counters: Arc<RingCounters>,
+}
+
+/// The worker's end of a ring.
+#[derive(Debug)]
+pub struct WorkerSide {
+    consumer: rtrb::Consumer<BridgeEvent>,
+    counters: Arc<RingCounters>,
+}
+
+/// A [`AudioSide::push`] that did not enqueue: the ring was full, the event is handed back and
+/// has been counted in [`RingCounters::dropped_full`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Full(pub BridgeEvent);
+
+/// Create one ring of `capacity` events and the counters both ends share.
+///
+/// Allocates; call on the main thread (activation). Also pins the [`host_time_ns`] epoch.
+pub fn ring(capacity: usize) -> (AudioSide, WorkerSide) {
+    let _ = host_time_ns();
+    let (producer, consumer) = rtrb::RingBuffer::new(capacity.max(1));
+    let counters = Arc::new(RingCounters::default());
+    (
+        AudioSide {
+            producer,
+            counters: Arc::clone(&counters),
+        },
+        WorkerSide { consumer, counters },
+    )
+}
+
+impl AudioSide {
+    /// Enqueue an event; on a full ring drop it (the newest) and count it.
+    ///
+    /// Realtime-safe: wait-free, no allocation.
+    pub fn push(&mut self, event: BridgeEvent) -> Result<(), Full> {
+        match self.producer.push(event) {
+            Ok(()) => {
+                self.counters.pushed.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(rtrb::PushError::Full(event)) => {
+                self.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+                Err(Full(event))
+            }
+        }
+    }
+
+    /// The counters shared with the worker.
+    pub fn counters(&self) -> &Arc<RingCounters> {
+        &self.counters
+    }
+}
+
+impl WorkerSide {
+    /// Take the oldest event, if any, and count it as drained.
+    pub fn pop(&mut self) -> Option<BridgeEvent> {
+        let event = self.consumer.pop().ok()?;
+        self.counters.drained.fetch_add(1, Ordering::Relaxed);
+        Some(event)
+    }
+
+    /// The counters shared with the audio side.
+    pub fn counters(&self) -> &Arc<RingCounters> {
+        &self.counters
+    }
+
+    /// True when the audio side has been dropped (the instance deactivated).
+    pub fn is_abandoned(&self) -> bool {
+        self.consumer.is_abandoned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(n: u64) -> BridgeEvent {
+        BridgeEvent::Transport(TransportSnapshot {
+            block_start_samples: n,
+            block_len: 64,
+            sample_rate: 48_000.0,
+            host_time_ns: n,
+            playing: true,
+            recording: false,
+            preroll_active: None,
+            tempo_bpm: Some(120.0),
+            time_sig: None,
+            pos_samples: None,
+            pos_seconds: None,
+            pos_beats: None,
+            bar_start_beats: None,
+            bar_number: None,
+            loop_range_samples: None,
+            loop_range_beats: None,
+        })
+    }
+
+    #[test]
+    fn full_ring_drops_newest_and_counts_it() {
+        let (mut audio, mut worker) = ring(2);
+        assert!(audio.push(snapshot(1)).is_ok());
+        assert!(audio.push(snapshot(2)).is_ok());
+        assert_eq!(audio.push(snapshot(3)), Err(Full(snapshot(3))));
+        assert_eq!(audio.counters().load(), (2, 1, 0));
+        // The two oldest survive, in order; the newest was the one dropped.
+        assert_eq!(worker.pop(), Some(snapshot(1)));
+        assert_eq!(worker.pop(), Some(snapshot(2)));
+        assert_eq!(worker.pop(), None);
+        assert_eq!(worker.counters().load(), (2, 1, 2));
+    }
+
+    #[test]
+    fn worker_sees_abandoned_ring() {
+        let (audio, worker) = ring(4);
+        assert!(!worker.is_abandoned());
+        drop(audio);
+        assert!(worker.is_abandoned());
+    }
+
+    #[test]
+    fn host_time_is_monotonic() {
+        let a = host_time_ns();
+        let b = host_time_ns();
+        assert!(b >= a);
+    }
+}

@@ -1,0 +1,21 @@
+//! Lockstep's network side: everything that runs off the audio thread.
+//!
+//! # Layout
+//! - [`bridge`]: every `Copy` type that crosses the audio-thread boundary (the per-block
+//!   [`bridge::TransportSnapshot`], [`bridge::BridgeEvent`]), the host monotonic clock, and the
+//!   ring-buffer pair constructor whose audio end never allocates, locks or blocks.
+//! - [`worker`]: the one network worker per process. A named thread, started by the first plugin
+//!   instance that activates and joined when the last one goes; it drains every instance's ring.
+//! - [`settings`]: the persistent (saved-with-the-project) network settings.
+//! - [`status`]: the serialisable status snapshot that the headless runner, the tests and (later)
+//!   the editor read.
+//!
+//! This crate never depends on nice-plug: the plugin converts the host's transport into bridge
+//! types, and everything here can be tested without a plugin host.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bridge;
+pub mod settings;
+pub mod status;
+pub mod worker;

@@ -1,0 +1,40 @@
+//! What the worker reports about itself and every attached instance.
+//!
+//! Serialised as JSON by the plugin's status export, printed by the headless runner, asserted on
+//! by the end-to-end tests and (later) drawn by the editor. Field names are part of the
+//! `--status-json` contract: add fields, never rename them.
+
+use serde::Serialize;
+
+use crate::bridge::TransportSnapshot;
+
+/// The whole worker, one snapshot in time.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    /// The worker thread exists and has not been asked to stop.
+    pub running: bool,
+    /// The worker thread's name, as `ps -L`/`top -H` shows it.
+    pub thread_name: &'static str,
+    /// How many times a worker thread was started in this process (one per first activation
+    /// after the last instance went away).
+    pub worker_starts: u64,
+    /// Milliseconds since the current worker started, 0 when not running.
+    pub uptime_ms: u64,
+    /// One entry per activated instance, in attach order.
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One activated plugin instance, as the worker sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceStatus {
+    /// Process-unique instance number, in activation order starting at 1.
+    pub id: u64,
+    /// Events the audio thread pushed onto this instance's ring.
+    pub events_pushed: u64,
+    /// Events the audio thread dropped because the ring was full (newest dropped).
+    pub events_dropped_full: u64,
+    /// Events the worker took off the ring.
+    pub events_drained: u64,
+    /// The most recent transport snapshot the worker received.
+    pub last_transport: Option<TransportSnapshot>,
+}

@@ -1,0 +1,308 @@
+//! The one network worker per process.
+//!
+//! Every plugin instance calls [`attach`] when it activates. The first attach starts the worker
+//! thread ([`THREAD_NAME`]); dropping the last [`Lease`] stops and joins it. The worker drains
+//! every instance's ring every [`DRAIN_PERIOD`] and publishes what it saw for [`status`].
+//!
+//! Thread-safe: [`attach`], [`Lease`]'s `Drop` and [`status`] may be called from any non-realtime
+//! thread. None of them is ever called from the audio thread.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use thiserror::Error;
+
+use crate::bridge::{self, AudioSide, BridgeEvent, RingCounters, TransportSnapshot, WorkerSide};
+use crate::status::{InstanceStatus, WorkerStatus};
+
+/// Name of the worker thread.
+pub const THREAD_NAME: &str = "lockstep-net";
+
+/// How often the worker drains the rings when nothing else wakes it.
+pub const DRAIN_PERIOD: Duration = Duration::from_millis(1);
+
+/// Why [`attach`] failed.
+#[derive(Debug, Error)]
+pub enum AttachError {
+    /// The OS refused to create the worker thread.
+    #[error("could not start the network worker thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The worker thread exists but no longer takes commands (it panicked).
+    #[error("the network worker thread has stopped unexpectedly")]
+    WorkerGone,
+}
+
+/// An instance's registration with the worker. Dropping it detaches the instance and, if it was
+/// the last one, stops and joins the worker thread.
+#[derive(Debug)]
+pub struct Lease {
+    id: u64,
+}
+
+impl Lease {
+    /// The process-unique instance number (also [`InstanceStatus::id`]).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Commands from instances (main thread) to the worker.
+enum Command {
+    Attach { id: u64, ring: WorkerSide },
+    Detach { id: u64 },
+    Shutdown,
+}
+
+/// A running worker thread and the way to reach it.
+struct Running {
+    commands: Sender<Command>,
+    thread: JoinHandle<()>,
+    started: Instant,
+}
+
+/// Process-wide bookkeeping, behind [`REGISTRY`].
+struct Registry {
+    running: Option<Running>,
+    leases: usize,
+    next_id: u64,
+    worker_starts: u64,
+}
+
+/// What the worker publishes about one instance.
+struct Published {
+    counters: Arc<RingCounters>,
+    last_transport: Option<TransportSnapshot>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    running: None,
+    leases: 0,
+    next_id: 1,
+    worker_starts: 0,
+});
+
+static BOARD: Mutex<BTreeMap<u64, Published>> = Mutex::new(BTreeMap::new());
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep going.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Register a new instance: create its ring of `ring_capacity` events, start the worker if this
+/// is the first lease, and hand the worker its end of the ring.
+pub fn attach(ring_capacity: usize) -> Result<(AudioSide, Lease), AttachError> {
+    let mut registry = lock(&REGISTRY);
+    if registry.running.is_none() {
+        registry.running = Some(spawn()?);
+        registry.worker_starts += 1;
+    }
+    let id = registry.next_id;
+    registry.next_id += 1;
+    let (audio, ring) = bridge::ring(ring_capacity);
+    lock(&BOARD).insert(
+        id,
+        Published {
+            counters: Arc::clone(ring.counters()),
+            last_transport: None,
+        },
+    );
+    let running = registry.running.as_ref().ok_or(AttachError::WorkerGone)?;
+    if running.commands.send(Command::Attach { id, ring }).is_err() {
+        lock(&BOARD).remove(&id);
+        return Err(AttachError::WorkerGone);
+    }
+    registry.leases += 1;
+    Ok((audio, Lease { id }))
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut registry = lock(&REGISTRY);
+        registry.leases = registry.leases.saturating_sub(1);
+        lock(&BOARD).remove(&self.id);
+        let last = registry.leases == 0;
+        if let Some(running) = registry.running.as_ref() {
+            let _ = running.commands.send(Command::Detach { id: self.id });
+        }
+        if last && let Some(running) = registry.running.take() {
+            let _ = running.commands.send(Command::Shutdown);
+            // The worker never takes REGISTRY, so joining while holding it cannot deadlock, and
+            // it keeps a concurrent attach from racing a half-stopped worker.
+            let _ = running.thread.join();
+        }
+    }
+}
+
+fn spawn() -> Result<Running, AttachError> {
+    let (commands, inbox) = crossbeam_channel::unbounded();
+    let (ready_tx, ready) = crossbeam_channel::bounded(1);
+    let thread = std::thread::Builder::new()
+        .name(THREAD_NAME.into())
+        .spawn(move || {
+            // The thread is named and running: let attach() return.
+            let _ = ready_tx.send(());
+            run(inbox);
+        })
+        .map_err(AttachError::Spawn)?;
+    ready.recv().map_err(|_| AttachError::WorkerGone)?;
+    Ok(Running {
+        commands,
+        thread,
+        started: Instant::now(),
+    })
+}
+
+/// The worker's loop: wait for a command or the drain period, then drain every ring.
+fn run(inbox: Receiver<Command>) {
+    let mut rings: BTreeMap<u64, WorkerSide> = BTreeMap::new();
+    loop {
+        match inbox.recv_timeout(DRAIN_PERIOD) {
+            Ok(Command::Attach { id, ring }) => {
+                rings.insert(id, ring);
+            }
+            Ok(Command::Detach { id }) => {
+                rings.remove(&id);
+            }
+            Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        drain(&mut rings);
+    }
+}
+
+fn drain(rings: &mut BTreeMap<u64, WorkerSide>) {
+    for (id, ring) in rings.iter_mut() {
+        let mut latest = None;
+        while let Some(event) = ring.pop() {
+            match event {
+                BridgeEvent::Transport(snapshot) => latest = Some(snapshot),
+            }
+        }
+        if latest.is_some()
+            && let Some(published) = lock(&BOARD).get_mut(id)
+        {
+            published.last_transport = latest;
+        }
+    }
+}
+
+/// A snapshot of the worker and every attached instance.
+pub fn status() -> WorkerStatus {
+    let registry = lock(&REGISTRY);
+    let board = lock(&BOARD);
+    let instances = board
+        .iter()
+        .map(|(id, published)| {
+            let (pushed, dropped, drained) = published.counters.load();
+            InstanceStatus {
+                id: *id,
+                events_pushed: pushed,
+                events_dropped_full: dropped,
+                events_drained: drained,
+                last_transport: published.last_transport,
+            }
+        })
+        .collect();
+    WorkerStatus {
+        running: registry.running.is_some(),
+        thread_name: THREAD_NAME,
+        worker_starts: registry.worker_starts,
+        uptime_ms: registry
+            .running
+            .as_ref()
+            .map_or(0, |r| u64::try_from(r.started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        instances,
+    }
+}
+
+/// Number of live threads in this process named [`THREAD_NAME`] (Linux; 0 elsewhere).
+/// Used by tests and the status output to prove the worker is joined, not leaked.
+pub fn live_worker_threads() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == THREAD_NAME)
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worker is process-global, so every scenario runs in this one test, in order.
+    #[test]
+    fn worker_lifecycle_is_shared_and_joined() {
+        assert!(!status().running);
+        assert_eq!(live_worker_threads(), 0);
+
+        let (mut audio_a, lease_a) = attach(8).expect("first attach");
+        let (_audio_b, lease_b) = attach(8).expect("second attach");
+        assert_eq!(live_worker_threads(), 1, "one worker shared by both instances");
+        assert_ne!(lease_a.id(), lease_b.id());
+
+        let snapshot = TransportSnapshot {
+            block_start_samples: 128,
+            block_len: 64,
+            sample_rate: 48_000.0,
+            host_time_ns: bridge::host_time_ns(),
+            playing: true,
+            recording: false,
+            preroll_active: None,
+            tempo_bpm: Some(133.0),
+            time_sig: None,
+            pos_samples: Some(128),
+            pos_seconds: None,
+            pos_beats: None,
+            bar_start_beats: None,
+            bar_number: None,
+            loop_range_samples: None,
+            loop_range_beats: None,
+        };
+        audio_a.push(BridgeEvent::Transport(snapshot)).expect("ring has room");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let seen = loop {
+            let st = status();
+            let a = st.instances.iter().find(|i| i.id == lease_a.id()).cloned();
+            if let Some(a) = a
+                && a.events_drained == 1
+            {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "worker never drained the ring");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(seen.last_transport, Some(snapshot));
+        assert_eq!(seen.events_pushed, 1);
+        assert_eq!(seen.events_dropped_full, 0);
+
+        drop(lease_a);
+        assert!(status().running, "one lease left keeps the worker");
+        assert_eq!(status().instances.len(), 1);
+        drop(lease_b);
+        assert!(!status().running);
+        wait_for_no_worker_thread();
+
+        // A new first activation starts a fresh worker.
+        let starts = status().worker_starts;
+        let (_audio_c, lease_c) = attach(8).expect("re-attach");
+        assert_eq!(status().worker_starts, starts + 1);
+        assert_eq!(live_worker_threads(), 1);
+        drop(lease_c);
+        wait_for_no_worker_thread();
+    }
+
+    /// After `join()` returns, the kernel may need a moment to remove the task from /proc.
+    fn wait_for_no_worker_thread() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while live_worker_threads() != 0 {
+            assert!(Instant::now() < deadline, "worker thread leaked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Lockstep: in-DAW network sync and control, as a CLAP and VST3 plugin.
+//!
+//! # Layout
+//! - this file: the nice-plug `Plugin` implementation and the CLAP/VST3 exports, kept thin.
+//! - [`params`]: the frozen parameter set and persistent settings.
+//! - [`audio`]: host transport → [`lockstep_net::bridge::TransportSnapshot`], on the audio thread.
+//! - [`status_export`]: the `lockstep_status_json` C symbol the headless runner and tests read.
+//! - `lockstep_net` (crate `net-worker/`): the bridge ring, the one network worker, protocols.
+//!
+//! Audio passes through untouched (nice-plug copies input to output before `process()` when the
+//! host does not process in place), with zero latency.
+
+pub mod audio;
+pub mod params;
+pub mod status_export;
+
+use std::sync::Arc;
+
+use lockstep_net::bridge::{AudioSide, BridgeEvent, DEFAULT_RING_CAPACITY, host_time_ns};
+use lockstep_net::worker::{self, Lease};
+use nice_plug::prelude::*;
+
+use crate::params::LockstepParams;
+
+/// Stable CLAP plugin id. Frozen: hosts store projects by it.
+pub const CLAP_ID: &str = "dev.lockstep.lockstep";
+/// Stable VST3 class id. Frozen: hosts store projects by it.
+pub const VST3_CLASS_ID: [u8; 16] = *b"LockstepNetSync1";
+
+/// One plugin instance.
+pub struct Lockstep {
+    /// Parameters and persistent settings, shared with the wrapper (and later the editor).
+    params: Arc<LockstepParams>,
+    /// The ring to the worker and this instance's registration; `None` while deactivated or if
+    /// the worker thread could not be started (then the status says so).
+    spine: Option<Spine>,
+    /// This instance's running sample clock: the next block's first sample since activation.
+    sample_clock: u64,
+}
+
+/// What an active instance holds of the network side.
+struct Spine {
+    /// Audio end of this instance's ring.
+    ring: AudioSide,
+    /// Keeps the shared worker alive while this instance is active.
+    _lease: Lease,
+}
+
+impl Default for Lockstep {
+    fn default() -> Self {
+        Self {
+            params: Arc::new(LockstepParams::default()),
+            spine: None,
+            sample_clock: 0,
+        }
+    }
+}
+
+impl Plugin for Lockstep {
+    const NAME: &'static str = "Lockstep";
+    const VENDOR: &'static str = "Lockstep";
+    const URL: &'static str = env!("CARGO_PKG_REPOSITORY");
+    const EMAIL: &'static str = "";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    const AUDIO_IO_LAYOUTS: &'static [AudioIOLayout] = &[
+        AudioIOLayout {
+            main_input_channels: NonZeroU32::new(2),
+            main_output_channels: NonZeroU32::new(2),
+            ..AudioIOLayout::const_default()
+        },
+        AudioIOLayout {
+            main_input_channels: NonZeroU32::new(1),
+            main_output_channels: NonZeroU32::new(1),
+            ..AudioIOLayout::const_default()
+        },
+    ];
+
+    type Editor = ();
+    type SysExMessage = ();
+    type BackgroundTask = ();
+
+    fn params(&self) -> Arc<dyn Params> {
+        self.params.clone()
+    }
+
+    fn activate(
+        &mut self,
+        _audio_io_layout: &AudioIOLayout,
+        _buffer_config: &BufferConfig,
+        _context: &mut impl ActivateContext<Self>,
+    ) -> bool {
+        // activate() may run several times without deactivate(): keep an existing spine.
+        if self.spine.is_none() {
+            match worker::attach(DEFAULT_RING_CAPACITY) {
+                Ok((ring, lease)) => self.spine = Some(Spine { ring, _lease: lease }),
+                // Audio must pass through whatever the network side does; the status export
+                // shows no instance and `worker_starts`/`running` explain why.
+                Err(err) => nice_error!("lockstep: {err}"),
+            }
+        }
+        true
+    }
+
+    fn reset(&mut self) {
+        self.sample_clock = 0;
+    }
+
+    fn process(
+        &mut self,
+        buffer: &mut Buffer,
+        _aux: &mut AuxiliaryBuffers,
+        context: &mut impl ProcessContext<Self>,
+    ) -> ProcessStatus {
+        let now_ns = host_time_ns();
+        let block_len = u32::try_from(buffer.samples()).unwrap_or(u32::MAX);
+        let snapshot = audio::snapshot(context.transport(), self.sample_clock, block_len, now_ns);
+        self.sample_clock += u64::from(block_len);
+        if let Some(spine) = &mut self.spine {
+            // A full ring drops this snapshot and counts it; the status shows the count.
+            let _ = spine.ring.push(BridgeEvent::Transport(snapshot));
+        }
+        // Clock and sync must keep running through silence: never let the host sleep us.
+        ProcessStatus::KeepAlive
+    }
+
+    fn deactivate(&mut self) {
+        // Drops the lease on the main thread; the last one joins the worker.
+        self.spine = None;
+    }
+}
+
+impl ClapPlugin for Lockstep {
+    const CLAP_ID: &'static str = CLAP_ID;
+    const CLAP_DESCRIPTION: Option<&'static str> =
+        Some("Network sync and control: MIDI clock over RTP-MIDI, Ableton Link, OSC");
+    const CLAP_MANUAL_URL: Option<&'static str> = None;
+    const CLAP_SUPPORT_URL: Option<&'static str> = None;
+    const CLAP_FEATURES: &'static [ClapFeature] = &[
+        ClapFeature::AudioEffect,
+        ClapFeature::Utility,
+        ClapFeature::Stereo,
+        ClapFeature::Mono,
+    ];
+}
+
+impl Vst3Plugin for Lockstep {
+    const VST3_CLASS_ID: [u8; 16] = VST3_CLASS_ID;
+    const VST3_SUBCATEGORIES: &'static [Vst3SubCategory] =
+        &[Vst3SubCategory::Fx, Vst3SubCategory::Tools];
+}
+
+nice_export_clap!(Lockstep);
+nice_export_vst3!(Lockstep);
