@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Default ring capacity in events. At 1 event per block, a 1-sample block size at 192 kHz
 /// fills this in ~21 ms, which is still many worker drain periods (1 ms).
@@ -29,7 +29,7 @@ pub fn host_time_ns() -> u64 {
 }
 
 /// A time signature as the host reports it (numerator / denominator).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeSignature {
     /// Beats per bar.
     pub numerator: i32,
@@ -40,9 +40,9 @@ pub struct TimeSignature {
 /// Everything the host told the plugin about its transport for one block, plus where that
 /// block sits on the plugin's own sample clock and the monotonic time it was processed.
 ///
-/// Fields the host did not report are `None`; nothing is invented here (derivations such as
-/// beats from seconds belong to the clock engine, which knows which ones it can trust).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// Fields the host did not report, and that cannot be computed exactly from fields it did
+/// report, are `None`; nothing is integrated or predicted here (that is the clock engine's job).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TransportSnapshot {
     /// Running sample counter of this instance since activation: the block's first sample.
     pub block_start_samples: u64,
@@ -148,6 +148,10 @@ impl AudioSide {
     /// Enqueue an event; on a full ring drop it (the newest) and count it.
     ///
     /// Realtime-safe: wait-free, no allocation.
+    #[allow(
+        clippy::result_large_err,
+        reason = "handing the event back by value is the point; boxing it would allocate on the audio thread"
+    )]
     pub fn push(&mut self, event: BridgeEvent) -> Result<(), Full> {
         match self.producer.push(event) {
             Ok(()) => {

@@ -4,17 +4,17 @@
 //! by the end-to-end tests and (later) drawn by the editor. Field names are part of the
 //! `--status-json` contract: add fields, never rename them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bridge::TransportSnapshot;
 
 /// The whole worker, one snapshot in time.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStatus {
     /// The worker thread exists and has not been asked to stop.
     pub running: bool,
     /// The worker thread's name, as `ps -L`/`top -H` shows it.
-    pub thread_name: &'static str,
+    pub thread_name: String,
     /// How many times a worker thread was started in this process (one per first activation
     /// after the last instance went away).
     pub worker_starts: u64,
@@ -25,7 +25,7 @@ pub struct WorkerStatus {
 }
 
 /// One activated plugin instance, as the worker sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceStatus {
     /// Process-unique instance number, in activation order starting at 1.
     pub id: u64,
@@ -37,4 +37,15 @@ pub struct InstanceStatus {
     pub events_drained: u64,
     /// The most recent transport snapshot the worker received.
     pub last_transport: Option<TransportSnapshot>,
+}
+
+/// What the plugin's `lockstep_status_json` symbol returns: the worker's view plus a live count
+/// of threads named like the worker, so a leaked or missing thread shows up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportedStatus {
+    /// The worker's own view.
+    #[serde(flatten)]
+    pub worker: WorkerStatus,
+    /// Threads named [`crate::worker::THREAD_NAME`] that exist right now (0 or 1 when healthy).
+    pub live_worker_threads: usize,
 }

@@ -208,12 +208,11 @@ pub fn status() -> WorkerStatus {
         .collect();
     WorkerStatus {
         running: registry.running.is_some(),
-        thread_name: THREAD_NAME,
+        thread_name: THREAD_NAME.to_owned(),
         worker_starts: registry.worker_starts,
-        uptime_ms: registry
-            .running
-            .as_ref()
-            .map_or(0, |r| u64::try_from(r.started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        uptime_ms: registry.running.as_ref().map_or(0, |r| {
+            u64::try_from(r.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        }),
         instances,
     }
 }
@@ -243,7 +242,11 @@ mod tests {
 
         let (mut audio_a, lease_a) = attach(8).expect("first attach");
         let (_audio_b, lease_b) = attach(8).expect("second attach");
-        assert_eq!(live_worker_threads(), 1, "one worker shared by both instances");
+        assert_eq!(
+            live_worker_threads(),
+            1,
+            "one worker shared by both instances"
+        );
         assert_ne!(lease_a.id(), lease_b.id());
 
         let snapshot = TransportSnapshot {
@@ -264,7 +267,9 @@ mod tests {
             loop_range_samples: None,
             loop_range_beats: None,
         };
-        audio_a.push(BridgeEvent::Transport(snapshot)).expect("ring has room");
+        audio_a
+            .push(BridgeEvent::Transport(snapshot))
+            .expect("ring has room");
         let deadline = Instant::now() + Duration::from_secs(5);
         let seen = loop {
             let st = status();

@@ -93,7 +93,12 @@ impl Plugin for Lockstep {
         // activate() may run several times without deactivate(): keep an existing spine.
         if self.spine.is_none() {
             match worker::attach(DEFAULT_RING_CAPACITY) {
-                Ok((ring, lease)) => self.spine = Some(Spine { ring, _lease: lease }),
+                Ok((ring, lease)) => {
+                    self.spine = Some(Spine {
+                        ring,
+                        _lease: lease,
+                    })
+                }
                 // Audio must pass through whatever the network side does; the status export
                 // shows no instance and `worker_starts`/`running` explain why.
                 Err(err) => nice_error!("lockstep: {err}"),

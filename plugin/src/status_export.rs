@@ -2,28 +2,15 @@
 //!
 //! DAWs never call it. Lockstep's own headless runner and the end-to-end tests load the built
 //! `.clap` with `dlopen` anyway (through clack-host), so they look this symbol up in the same
-//! library and read exactly the state of the worker that runs the loaded instances — no socket,
-//! no extra protocol. The JSON is [`lockstep_net::status::WorkerStatus`] plus a live count of
-//! worker threads, so a leaked thread shows up.
+//! library and read exactly the state of the worker that runs the loaded instances: no socket,
+//! no extra protocol. The JSON is [`lockstep_net::status::ExportedStatus`].
 
-use serde::Serialize;
-
-use lockstep_net::status::WorkerStatus;
+use lockstep_net::status::ExportedStatus;
 use lockstep_net::worker;
-
-/// What the symbol returns.
-#[derive(Serialize)]
-struct Exported {
-    /// The worker's own view.
-    #[serde(flatten)]
-    worker: WorkerStatus,
-    /// Threads named like the worker that exist right now (0 or 1 when healthy).
-    live_worker_threads: usize,
-}
 
 /// The current status as a JSON string.
 pub fn status_json() -> String {
-    let exported = Exported {
+    let exported = ExportedStatus {
         worker: worker::status(),
         live_worker_threads: worker::live_worker_threads(),
     };

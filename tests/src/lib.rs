@@ -1,1 +1,23 @@
+//! Lockstep's headless CLAP host: the code behind `cargo xtask run` and the end-to-end tests.
+//!
+//! It loads the *built* `Lockstep.clap` the way a DAW does (dlopen, CLAP entry, factory,
+//! instance, activate, process), so what the tests exercise is exactly what users run.
+//!
+//! # Layout
+//! - [`host`]: the clack-host handlers, loading, instantiating, parameters and state.
+//! - [`transport`]: the internal host transport (tempo, time signature, play/stop, locate,
+//!   loop, pre-roll) turned into a CLAP transport event per block.
+//! - [`processor`]: an activated instance and its preallocated audio and event buffers.
+//! - [`runner`]: real-time paced processing on an audio thread with live status, for the
+//!   headless runner binary (`src/bin/lockstep-headless.rs`).
+//! - [`status`]: reading the plugin's `lockstep_status_json` symbol.
+//! - [`bundle`]: where the built bundles live.
+//! - [`cli`]: the runner's command line.
 
+pub mod bundle;
+pub mod cli;
+pub mod host;
+pub mod processor;
+pub mod runner;
+pub mod status;
+pub mod transport;

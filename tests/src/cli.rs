@@ -1,0 +1,217 @@
+//! Command-line parsing for the headless runner. Scripts rely on these flags; keep them stable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::bundle::Build;
+use crate::runner::RunConfig;
+
+/// Usage text.
+pub const USAGE: &str = "\
+lockstep-headless: run the built Lockstep.clap with no DAW and no display
+
+usage: cargo xtask run -- [options]
+
+  --tempo BPM          tempo, 20..999 (default 120)
+  --timesig N/D        time signature, N 1..32, D one of 1 2 4 8 16 32 (default 4/4)
+  --stopped            start with the transport stopped (default: playing from bar 1)
+  --sample-rate HZ     8000..384000 (default 48000)
+  --block SAMPLES      block size, 1..8192 (default 256)
+  --for SECONDS        exit after this long (default: run until Ctrl+C)
+  --status-json        print one JSON status object per second instead of a status line
+  --plugin PATH        the .clap file to load (default target/bundled/Lockstep.clap)
+  -h, --help           this text
+";
+
+/// A command line the runner cannot use.
+#[derive(Debug, Error, PartialEq)]
+pub enum CliError {
+    /// `--help` was asked for.
+    #[error("{USAGE}")]
+    Help,
+    /// An option that does not exist.
+    #[error("unknown option `{0}` (see --help)")]
+    Unknown(String),
+    /// An option without its value.
+    #[error("`{0}` needs a value (see --help)")]
+    MissingValue(&'static str),
+    /// A value that does not parse or is out of range.
+    #[error("`{flag} {value}`: {why}")]
+    Invalid {
+        /// The option.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+        /// What is allowed.
+        why: &'static str,
+    },
+}
+
+fn number<T: std::str::FromStr + PartialOrd>(
+    flag: &'static str,
+    value: &str,
+    min: T,
+    max: T,
+    why: &'static str,
+) -> Result<T, CliError> {
+    match value.parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(CliError::Invalid {
+            flag,
+            value: value.to_owned(),
+            why,
+        }),
+    }
+}
+
+fn time_sig(value: &str) -> Result<(u16, u16), CliError> {
+    let invalid = || CliError::Invalid {
+        flag: "--timesig",
+        value: value.to_owned(),
+        why: "expected N/D with N in 1..32 and D in 1, 2, 4, 8, 16, 32",
+    };
+    let (n, d) = value.split_once('/').ok_or_else(invalid)?;
+    let n: u16 = n.trim().parse().map_err(|_| invalid())?;
+    let d: u16 = d.trim().parse().map_err(|_| invalid())?;
+    if !(1..=32).contains(&n) || !d.is_power_of_two() || d > 32 {
+        return Err(invalid());
+    }
+    Ok((n, d))
+}
+
+/// Parse the runner's arguments (without the program name).
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliError> {
+    let mut config = RunConfig {
+        plugin: Build::Release.clap_path(),
+        tempo_bpm: 120.0,
+        time_sig: (4, 4),
+        playing: true,
+        sample_rate: 48_000.0,
+        block: 256,
+        duration: None,
+        status_json: false,
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &'static str| args.next().ok_or(CliError::MissingValue(flag));
+        match arg.as_str() {
+            "-h" | "--help" => return Err(CliError::Help),
+            "--tempo" => {
+                config.tempo_bpm = number(
+                    "--tempo",
+                    &value("--tempo")?,
+                    20.0,
+                    999.0,
+                    "tempo is 20..999 BPM",
+                )?;
+            }
+            "--timesig" => config.time_sig = time_sig(&value("--timesig")?)?,
+            "--stopped" => config.playing = false,
+            "--sample-rate" => {
+                config.sample_rate = number(
+                    "--sample-rate",
+                    &value("--sample-rate")?,
+                    8_000.0,
+                    384_000.0,
+                    "sample rate is 8000..384000 Hz",
+                )?;
+            }
+            "--block" => {
+                config.block = number(
+                    "--block",
+                    &value("--block")?,
+                    1,
+                    8192,
+                    "block size is 1..8192 samples",
+                )?;
+            }
+            "--for" => {
+                let seconds: f64 = number(
+                    "--for",
+                    &value("--for")?,
+                    0.001,
+                    31_536_000.0,
+                    "duration is a positive number of seconds",
+                )?;
+                config.duration = Some(Duration::from_secs_f64(seconds));
+            }
+            "--status-json" => config.status_json = true,
+            "--plugin" => config.plugin = PathBuf::from(value("--plugin")?),
+            other => return Err(CliError::Unknown(other.to_owned())),
+        }
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn parses_every_flag() {
+        let c = parse(args(&[
+            "--tempo",
+            "174.5",
+            "--timesig",
+            "7/8",
+            "--stopped",
+            "--sample-rate",
+            "96000",
+            "--block",
+            "64",
+            "--for",
+            "2.5",
+            "--status-json",
+            "--plugin",
+            "/x/L.clap",
+        ]))
+        .expect("valid");
+        assert_eq!(c.tempo_bpm, 174.5);
+        assert_eq!(c.time_sig, (7, 8));
+        assert!(!c.playing);
+        assert_eq!(c.sample_rate, 96_000.0);
+        assert_eq!(c.block, 64);
+        assert_eq!(c.duration, Some(Duration::from_millis(2500)));
+        assert!(c.status_json);
+        assert_eq!(c.plugin, PathBuf::from("/x/L.clap"));
+    }
+
+    #[test]
+    fn rejects_bad_values_clearly() {
+        assert!(matches!(
+            parse(args(&["--tempo", "1000"])),
+            Err(CliError::Invalid {
+                flag: "--tempo",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(args(&["--timesig", "4/3"])),
+            Err(CliError::Invalid {
+                flag: "--timesig",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(args(&["--block", "0"])),
+            Err(CliError::Invalid {
+                flag: "--block",
+                ..
+            })
+        ));
+        assert_eq!(
+            parse(args(&["--block"])),
+            Err(CliError::MissingValue("--block"))
+        );
+        assert_eq!(
+            parse(args(&["--tempo=120"])),
+            Err(CliError::Unknown("--tempo=120".into()))
+        );
+    }
+}

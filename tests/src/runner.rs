@@ -1,0 +1,275 @@
+//! Real-time paced processing with live status: the engine of `cargo xtask run`.
+//!
+//! The plugin instance is created, activated and torn down on the calling (main) thread; an
+//! audio thread named `lockstep-audio` calls `process()` once per block and sleeps until the
+//! block's real-time deadline, like a sound card would pace it. The main thread prints one
+//! status line (or JSON object) per second until the duration ends or `stop` is set (Ctrl+C).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use lockstep_net::status::ExportedStatus;
+use serde::Serialize;
+
+use crate::host::{Bundle, Layout};
+use crate::processor::Processor;
+use crate::status::StatusProbe;
+use crate::transport::HostTransport;
+
+/// Everything the headless runner can be told on its command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    /// The `.clap` file to load.
+    pub plugin: PathBuf,
+    /// Tempo, 20..=999 BPM.
+    pub tempo_bpm: f64,
+    /// Time signature.
+    pub time_sig: (u16, u16),
+    /// Start playing (false = `--stopped`).
+    pub playing: bool,
+    /// Sample rate in Hz.
+    pub sample_rate: f64,
+    /// Block size in samples.
+    pub block: u32,
+    /// Stop after this long (`--for`), or run until Ctrl+C.
+    pub duration: Option<Duration>,
+    /// Print one JSON object per second instead of a status line.
+    pub status_json: bool,
+}
+
+/// What the audio thread reports to the main thread.
+#[derive(Debug, Default)]
+struct AudioStats {
+    blocks: AtomicU64,
+    /// Blocks whose processing finished after their real-time deadline.
+    late_blocks: AtomicU64,
+    /// `process()` calls that returned an error.
+    process_errors: AtomicU64,
+    /// Host transport position in quarter notes, as f64 bits.
+    pos_beats_bits: AtomicU64,
+}
+
+/// One status report (the `--status-json` object).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Seconds since processing started.
+    pub elapsed_s: f64,
+    /// What the host's transport says.
+    pub host: HostReport,
+    /// What the plugin reports through its status symbol.
+    pub plugin: ExportedStatus,
+}
+
+/// The host side of a [`Report`].
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    /// Playing.
+    pub playing: bool,
+    /// Tempo in BPM.
+    pub tempo_bpm: f64,
+    /// Time signature as "N/D".
+    pub time_sig: String,
+    /// Song position in quarter notes.
+    pub pos_beats: f64,
+    /// Sample rate in Hz.
+    pub sample_rate: f64,
+    /// Block size.
+    pub block: u32,
+    /// Blocks processed.
+    pub blocks: u64,
+    /// Blocks that missed their real-time deadline.
+    pub late_blocks: u64,
+    /// Failed `process()` calls.
+    pub process_errors: u64,
+}
+
+/// Totals after a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Blocks processed.
+    pub blocks: u64,
+    /// Blocks that missed their deadline.
+    pub late_blocks: u64,
+    /// Worker threads alive after the instance was destroyed (must be 0).
+    pub worker_threads_after: usize,
+}
+
+/// Run the plugin in real time until `config.duration` passes or `stop` becomes true.
+pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result<RunSummary> {
+    let bundle = Bundle::load(&config.plugin)?;
+    let probe = StatusProbe::open(&config.plugin)?;
+    let mut instance = bundle.instantiate()?;
+    let processor = instance.activate(config.sample_rate, config.block, Layout::Stereo)?;
+
+    let mut transport = HostTransport::new(config.tempo_bpm, config.time_sig);
+    transport.playing = config.playing;
+    let stats = Arc::new(AudioStats::default());
+    let audio_stop = Arc::new(AtomicBool::new(false));
+    let audio = {
+        let stats = Arc::clone(&stats);
+        let audio_stop = Arc::clone(&audio_stop);
+        let (rate, block) = (config.sample_rate, config.block);
+        std::thread::Builder::new()
+            .name("lockstep-audio".into())
+            .spawn(move || audio_loop(processor, transport, rate, block, &stats, &audio_stop))
+            .context("spawning the audio thread")?
+    };
+
+    let started = Instant::now();
+    let mut next_report = started + Duration::from_secs(1);
+    // Errors in the loop must still stop the audio thread and deactivate: no `?` inside.
+    let result: Result<()> = loop {
+        let now = Instant::now();
+        let done = stop.load(Ordering::SeqCst)
+            || config.duration.is_some_and(|d| now >= started + d)
+            || audio.is_finished();
+        if now >= next_report || done {
+            next_report += Duration::from_secs(1);
+            let printed = probe.read().and_then(|plugin| {
+                let report = Report {
+                    elapsed_s: started.elapsed().as_secs_f64(),
+                    host: host_report(config, &transport, &stats),
+                    plugin,
+                };
+                print_report(out, &report, config.status_json)
+            });
+            if printed.is_err() {
+                break printed;
+            }
+        }
+        if done {
+            break Ok(());
+        }
+        instance.pump_main_thread();
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    audio_stop.store(true, Ordering::SeqCst);
+    let processor = audio
+        .join()
+        .map_err(|_| anyhow!("the audio thread panicked"))?;
+    instance.deactivate(processor);
+    drop(instance);
+    drop(bundle);
+    result?;
+    let after = probe.read()?;
+    let summary = RunSummary {
+        blocks: stats.blocks.load(Ordering::Relaxed),
+        late_blocks: stats.late_blocks.load(Ordering::Relaxed),
+        worker_threads_after: after.live_worker_threads,
+    };
+    if !config.status_json {
+        writeln!(
+            out,
+            "stopped: {} blocks, {} late, worker threads left: {}",
+            summary.blocks, summary.late_blocks, summary.worker_threads_after
+        )?;
+    }
+    Ok(summary)
+}
+
+fn audio_loop(
+    mut processor: Processor,
+    mut transport: HostTransport,
+    sample_rate: f64,
+    block: u32,
+    stats: &AudioStats,
+    stop: &AtomicBool,
+) -> Processor {
+    let block_period = Duration::from_secs_f64(f64::from(block) / sample_rate);
+    let mut deadline = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let event = transport.event();
+        if processor.process(block, Some(&event), &[]).is_err() {
+            stats.process_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        transport.advance(block, sample_rate);
+        stats.blocks.fetch_add(1, Ordering::Relaxed);
+        stats
+            .pos_beats_bits
+            .store(transport.pos_beats().to_bits(), Ordering::Relaxed);
+        deadline += block_period;
+        let now = Instant::now();
+        if now > deadline {
+            stats.late_blocks.fetch_add(1, Ordering::Relaxed);
+            // Like a sound card after an xrun: carry on from now, don't try to catch up.
+            deadline = now;
+        } else {
+            std::thread::sleep(deadline - now);
+        }
+    }
+    processor
+}
+
+fn host_report(config: &RunConfig, transport: &HostTransport, stats: &AudioStats) -> HostReport {
+    HostReport {
+        playing: config.playing,
+        tempo_bpm: transport.tempo_bpm,
+        time_sig: format!("{}/{}", transport.time_sig.0, transport.time_sig.1),
+        pos_beats: f64::from_bits(stats.pos_beats_bits.load(Ordering::Relaxed)),
+        sample_rate: config.sample_rate,
+        block: config.block,
+        blocks: stats.blocks.load(Ordering::Relaxed),
+        late_blocks: stats.late_blocks.load(Ordering::Relaxed),
+        process_errors: stats.process_errors.load(Ordering::Relaxed),
+    }
+}
+
+fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, report)?;
+        writeln!(out)?;
+    } else {
+        let host = &report.host;
+        let plugin = &report.plugin;
+        let (pushed, dropped) = plugin.worker.instances.iter().fold((0, 0), |acc, i| {
+            (acc.0 + i.events_pushed, acc.1 + i.events_dropped_full)
+        });
+        let seen = plugin
+            .worker
+            .instances
+            .first()
+            .and_then(|i| i.last_transport)
+            .map_or_else(
+                || "no transport yet".to_owned(),
+                |t| {
+                    format!(
+                        "plugin sees {} {:.2} BPM beat {:.2}",
+                        if t.playing { "playing" } else { "stopped" },
+                        t.tempo_bpm.unwrap_or(0.0),
+                        t.pos_beats.unwrap_or(0.0)
+                    )
+                },
+            );
+        writeln!(
+            out,
+            "[{:6.1}s] host {} {:.2} BPM {} beat {:.2} | {} | worker {} ({} instance{}) | events {} dropped {} | late blocks {} | peers: none configured",
+            report.elapsed_s,
+            if host.playing { "playing" } else { "stopped" },
+            host.tempo_bpm,
+            host.time_sig,
+            host.pos_beats,
+            seen,
+            if plugin.worker.running {
+                "running"
+            } else {
+                "stopped"
+            },
+            plugin.worker.instances.len(),
+            if plugin.worker.instances.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            pushed,
+            dropped,
+            host.late_blocks,
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
