@@ -13,9 +13,11 @@
 //! - [`status`]: reading the plugin's `lockstep_status_json` symbol.
 //! - [`bundle`]: where the built bundles live.
 //! - [`cli`]: the runner's command line.
+//! - [`harness`]: helpers for the end-to-end tests.
 
 pub mod bundle;
 pub mod cli;
+pub mod harness;
 pub mod host;
 pub mod processor;
 pub mod runner;

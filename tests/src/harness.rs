@@ -1,0 +1,75 @@
+//! Helpers shared by the end-to-end tests in `tests/tests/`.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use lockstep_net::status::ExportedStatus;
+
+use crate::status::StatusProbe;
+
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+/// Serialise tests inside one test binary. The network worker is process-global, so a test that
+/// asserts on the status (instance list, thread count) must be the only one with live instances.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Poll the status until `done` holds, for at most 5 seconds.
+pub fn wait_for(
+    probe: &StatusProbe,
+    what: &str,
+    done: impl Fn(&ExportedStatus) -> bool,
+) -> Result<ExportedStatus> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = probe.read()?;
+        if done(&status) {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}; last status: {status:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Wait until the worker has drained everything the single live instance pushed.
+pub fn wait_drained(probe: &StatusProbe) -> Result<ExportedStatus> {
+    wait_for(probe, "the worker to drain the ring", |s| {
+        s.worker.instances.len() == 1
+            && s.worker.instances[0].events_drained == s.worker.instances[0].events_pushed
+    })
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures reproduce.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded generator (seed 0 is remapped).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u32, hi: u32) -> u32 {
+        let span = u64::from(hi - lo) + 1;
+        lo + u32::try_from(self.next_u64() % span).unwrap_or(0)
+    }
+
+    /// An arbitrary f32 bit pattern: normals, subnormals, zeros, infinities and NaNs, so a
+    /// pass-through that touches the samples at all cannot stay bit-exact.
+    pub fn any_f32(&mut self) -> f32 {
+        f32::from_bits((self.next_u64() >> 32) as u32)
+    }
+}

@@ -1,0 +1,146 @@
+//! The README's run command, as users run it: the `lockstep-headless` binary with the real
+//! bundle, paced in real time, printing JSON status once per second and exiting cleanly.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use lockstep_host::bundle::Build;
+use lockstep_net::status::ExportedStatus;
+use serde::Deserialize;
+
+const RUNNER: &str = env!("CARGO_BIN_EXE_lockstep-headless");
+
+/// One `--status-json` line (the runner's `Report`, read back).
+#[derive(Debug, Deserialize)]
+struct Line {
+    elapsed_s: f64,
+    host: HostLine,
+    plugin: ExportedStatus,
+}
+
+#[derive(Debug, Deserialize)]
+struct HostLine {
+    playing: bool,
+    tempo_bpm: f64,
+    time_sig: String,
+    pos_beats: f64,
+    blocks: u64,
+    process_errors: u64,
+}
+
+fn run(args: &[&str]) -> Result<(std::process::ExitStatus, String, String)> {
+    let out = Command::new(RUNNER)
+        .args(args)
+        .output()
+        .context("running lockstep-headless")?;
+    Ok((
+        out.status,
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+#[test]
+fn runs_in_real_time_and_reports_json_status() -> Result<()> {
+    for build in Build::ALL {
+        let plugin = build.clap_path();
+        let (status, stdout, stderr) = run(&[
+            "--plugin",
+            plugin.to_str().context("path")?,
+            "--tempo",
+            "140",
+            "--timesig",
+            "3/4",
+            "--sample-rate",
+            "48000",
+            "--block",
+            "128",
+            "--for",
+            "2.5",
+            "--status-json",
+        ])?;
+        ensure!(
+            status.success(),
+            "{build:?}: exit {status}, stderr: {stderr}"
+        );
+        let lines: Vec<Line> = stdout
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("status lines: {stdout}"))?;
+        // One per second plus the final one.
+        ensure!(
+            lines.len() == 3,
+            "{build:?}: {} lines: {stdout}",
+            lines.len()
+        );
+        let last = &lines[2];
+        ensure!(last.elapsed_s >= 2.5, "{last:?}");
+        ensure!(
+            last.host.playing && last.host.tempo_bpm == 140.0,
+            "{last:?}"
+        );
+        ensure!(last.host.time_sig == "3/4", "{last:?}");
+        ensure!(last.host.process_errors == 0, "{last:?}");
+        // Real-time pacing: 2.5 s at 48 kHz is 937.5 blocks of 128 and 5.83 beats at 140 BPM.
+        // Scheduling on a busy 2-core machine may cost a few blocks either way.
+        ensure!((900..=960).contains(&last.host.blocks), "paced: {last:?}");
+        ensure!(
+            (last.host.pos_beats - 5.83).abs() < 0.2,
+            "position: {last:?}"
+        );
+        // The plugin saw the transport and its worker drained every block's snapshot.
+        let me = &last.plugin.worker.instances[0];
+        let seen = me.last_transport.context("plugin saw no transport")?;
+        ensure!(seen.tempo_bpm == Some(140.0) && seen.playing, "{seen:?}");
+        ensure!(
+            me.events_pushed + me.events_dropped_full <= last.host.blocks,
+            "{me:?}"
+        );
+        ensure!(me.events_pushed >= last.host.blocks - 2, "{me:?}");
+        ensure!(last.plugin.live_worker_threads == 1, "{last:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn status_lines_for_people_and_a_clean_exit() -> Result<()> {
+    let plugin = Build::Release.clap_path();
+    let (status, stdout, stderr) = run(&[
+        "--plugin",
+        plugin.to_str().context("path")?,
+        "--stopped",
+        "--for",
+        "1.2",
+    ])?;
+    ensure!(status.success(), "exit {status}: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    ensure!(lines.len() == 3, "{stdout}");
+    ensure!(lines[0].contains("host stopped 120.00 BPM 4/4"), "{stdout}");
+    ensure!(lines[0].contains("worker running (1 instance)"), "{stdout}");
+    ensure!(
+        lines[2].starts_with("stopped: ") && lines[2].ends_with("worker threads left: 0"),
+        "{stdout}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_reason() -> Result<()> {
+    for (args, needle) in [
+        (&["--tempo", "5"][..], "tempo is 20..999 BPM"),
+        (&["--timesig", "4/5"][..], "expected N/D"),
+        (&["--bogus"][..], "unknown option `--bogus`"),
+        (
+            &["--plugin", "/nonexistent/Lockstep.clap", "--for", "1"][..],
+            "does not exist",
+        ),
+    ] {
+        let (status, _, stderr) = run(args)?;
+        ensure!(!status.success(), "{args:?} succeeded");
+        ensure!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    let (status, _, _) = run(&["--tempo", "5"])?;
+    ensure!(status.code() == Some(2), "usage errors exit 2");
+    Ok(())
+}
