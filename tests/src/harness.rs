@@ -3,7 +3,9 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
 use lockstep_net::status::ExportedStatus;
 
 use crate::status::StatusProbe;
@@ -72,4 +74,23 @@ impl Rng {
     pub fn any_f32(&mut self) -> f32 {
         f32::from_bits((self.next_u64() >> 32) as u32)
     }
+}
+
+/// The Linux VST3 module inside `bundle` (`Lockstep.vst3`) loads and exports the three entry
+/// points a VST3 host looks up.
+pub fn check_vst3_module(bundle: &Path) -> Result<()> {
+    let so = bundle.join("Contents/x86_64-linux/Lockstep.so");
+    // SAFETY: our own plugin library; symbols are only looked up, never called.
+    let library = unsafe { libloading::Library::new(&so) }
+        .with_context(|| format!("dlopen {}", so.display()))?;
+    for symbol in [
+        &b"GetPluginFactory\0"[..],
+        b"ModuleEntry\0",
+        b"ModuleExit\0",
+    ] {
+        // SAFETY: looking a symbol up does not call it.
+        let found = unsafe { library.get::<unsafe extern "C" fn()>(symbol) };
+        ensure!(found.is_ok(), "{} missing", String::from_utf8_lossy(symbol));
+    }
+    Ok(())
 }

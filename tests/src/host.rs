@@ -206,6 +206,11 @@ impl Bundle {
 
     /// Create a Lockstep instance.
     pub fn instantiate(&self) -> Result<Instance> {
+        self.instantiate_id(LOCKSTEP_CLAP_ID)
+    }
+
+    /// Create an instance of the plugin with CLAP id `id` (the bench baseline has its own).
+    pub fn instantiate_id(&self, id: &CStr) -> Result<Instance> {
         let host_info = HostInfo::new(
             "Lockstep headless host",
             "Lockstep",
@@ -217,10 +222,10 @@ impl Bundle {
             |_| Shared::default(),
             |shared| MainThread { shared },
             &self.entry,
-            LOCKSTEP_CLAP_ID,
+            id,
             &host_info,
         )
-        .map_err(|e| anyhow!("instantiating Lockstep: {e:?}"))?;
+        .map_err(|e| anyhow!("instantiating {id:?}: {e:?}"))?;
         Ok(Instance { instance })
     }
 }

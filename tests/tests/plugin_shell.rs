@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, ensure};
 use lockstep_host::bundle::{Build, target_dir};
-use lockstep_host::harness::exclusive;
+use lockstep_host::harness::{check_vst3_module, exclusive};
 use lockstep_host::host::Bundle;
 use lockstep_host::host::Layout;
 use lockstep_host::processor::ParamChange;
@@ -219,18 +219,5 @@ fn state_round_trips_parameters_and_settings() -> Result<()> {
 
 #[test]
 fn vst3_bundle_has_the_module_exports() -> Result<()> {
-    let so = target_dir().join("bundled/Lockstep.vst3/Contents/x86_64-linux/Lockstep.so");
-    // SAFETY: our own plugin library; only symbols are looked up, none is called.
-    let library = unsafe { libloading::Library::new(&so) }
-        .with_context(|| format!("dlopen {}", so.display()))?;
-    for symbol in [
-        &b"GetPluginFactory\0"[..],
-        b"ModuleEntry\0",
-        b"ModuleExit\0",
-    ] {
-        // SAFETY: looking a symbol up does not call it.
-        let found = unsafe { library.get::<unsafe extern "C" fn()>(symbol) };
-        ensure!(found.is_ok(), "{} missing", String::from_utf8_lossy(symbol));
-    }
-    Ok(())
+    check_vst3_module(&target_dir().join("bundled/Lockstep.vst3"))
 }

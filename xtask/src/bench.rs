@@ -1,0 +1,99 @@
+//! `cargo xtask bench`: run the criterion benchmarks, print one table and write
+//! `target/lockstep-bench.json` (an array of `{"name", "value", "unit", "target", "meets"}`).
+//!
+//! `target` is the row's upper bound in the row's unit, or `null` for reference rows (which
+//! always `meet`). Figures are criterion's mean estimates from this run on this machine.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::build::{bundle_release, cargo, run, target_dir};
+
+/// One line of the bench table.
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    target: Option<f64>,
+    meets: bool,
+}
+
+impl Row {
+    fn new(name: &str, value: f64, unit: &'static str, target: Option<f64>) -> Self {
+        Self {
+            name: name.to_owned(),
+            value,
+            unit,
+            target,
+            meets: target.is_none_or(|t| value < t),
+        }
+    }
+}
+
+/// Criterion's mean estimate for `group/bench`, in nanoseconds.
+fn mean_ns(criterion_dir: &Path, id: &str) -> Result<f64> {
+    let path = criterion_dir.join(id).join("new/estimates.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    json["mean"]["point_estimate"]
+        .as_f64()
+        .with_context(|| format!("no mean in {}", path.display()))
+}
+
+/// Entry point.
+pub fn main(args: &[String]) -> Result<()> {
+    if let Some(extra) = args.first() {
+        anyhow::bail!("bench takes no options (got `{extra}`)");
+    }
+    bundle_release(&["lockstep", "lockstep-bench-baseline"])?;
+    let criterion_dir = target_dir().join("criterion");
+    // Stale estimates from an earlier run must not end up in this table.
+    let _ = std::fs::remove_dir_all(criterion_dir.join("process_64_48k"));
+    run(&mut cargo(&[
+        "bench",
+        "-p",
+        "lockstep-tests",
+        "--bench",
+        "process",
+        "--",
+        "--noplot",
+    ]))?;
+
+    let lockstep = mean_ns(&criterion_dir, "process_64_48k/lockstep")?;
+    let baseline = mean_ns(&criterion_dir, "process_64_48k/baseline")?;
+    let overhead_us = (lockstep - baseline) / 1000.0;
+    let rows = [
+        Row::new("process_64_48k_overhead", overhead_us, "µs", Some(1.0)),
+        Row::new(
+            "process_64_48k_lockstep",
+            lockstep,
+            "ns",
+            Some(baseline + 1000.0),
+        ),
+        Row::new("process_64_48k_baseline", baseline, "ns", None),
+        Row::new("process_64_48k_ratio", lockstep / baseline, "x", None),
+    ];
+
+    println!();
+    println!(
+        "{:<28} {:>12} {:<4} {:>12} {:<5}",
+        "name", "value", "unit", "target", "meets"
+    );
+    for row in &rows {
+        let target = row
+            .target
+            .map_or_else(|| "-".to_owned(), |t| format!("< {t:.3}"));
+        println!(
+            "{:<28} {:>12.3} {:<4} {:>12} {:<5}",
+            row.name, row.value, row.unit, target, row.meets
+        );
+    }
+    let out = target_dir().join("lockstep-bench.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&rows)?)?;
+    println!("\nwritten to {}", out.display());
+    Ok(())
+}
