@@ -76,6 +76,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn example_settings_in_presets_parse() {
+        let example: NetSettings =
+            serde_json::from_str(include_str!("../../presets/settings/two-studios.json"))
+                .expect("presets/settings/two-studios.json is valid NetSettings");
+        assert_eq!(example.peers.len(), 2);
+        assert_eq!(example.peers[0].offset_ms, -3.5);
+        assert!(!example.peers[1].enabled);
+        assert_eq!(example.macro_names.len(), MACRO_COUNT);
+    }
+
+    #[test]
     fn old_state_without_new_fields_loads_with_defaults() {
         let loaded: NetSettings = serde_json::from_str(r#"{"osc_port": 7000}"#).expect("valid");
         assert_eq!(loaded.osc_port, 7000);
