@@ -10,6 +10,8 @@
 //! Audio passes through untouched (nice-plug copies input to output before `process()` when the
 //! host does not process in place), with zero latency.
 
+#![warn(missing_docs)]
+
 pub mod audio;
 pub mod params;
 pub mod status_export;

@@ -15,6 +15,8 @@
 //! - [`cli`]: the runner's command line.
 //! - [`harness`]: helpers for the end-to-end tests.
 
+#![warn(missing_docs)]
+
 pub mod bundle;
 pub mod cli;
 pub mod harness;

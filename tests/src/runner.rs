@@ -247,7 +247,7 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
             );
         writeln!(
             out,
-            "[{:6.1}s] host {} {:.2} BPM {} beat {:.2} | {} | worker {} ({} instance{}) | events {} dropped {} | late blocks {} | peers: none configured",
+            "[{:6.1}s] host {} {:.2} BPM {} beat {:.2} | {} | worker {} ({} instance{}) | events {} dropped {} | late blocks {}",
             report.elapsed_s,
             if host.playing { "playing" } else { "stopped" },
             host.tempo_bpm,

@@ -126,6 +126,33 @@ fn status_lines_for_people_and_a_clean_exit() -> Result<()> {
 }
 
 #[test]
+fn ctrl_c_stops_cleanly() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let plugin = Build::Release.clap_path();
+    let mut child = Command::new(RUNNER)
+        .args(["--plugin", plugin.to_str().context("path")?])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting lockstep-headless")?;
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    // Runs with no --for until interrupted: wait for its first status line, then Ctrl+C.
+    let first = lines.next().context("no status line")??;
+    ensure!(first.contains("worker running (1 instance)"), "{first}");
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    ensure!(kill.success(), "kill -INT failed");
+    let rest: Vec<String> = lines.collect::<Result<_, _>>()?;
+    let status = child.wait()?;
+    ensure!(status.success(), "exit {status} after Ctrl+C: {rest:?}");
+    let last = rest.last().context("no final line")?;
+    ensure!(last.ends_with("worker threads left: 0"), "{rest:?}");
+    Ok(())
+}
+
+#[test]
 fn bad_arguments_exit_2_with_a_reason() -> Result<()> {
     for (args, needle) in [
         (&["--tempo", "5"][..], "tempo is 20..999 BPM"),
