@@ -33,7 +33,8 @@ impl Row {
     }
 }
 
-/// Criterion's mean estimate for `group/bench`, in nanoseconds.
+/// Criterion's mean estimate for the benchmark with directory `id` (criterion turns the `/`
+/// of `bench_function("a/b")` into `_`), in nanoseconds.
 fn mean_ns(criterion_dir: &Path, id: &str) -> Result<f64> {
     let path = criterion_dir.join(id).join("new/estimates.json");
     let text =
@@ -52,7 +53,9 @@ pub fn main(args: &[String]) -> Result<()> {
     bundle_release(&["lockstep", "lockstep-bench-baseline"])?;
     let criterion_dir = target_dir().join("criterion");
     // Stale estimates from an earlier run must not end up in this table.
-    let _ = std::fs::remove_dir_all(criterion_dir.join("process_64_48k"));
+    for id in ["process_64_48k_lockstep", "process_64_48k_baseline"] {
+        let _ = std::fs::remove_dir_all(criterion_dir.join(id));
+    }
     run(&mut cargo(&[
         "bench",
         "-p",
@@ -63,8 +66,8 @@ pub fn main(args: &[String]) -> Result<()> {
         "--noplot",
     ]))?;
 
-    let lockstep = mean_ns(&criterion_dir, "process_64_48k/lockstep")?;
-    let baseline = mean_ns(&criterion_dir, "process_64_48k/baseline")?;
+    let lockstep = mean_ns(&criterion_dir, "process_64_48k_lockstep")?;
+    let baseline = mean_ns(&criterion_dir, "process_64_48k_baseline")?;
     let overhead_us = (lockstep - baseline) / 1000.0;
     let rows = [
         Row::new("process_64_48k_overhead", overhead_us, "µs", Some(1.0)),
