@@ -78,6 +78,37 @@ pub struct TransportSnapshot {
     pub loop_range_beats: Option<(f64, f64)>,
 }
 
+impl TransportSnapshot {
+    /// A block at `block_start_samples` of `block_len` samples about which the host reported
+    /// nothing: stopped, every optional field `None`. Fill in what is known with struct update
+    /// syntax.
+    pub fn unreported(
+        block_start_samples: u64,
+        block_len: u32,
+        sample_rate: f32,
+        host_time_ns: u64,
+    ) -> Self {
+        Self {
+            block_start_samples,
+            block_len,
+            sample_rate,
+            host_time_ns,
+            playing: false,
+            recording: false,
+            preroll_active: None,
+            tempo_bpm: None,
+            time_sig: None,
+            pos_samples: None,
+            pos_seconds: None,
+            pos_beats: None,
+            bar_start_beats: None,
+            bar_number: None,
+            loop_range_samples: None,
+            loop_range_beats: None,
+        }
+    }
+}
+
 /// One item on an instance's audio → worker ring.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum BridgeEvent {
@@ -196,22 +227,9 @@ mod tests {
 
     fn snapshot(n: u64) -> BridgeEvent {
         BridgeEvent::Transport(TransportSnapshot {
-            block_start_samples: n,
-            block_len: 64,
-            sample_rate: 48_000.0,
-            host_time_ns: n,
             playing: true,
-            recording: false,
-            preroll_active: None,
             tempo_bpm: Some(120.0),
-            time_sig: None,
-            pos_samples: None,
-            pos_seconds: None,
-            pos_beats: None,
-            bar_start_beats: None,
-            bar_number: None,
-            loop_range_samples: None,
-            loop_range_beats: None,
+            ..TransportSnapshot::unreported(n, 64, 48_000.0, n)
         })
     }
 

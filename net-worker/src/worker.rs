@@ -250,22 +250,10 @@ mod tests {
         assert_ne!(lease_a.id(), lease_b.id());
 
         let snapshot = TransportSnapshot {
-            block_start_samples: 128,
-            block_len: 64,
-            sample_rate: 48_000.0,
-            host_time_ns: bridge::host_time_ns(),
             playing: true,
-            recording: false,
-            preroll_active: None,
             tempo_bpm: Some(133.0),
-            time_sig: None,
             pos_samples: Some(128),
-            pos_seconds: None,
-            pos_beats: None,
-            bar_start_beats: None,
-            bar_number: None,
-            loop_range_samples: None,
-            loop_range_beats: None,
+            ..TransportSnapshot::unreported(128, 64, 48_000.0, bridge::host_time_ns())
         };
         audio_a
             .push(BridgeEvent::Transport(snapshot))
