@@ -4,6 +4,8 @@
 //! - [`bridge`]: every `Copy` type that crosses the audio-thread boundary (the per-block
 //!   [`bridge::TransportSnapshot`], [`bridge::BridgeEvent`]), the host monotonic clock, and the
 //!   ring-buffer pair constructor whose audio end never allocates, locks or blocks.
+//! - [`clock`]: the clock engine (transport → MIDI clock, Start/Stop/Continue, SPP, stamped
+//!   with sample position and smoothed host time), its estimator and its reference model.
 //! - [`worker`]: the one network worker per process. A named thread, started by the first plugin
 //!   instance that activates and joined when the last one goes; it drains every instance's ring.
 //! - [`settings`]: the persistent (saved-with-the-project) network settings.
@@ -16,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod bridge;
+pub mod clock;
 pub mod settings;
 pub mod status;
 pub mod worker;
