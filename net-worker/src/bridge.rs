@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{ClockEvent, ClockState};
+
 /// Default ring capacity in events. At 1 event per block, a 1-sample block size at 192 kHz
 /// fills this in ~21 ms, which is still many worker drain periods (1 ms).
 pub const DEFAULT_RING_CAPACITY: usize = 4096;
@@ -114,6 +116,10 @@ impl TransportSnapshot {
 pub enum BridgeEvent {
     /// The transport as seen at the start of a block.
     Transport(TransportSnapshot),
+    /// A stamped clock message from the clock engine.
+    Clock(ClockEvent),
+    /// The clock engine's state changed (why it is or is not sending).
+    ClockState(ClockState),
 }
 
 /// Counters shared by both ends of one instance's ring.

@@ -3,6 +3,7 @@
 //!
 //! - [`engine`]: the realtime engine that runs inside `process()`.
 //! - [`estimator`]: sample position → host time regression.
+//! - [`follower`]: the worker-side view of the stream, repairing it after lost messages.
 //! - [`reference`]: the offline model that computes the ideal event list from a transport
 //!   timeline; the property tests, the end-to-end test and the bench compare the engine to it.
 //!
@@ -28,6 +29,7 @@
 
 pub mod engine;
 pub mod estimator;
+pub mod follower;
 pub mod reference;
 
 use serde::{Deserialize, Serialize};

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bridge::TransportSnapshot;
+use crate::clock::{ClockEvent, ClockState};
 
 /// The whole worker, one snapshot in time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,8 +36,23 @@ pub struct InstanceStatus {
     pub events_dropped_full: u64,
     /// Events the worker took off the ring.
     pub events_drained: u64,
+    /// Transport snapshots (one per processed block) the worker received.
+    pub blocks: u64,
     /// The most recent transport snapshot the worker received.
     pub last_transport: Option<TransportSnapshot>,
+    /// Why the clock engine is or is not sending clock.
+    pub clock_state: ClockState,
+    /// Clock messages received from the engine.
+    pub clock_messages: u64,
+    /// Of those, ticks.
+    pub clock_ticks: u64,
+    /// Gaps in the clock stream (messages lost on a full ring); each one resynchronised the
+    /// destinations with Stop / Song Position / Continue.
+    pub clock_gaps: u64,
+    /// Clock messages known lost in those gaps.
+    pub clock_lost: u64,
+    /// The most recent clock message.
+    pub last_clock: Option<ClockEvent>,
 }
 
 /// What the plugin's `lockstep_status_json` symbol returns: the worker's view plus a live count

@@ -16,6 +16,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use thiserror::Error;
 
 use crate::bridge::{self, AudioSide, BridgeEvent, RingCounters, TransportSnapshot, WorkerSide};
+use crate::clock::follower::{ClockFollower, Outgoing};
+use crate::clock::{ClockEvent, ClockKind, ClockState};
 use crate::status::{InstanceStatus, WorkerStatus};
 
 /// Name of the worker thread.
@@ -74,7 +76,34 @@ struct Registry {
 /// What the worker publishes about one instance.
 struct Published {
     counters: Arc<RingCounters>,
+    blocks: u64,
     last_transport: Option<TransportSnapshot>,
+    clock: ClockSummary,
+}
+
+/// Clock figures of one instance, as published.
+#[derive(Debug, Clone, Copy, Default)]
+struct ClockSummary {
+    state: ClockState,
+    messages: u64,
+    ticks: u64,
+    gaps: u64,
+    lost: u64,
+    last: Option<ClockEvent>,
+}
+
+/// The worker's own per-instance state.
+struct Attached {
+    ring: WorkerSide,
+    follower: ClockFollower,
+    clock: ClockSummary,
+}
+
+/// A bounded record of what the followers passed on, for diagnostics and the end-to-end tests.
+struct ClockLog {
+    capacity: usize,
+    entries: Vec<(u64, Outgoing)>,
+    overflowed: u64,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -85,6 +114,25 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 });
 
 static BOARD: Mutex<BTreeMap<u64, Published>> = Mutex::new(BTreeMap::new());
+
+static CLOCK_LOG: Mutex<Option<ClockLog>> = Mutex::new(None);
+
+/// Start (or restart, emptying it) recording the clock messages the worker passes on, up to
+/// `capacity` of them; 0 stops recording. Thread-safe.
+pub fn record_clock(capacity: usize) {
+    *lock(&CLOCK_LOG) = (capacity > 0).then(|| ClockLog {
+        capacity,
+        entries: Vec::new(),
+        overflowed: 0,
+    });
+}
+
+/// The recorded messages as (instance id, message), and how many did not fit.
+pub fn recorded_clock() -> (Vec<(u64, Outgoing)>, u64) {
+    lock(&CLOCK_LOG)
+        .as_ref()
+        .map_or((Vec::new(), 0), |log| (log.entries.clone(), log.overflowed))
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; keep going.
@@ -106,7 +154,9 @@ pub fn attach(ring_capacity: usize) -> Result<(AudioSide, Lease), AttachError> {
         id,
         Published {
             counters: Arc::clone(ring.counters()),
+            blocks: 0,
             last_transport: None,
+            clock: ClockSummary::default(),
         },
     );
     let running = registry.running.as_ref().ok_or(AttachError::WorkerGone)?;
@@ -157,11 +207,16 @@ fn spawn() -> Result<Running, AttachError> {
 
 /// The worker's loop: wait for a command or the drain period, then drain every ring.
 fn run(inbox: Receiver<Command>) {
-    let mut rings: BTreeMap<u64, WorkerSide> = BTreeMap::new();
+    let mut rings: BTreeMap<u64, Attached> = BTreeMap::new();
     loop {
         match inbox.recv_timeout(DRAIN_PERIOD) {
             Ok(Command::Attach { id, ring }) => {
-                rings.insert(id, ring);
+                let attached = Attached {
+                    ring,
+                    follower: ClockFollower::new(),
+                    clock: ClockSummary::default(),
+                };
+                rings.insert(id, attached);
             }
             Ok(Command::Detach { id }) => {
                 rings.remove(&id);
@@ -173,18 +228,54 @@ fn run(inbox: Receiver<Command>) {
     }
 }
 
-fn drain(rings: &mut BTreeMap<u64, WorkerSide>) {
-    for (id, ring) in rings.iter_mut() {
+fn drain(rings: &mut BTreeMap<u64, Attached>) {
+    let mut outgoing: Vec<(u64, Outgoing)> = Vec::new();
+    for (id, attached) in rings.iter_mut() {
         let mut latest = None;
-        while let Some(event) = ring.pop() {
+        let mut blocks = 0;
+        let mut changed = false;
+        while let Some(event) = attached.ring.pop() {
+            changed = true;
             match event {
-                BridgeEvent::Transport(snapshot) => latest = Some(snapshot),
+                BridgeEvent::Transport(snapshot) => {
+                    latest = Some(snapshot);
+                    blocks += 1;
+                }
+                BridgeEvent::ClockState(state) => attached.clock.state = state,
+                BridgeEvent::Clock(clock) => {
+                    let summary = &mut attached.clock;
+                    summary.messages += 1;
+                    summary.ticks += u64::from(clock.kind == ClockKind::Tick);
+                    summary.last = Some(clock);
+                    attached
+                        .follower
+                        .handle(clock, &mut |out| outgoing.push((*id, out)));
+                }
             }
         }
-        if latest.is_some()
-            && let Some(published) = lock(&BOARD).get_mut(id)
-        {
-            published.last_transport = latest;
+        if !changed {
+            continue;
+        }
+        attached.clock.gaps = attached.follower.gaps();
+        attached.clock.lost = attached.follower.lost();
+        if let Some(published) = lock(&BOARD).get_mut(id) {
+            if latest.is_some() {
+                published.last_transport = latest;
+            }
+            published.blocks += blocks;
+            published.clock = attached.clock;
+        }
+    }
+    // The destinations (RTP-MIDI) will take `outgoing` from here; for now it is recorded.
+    if !outgoing.is_empty()
+        && let Some(log) = lock(&CLOCK_LOG).as_mut()
+    {
+        for entry in outgoing {
+            if log.entries.len() < log.capacity {
+                log.entries.push(entry);
+            } else {
+                log.overflowed += 1;
+            }
         }
     }
 }
@@ -202,7 +293,14 @@ pub fn status() -> WorkerStatus {
                 events_pushed: pushed,
                 events_dropped_full: dropped,
                 events_drained: drained,
+                blocks: published.blocks,
                 last_transport: published.last_transport,
+                clock_state: published.clock.state,
+                clock_messages: published.clock.messages,
+                clock_ticks: published.clock.ticks,
+                clock_gaps: published.clock.gaps,
+                clock_lost: published.clock.lost,
+                last_clock: published.clock.last,
             }
         })
         .collect();

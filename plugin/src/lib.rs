@@ -19,6 +19,8 @@ pub mod status_export;
 use std::sync::Arc;
 
 use lockstep_net::bridge::{AudioSide, BridgeEvent, DEFAULT_RING_CAPACITY, host_time_ns};
+use lockstep_net::clock::ClockState;
+use lockstep_net::clock::engine::ClockEngine;
 use lockstep_net::worker::{self, Lease};
 use nice_plug::prelude::*;
 
@@ -38,6 +40,12 @@ pub struct Lockstep {
     spine: Option<Spine>,
     /// This instance's running sample clock: the next block's first sample since activation.
     sample_clock: u64,
+    /// Sample rate from the last activation.
+    sample_rate: f32,
+    /// Host transport → stamped MIDI clock messages.
+    clock: ClockEngine,
+    /// The clock state the worker was last told about.
+    reported_clock_state: Option<ClockState>,
 }
 
 /// What an active instance holds of the network side.
@@ -54,6 +62,9 @@ impl Default for Lockstep {
             params: Arc::new(LockstepParams::default()),
             spine: None,
             sample_clock: 0,
+            sample_rate: 48_000.0,
+            clock: ClockEngine::new(48_000.0),
+            reported_clock_state: None,
         }
     }
 }
@@ -89,9 +100,10 @@ impl Plugin for Lockstep {
     fn activate(
         &mut self,
         _audio_io_layout: &AudioIOLayout,
-        _buffer_config: &BufferConfig,
+        buffer_config: &BufferConfig,
         _context: &mut impl ActivateContext<Self>,
     ) -> bool {
+        self.sample_rate = buffer_config.sample_rate;
         // activate() may run several times without deactivate(): keep an existing spine.
         if self.spine.is_none() {
             match worker::attach(DEFAULT_RING_CAPACITY) {
@@ -110,7 +122,10 @@ impl Plugin for Lockstep {
     }
 
     fn reset(&mut self) {
+        // Realtime-safe: the engine resets in place.
         self.sample_clock = 0;
+        self.clock.reset(f64::from(self.sample_rate));
+        self.reported_clock_state = None;
     }
 
     fn process(
@@ -124,8 +139,19 @@ impl Plugin for Lockstep {
         let snapshot = audio::snapshot(context.transport(), self.sample_clock, block_len, now_ns);
         self.sample_clock += u64::from(block_len);
         if let Some(spine) = &mut self.spine {
-            // A full ring drops this snapshot and counts it; the status shows the count.
-            let _ = spine.ring.push(BridgeEvent::Transport(snapshot));
+            // A full ring drops the newest item and counts it; the status shows the count, and
+            // the worker repairs a clock stream with holes in it.
+            let ring = &mut spine.ring;
+            let _ = ring.push(BridgeEvent::Transport(snapshot));
+            self.clock.process(&snapshot, &mut |event| {
+                let _ = ring.push(BridgeEvent::Clock(event));
+            });
+            let state = self.clock.state();
+            if self.reported_clock_state != Some(state)
+                && ring.push(BridgeEvent::ClockState(state)).is_ok()
+            {
+                self.reported_clock_state = Some(state);
+            }
         }
         // Clock and sync must keep running through silence: never let the host sleep us.
         ProcessStatus::KeepAlive

@@ -1,38 +1,99 @@
-//! `lockstep_status_json`: the worker's status as JSON, through a plain C symbol.
+//! Diagnostics through plain C symbols: the worker's status and the clock messages it passed on,
+//! as JSON.
 //!
-//! DAWs never call it. Lockstep's own headless runner and the end-to-end tests load the built
-//! `.clap` with `dlopen` anyway (through clack-host), so they look this symbol up in the same
+//! DAWs never call these. Lockstep's own headless runner and the end-to-end tests load the built
+//! `.clap` with `dlopen` anyway (through clack-host), so they look these symbols up in the same
 //! library and read exactly the state of the worker that runs the loaded instances: no socket,
-//! no extra protocol. The JSON is [`lockstep_net::status::ExportedStatus`].
+//! no extra protocol.
+//!
+//! Every `*_json` symbol has the same contract: copy the JSON (UTF-8, no terminating NUL) into
+//! `buf` if it fits in `capacity` bytes and return its length; a length above `capacity` means
+//! nothing was written and the caller should retry with a larger buffer. Thread-safe; never call
+//! them from an audio thread (they lock and allocate).
 
+use lockstep_net::clock::follower::Outgoing;
 use lockstep_net::status::ExportedStatus;
 use lockstep_net::worker;
+use serde::Serialize;
 
-/// The current status as a JSON string.
+/// The current status as a JSON string ([`ExportedStatus`]).
 pub fn status_json() -> String {
     let exported = ExportedStatus {
         worker: worker::status(),
         live_worker_threads: worker::live_worker_threads(),
     };
-    serde_json::to_string(&exported).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
+    to_json(&exported)
 }
 
-/// Copy the status JSON (UTF-8, no terminating NUL) into `buf` if it fits in `capacity` bytes.
-/// Returns the JSON's length in bytes; a return value above `capacity` means nothing was written
-/// and the caller should retry with a larger buffer.
-///
-/// Thread-safe; never call it from an audio thread (it locks and allocates).
+/// One recorded clock message.
+#[derive(Serialize)]
+struct Recorded {
+    /// Instance id (as in the status).
+    instance: u64,
+    /// The message as the follower passed it on.
+    #[serde(flatten)]
+    message: Outgoing,
+}
+
+/// The recorded clock messages as a JSON object `{"messages": [...], "overflowed": n}`.
+pub fn recorded_clock_json() -> String {
+    #[derive(Serialize)]
+    struct Log {
+        messages: Vec<Recorded>,
+        overflowed: u64,
+    }
+    let (entries, overflowed) = worker::recorded_clock();
+    let messages = entries
+        .into_iter()
+        .map(|(instance, message)| Recorded { instance, message })
+        .collect();
+    to_json(&Log {
+        messages,
+        overflowed,
+    })
+}
+
+fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
+}
+
+/// Copy `json` into `buf` under the contract in the module docs.
 ///
 /// # Safety
-/// `buf` must be null (with any `capacity`, to ask for the length) or valid for writes of
-/// `capacity` bytes.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn lockstep_status_json(buf: *mut u8, capacity: usize) -> usize {
-    let json = status_json();
+/// `buf` must be null or valid for writes of `capacity` bytes.
+unsafe fn copy_out(json: &str, buf: *mut u8, capacity: usize) -> usize {
     if !buf.is_null() && json.len() <= capacity {
         // SAFETY: the caller guarantees `buf` is valid for `capacity` bytes, and we write
         // `json.len() <= capacity` bytes from a buffer that cannot overlap it (we just made it).
         unsafe { std::ptr::copy_nonoverlapping(json.as_ptr(), buf, json.len()) };
     }
     json.len()
+}
+
+/// The worker's status as JSON (see the module docs for the buffer contract).
+///
+/// # Safety
+/// `buf` must be null (with any `capacity`, to ask for the length) or valid for writes of
+/// `capacity` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lockstep_status_json(buf: *mut u8, capacity: usize) -> usize {
+    // SAFETY: forwarded caller contract.
+    unsafe { copy_out(&status_json(), buf, capacity) }
+}
+
+/// Start recording up to `capacity` clock messages the worker passes on (emptying any earlier
+/// recording); 0 stops recording.
+#[unsafe(no_mangle)]
+pub extern "C" fn lockstep_clock_record(capacity: usize) {
+    worker::record_clock(capacity);
+}
+
+/// The recorded clock messages as JSON (see the module docs for the buffer contract).
+///
+/// # Safety
+/// `buf` must be null (with any `capacity`) or valid for writes of `capacity` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lockstep_clock_recorded_json(buf: *mut u8, capacity: usize) -> usize {
+    // SAFETY: forwarded caller contract.
+    unsafe { copy_out(&recorded_clock_json(), buf, capacity) }
 }

@@ -229,6 +229,15 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
         let (pushed, dropped) = plugin.worker.instances.iter().fold((0, 0), |acc, i| {
             (acc.0 + i.events_pushed, acc.1 + i.events_dropped_full)
         });
+        let clock = plugin.worker.instances.first().map_or_else(
+            || "clock idle".to_owned(),
+            |i| {
+                format!(
+                    "clock {:?} ({} ticks, {} gaps)",
+                    i.clock_state, i.clock_ticks, i.clock_gaps
+                )
+            },
+        );
         let seen = plugin
             .worker
             .instances
@@ -247,13 +256,14 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
             );
         writeln!(
             out,
-            "[{:6.1}s] host {} {:.2} BPM {} beat {:.2} | {} | worker {} ({} instance{}) | events {} dropped {} | late blocks {}",
+            "[{:6.1}s] host {} {:.2} BPM {} beat {:.2} | {} | {} | worker {} ({} instance{}) | events {} dropped {} | late blocks {}",
             report.elapsed_s,
             if host.playing { "playing" } else { "stopped" },
             host.tempo_bpm,
             host.time_sig,
             host.pos_beats,
             seen,
+            clock,
             if plugin.worker.running {
                 "running"
             } else {

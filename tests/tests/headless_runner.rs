@@ -93,11 +93,17 @@ fn runs_in_real_time_and_reports_json_status() -> Result<()> {
         let me = &last.plugin.worker.instances[0];
         let seen = me.last_transport.context("plugin saw no transport")?;
         ensure!(seen.tempo_bpm == Some(140.0) && seen.playing, "{seen:?}");
-        ensure!(
-            me.events_pushed + me.events_dropped_full <= last.host.blocks,
-            "{me:?}"
-        );
+        ensure!(me.events_dropped_full == 0, "{me:?}");
+        // One snapshot per block plus the clock: 24 ticks per beat played.
         ensure!(me.events_pushed >= last.host.blocks - 2, "{me:?}");
+        let ticks_due = last.host.pos_beats * 24.0;
+        ensure!(
+            (me.clock_ticks as f64) <= ticks_due + 1.0
+                && (me.clock_ticks as f64) >= ticks_due - 30.0,
+            "{} ticks for {:.3} beats",
+            me.clock_ticks,
+            last.host.pos_beats
+        );
         ensure!(last.plugin.live_worker_threads == 1, "{last:?}");
     }
     Ok(())

@@ -48,7 +48,7 @@ fn cycles(build: Build) -> Result<()> {
     pa.process(256, Some(&transport.event()), &[])?;
     pb.process(64, Some(&transport.event()), &[])?;
     wait_for(&probe, "both instances' snapshots", |s| {
-        s.worker.instances.iter().all(|i| i.events_drained == 1)
+        s.worker.instances.iter().all(|i| i.blocks == 1)
     })?;
 
     // The first one going keeps the worker for the second.

@@ -38,7 +38,7 @@ fn last_snapshot(probe: &StatusProbe) -> Result<(TransportSnapshot, u64)> {
     let snapshot = me
         .last_transport
         .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
-    Ok((snapshot, me.events_pushed))
+    Ok((snapshot, me.blocks))
 }
 
 fn close(a: Option<f64>, b: f64) -> bool {
@@ -124,7 +124,7 @@ fn scripted(build: Build) -> Result<()> {
         let sent = play(p, t, n)?;
         blocks += u64::from(n);
         let (snapshot, pushed) = last_snapshot(&probe)?;
-        ensure!(pushed == blocks, "pushed {pushed} of {blocks} blocks");
+        ensure!(pushed == blocks, "worker saw {pushed} of {blocks} blocks");
         check(&snapshot, &sent, blocks)?;
         ensure!(
             snapshot.host_time_ns > previous_time,

@@ -198,7 +198,13 @@ pub fn main(args: &[String]) -> Result<()> {
             let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             unshare
                 .args(["--", "sh", "-c", NETNS_SCRIPT, "netns"])
-                .args([cargo_bin.as_str(), "test", "--workspace", "--offline"]);
+                .args([
+                    cargo_bin.as_str(),
+                    "test",
+                    "--workspace",
+                    "--offline",
+                    "--no-fail-fast",
+                ]);
             let (passed, failed) = run_counting(&mut unshare)?;
             totals = (passed, failed);
             if passed == 0 {

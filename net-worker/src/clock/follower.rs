@@ -1,0 +1,237 @@
+//! The worker's view of one instance's clock stream, and its repair after lost messages.
+//!
+//! The audio thread drops messages when its ring is full (counted there). A destination that
+//! missed a Start, a Continue or some ticks would drift or sit stopped, so the follower checks
+//! every message's sequence number and, after a gap, resynchronises the destination the way a
+//! sequencer would: Stop, Song Position Pointer for the next 16th, and Continue on that 16th.
+//!
+//! Sans-IO: messages in, messages out; no clock, no sockets.
+
+use serde::{Deserialize, Serialize};
+
+use super::{BEAT_EPSILON, ClockEvent, ClockKind, spp_at_or_after};
+
+/// A message for the destinations.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Outgoing {
+    /// What to send.
+    pub kind: ClockKind,
+    /// Song position it belongs to.
+    pub beat: f64,
+    /// Sample position on the instance's clock.
+    pub sample_pos: f64,
+    /// When it should play, host nanoseconds.
+    pub host_time_ns: f64,
+    /// True if the follower inserted it to repair a gap.
+    pub repair: bool,
+}
+
+/// What the destination is doing, as far as the follower has told it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Remote {
+    Stopped,
+    Running,
+    /// Told an SPP after a gap; ticks are held back until the song reaches `at`.
+    Resync {
+        at: f64,
+    },
+}
+
+/// Follows one instance's stream.
+#[derive(Debug, Clone)]
+pub struct ClockFollower {
+    expected_seq: Option<u64>,
+    remote: Remote,
+    gaps: u64,
+    lost: u64,
+}
+
+impl Default for ClockFollower {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClockFollower {
+    /// A follower that has seen nothing yet.
+    pub fn new() -> Self {
+        Self {
+            expected_seq: None,
+            remote: Remote::Stopped,
+            gaps: 0,
+            lost: 0,
+        }
+    }
+
+    /// Gaps seen (each triggered a resynchronisation where needed).
+    pub fn gaps(&self) -> u64 {
+        self.gaps
+    }
+
+    /// Messages known to be lost (sum of the gaps' sizes).
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Take one message from the engine; pass on what the destination should get.
+    pub fn handle(&mut self, event: ClockEvent, out: &mut impl FnMut(Outgoing)) {
+        let gap = match self.expected_seq {
+            Some(expected) if event.seq > expected => event.seq - expected,
+            _ => 0,
+        };
+        self.expected_seq = Some(event.seq + 1);
+        let send = |kind, beat, repair, out: &mut dyn FnMut(Outgoing)| {
+            out(Outgoing {
+                kind,
+                beat,
+                sample_pos: event.sample_pos,
+                host_time_ns: event.host_time_ns,
+                repair,
+            })
+        };
+        if gap > 0 {
+            self.gaps += 1;
+            self.lost += gap;
+            match event.kind {
+                ClockKind::Tick => {
+                    // Whatever was lost, tell the destination where we are and resume on the
+                    // grid. A running destination is stopped first so it doesn't run on.
+                    if self.remote != Remote::Stopped {
+                        send(ClockKind::Stop, event.beat, true, out);
+                    }
+                    let (spp, at) = spp_at_or_after(event.beat);
+                    send(ClockKind::SongPosition(spp), at, true, out);
+                    self.remote = Remote::Resync { at };
+                }
+                ClockKind::Continue => {
+                    // The SPP before it may have been lost: repeat it.
+                    let (spp, at) = spp_at_or_after(event.beat);
+                    send(ClockKind::SongPosition(spp), at, true, out);
+                }
+                ClockKind::Start | ClockKind::Stop | ClockKind::SongPosition(_) => {}
+            }
+        }
+        match event.kind {
+            ClockKind::Tick => match self.remote {
+                Remote::Running => send(ClockKind::Tick, event.beat, false, out),
+                Remote::Resync { at } if (event.beat - at).abs() < BEAT_EPSILON => {
+                    send(ClockKind::Continue, at, true, out);
+                    send(ClockKind::Tick, event.beat, false, out);
+                    self.remote = Remote::Running;
+                }
+                // Before the resume point, or stopped: the destination must not count it.
+                Remote::Resync { .. } | Remote::Stopped => {}
+            },
+            ClockKind::Start | ClockKind::Continue => {
+                send(event.kind, event.beat, false, out);
+                self.remote = Remote::Running;
+            }
+            ClockKind::Stop => {
+                send(event.kind, event.beat, false, out);
+                self.remote = Remote::Stopped;
+            }
+            ClockKind::SongPosition(_) => send(event.kind, event.beat, false, out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64, kind: ClockKind, beat: f64) -> ClockEvent {
+        ClockEvent {
+            kind,
+            beat,
+            sample_pos: beat * 1000.0,
+            host_time_ns: beat * 1e6,
+            seq,
+        }
+    }
+
+    fn run(events: &[ClockEvent]) -> (Vec<(ClockKind, f64, bool)>, ClockFollower) {
+        let mut f = ClockFollower::new();
+        let mut out = Vec::new();
+        for e in events {
+            f.handle(*e, &mut |o| out.push((o.kind, o.beat, o.repair)));
+        }
+        (out, f)
+    }
+
+    #[test]
+    fn passes_an_unbroken_stream_through() {
+        let events = [
+            ev(0, ClockKind::Start, 0.0),
+            ev(1, ClockKind::Tick, 0.0),
+            ev(2, ClockKind::Tick, 1.0 / 24.0),
+            ev(3, ClockKind::Stop, 2.0 / 24.0),
+        ];
+        let (out, f) = run(&events);
+        assert_eq!(out.len(), 4);
+        assert!(out.iter().all(|o| !o.2));
+        assert_eq!(f.gaps(), 0);
+    }
+
+    #[test]
+    fn lost_ticks_while_running_resync_on_the_next_sixteenth() {
+        // Ticks 2..=9 lost; the next one is beat 10/24. Stop, SPP 2 (beat 0.5), and
+        // Continue + tick exactly at beat 12/24.
+        let mut events = vec![ev(0, ClockKind::Start, 0.0)];
+        events.extend((0..2).map(|k| ev(1 + k, ClockKind::Tick, k as f64 / 24.0)));
+        events.extend((10..14).map(|k| ev(1 + k, ClockKind::Tick, k as f64 / 24.0)));
+        let (out, f) = run(&events);
+        assert_eq!(f.gaps(), 1);
+        assert_eq!(f.lost(), 8);
+        let kinds: Vec<ClockKind> = out.iter().map(|o| o.0).collect();
+        assert_eq!(
+            kinds,
+            [
+                ClockKind::Start,
+                ClockKind::Tick,
+                ClockKind::Tick,
+                ClockKind::Stop,
+                ClockKind::SongPosition(2),
+                ClockKind::Continue,
+                ClockKind::Tick,
+                ClockKind::Tick,
+            ]
+        );
+        assert_eq!(out[5].1, 0.5);
+        assert_eq!(out[6].1, 0.5);
+    }
+
+    #[test]
+    fn a_lost_spp_is_repeated_before_continue() {
+        let events = [
+            ev(0, ClockKind::Stop, 4.0),
+            // seq 1 (the SPP) lost
+            ev(2, ClockKind::Continue, 8.25),
+            ev(3, ClockKind::Tick, 8.25),
+        ];
+        let (out, _) = run(&events);
+        assert_eq!(out[1], (ClockKind::SongPosition(33), 8.25, true));
+        assert_eq!(out[2].0, ClockKind::Continue);
+        assert_eq!(out[3].0, ClockKind::Tick);
+    }
+
+    #[test]
+    fn a_lost_start_does_not_leave_the_destination_stopped() {
+        // Start (seq 0) lost: the first message seen is a tick at beat 0 after a "gap" from the
+        // previous stream position.
+        let mut f = ClockFollower::new();
+        let mut out = Vec::new();
+        f.handle(ev(0, ClockKind::SongPosition(0), 0.0), &mut |o| {
+            out.push(o.kind)
+        });
+        f.handle(ev(2, ClockKind::Tick, 0.0), &mut |o| out.push(o.kind));
+        assert_eq!(
+            out,
+            [
+                ClockKind::SongPosition(0),
+                ClockKind::SongPosition(0),
+                ClockKind::Continue,
+                ClockKind::Tick
+            ]
+        );
+    }
+}
