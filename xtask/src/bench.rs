@@ -2,7 +2,8 @@
 //! `target/lockstep-bench.json` (an array of `{"name", "value", "unit", "target", "meets"}`).
 //!
 //! `target` is the row's upper bound in the row's unit, or `null` for reference rows (which
-//! always `meet`). Figures are criterion's mean estimates from this run on this machine.
+//! always `meet`). Timings are criterion's mean estimates from this run on this machine; clock
+//! rows come from the reference model's corpus and a simulated jittery host (deterministic).
 
 use std::path::Path;
 
@@ -53,7 +54,11 @@ pub fn main(args: &[String]) -> Result<()> {
     bundle_release(&["lockstep", "lockstep-bench-baseline"])?;
     let criterion_dir = target_dir().join("criterion");
     // Stale estimates from an earlier run must not end up in this table.
-    for id in ["process_64_48k_lockstep", "process_64_48k_baseline"] {
+    for id in [
+        "process_64_48k_lockstep",
+        "process_64_48k_baseline",
+        "process_64_48k_lockstep_999bpm",
+    ] {
         let _ = std::fs::remove_dir_all(criterion_dir.join(id));
     }
     run(&mut cargo(&[
@@ -68,7 +73,20 @@ pub fn main(args: &[String]) -> Result<()> {
 
     let lockstep = mean_ns(&criterion_dir, "process_64_48k_lockstep")?;
     let baseline = mean_ns(&criterion_dir, "process_64_48k_baseline")?;
+    let fast = mean_ns(&criterion_dir, "process_64_48k_lockstep_999bpm")?;
     let overhead_us = (lockstep - baseline) / 1000.0;
+
+    // Clock quality: the property-test corpus against the reference model, and the stamps'
+    // jitter behind a host whose callbacks jitter by ±1 block (512 samples at 48 kHz).
+    let corpus_seeds = 1000;
+    let (corpus, worst_seconds) = lockstep_net::clock::reference::corpus_agreement(corpus_seeds)
+        .map_err(anyhow::Error::msg)?;
+    let jitter = lockstep_net::clock::reference::jitter_study(48_000.0, 512, 600.0);
+    println!(
+        "clock corpus: {corpus_seeds} timelines, {} messages; jitter study: {} ticks",
+        corpus.events, jitter.ticks
+    );
+
     let rows = [
         Row::new("process_64_48k_overhead", overhead_us, "µs", Some(1.0)),
         Row::new(
@@ -79,20 +97,62 @@ pub fn main(args: &[String]) -> Result<()> {
         ),
         Row::new("process_64_48k_baseline", baseline, "ns", None),
         Row::new("process_64_48k_ratio", lockstep / baseline, "x", None),
+        Row::new(
+            "process_64_48k_999bpm_overhead",
+            (fast - baseline) / 1000.0,
+            "µs",
+            Some(1.0),
+        ),
+        Row::new(
+            "clock_worst_stamp_error",
+            corpus.worst_sample_error,
+            "samples",
+            Some(1.0),
+        ),
+        Row::new(
+            "clock_worst_stamp_error_time",
+            worst_seconds * 1e6,
+            "µs",
+            Some(20.8),
+        ),
+        Row::new(
+            "clock_stamp_jitter_p99",
+            jitter.interval_p99_ns / 1000.0,
+            "µs",
+            Some(20.0),
+        ),
+        Row::new(
+            "clock_stamp_jitter_max",
+            jitter.interval_max_ns / 1000.0,
+            "µs",
+            None,
+        ),
+        Row::new(
+            "clock_stamp_offset_p99",
+            jitter.absolute_p99_ns / 1000.0,
+            "µs",
+            None,
+        ),
     ];
 
     println!();
     println!(
-        "{:<28} {:>12} {:<4} {:>12} {:<5}",
+        "{:<32} {:>14} {:<7} {:>12} {:<5}",
         "name", "value", "unit", "target", "meets"
     );
     for row in &rows {
         let target = row
             .target
             .map_or_else(|| "-".to_owned(), |t| format!("< {t:.3}"));
+        // Tiny values (stamp errors of 1e-8 samples) in scientific notation, not as 0.000000.
+        let value = if row.value != 0.0 && row.value.abs() < 1e-3 {
+            format!("{:.3e}", row.value)
+        } else {
+            format!("{:.6}", row.value)
+        };
         println!(
-            "{:<28} {:>12.3} {:<4} {:>12} {:<5}",
-            row.name, row.value, row.unit, target, row.meets
+            "{:<32} {:>14} {:<7} {:>12} {:<5}",
+            row.name, value, row.unit, target, row.meets
         );
     }
     let out = target_dir().join("lockstep-bench.json");

@@ -616,6 +616,14 @@ mod tests {
         assert!(agreement.events > 100);
     }
 
+    #[test]
+    fn callback_jitter_of_one_block_stays_out_of_the_stamps() {
+        // ±10.7 ms of callback jitter (512 samples at 48 kHz), 3 minutes of ticks.
+        let j = crate::clock::reference::jitter_study(48_000.0, 512, 180.0);
+        assert!(j.ticks > 5000, "{j:?}");
+        assert!(j.interval_p99_ns < 20_000.0, "{j:?}");
+    }
+
     /// The property test: random timelines (see `random_case`) must match the model exactly in
     /// kinds, beats and count, with every stamp within 1 sample. `LOCKSTEP_CLOCK_CASES` sets
     /// how many seeds to run (default 300).

@@ -5,6 +5,11 @@
 //! pairs, as Ableton Link's `HostTimeFilter` does, gives stamps that follow the sample clock
 //! (and its drift against the host clock) while callback jitter averages out.
 //!
+//! Once the window is full, the line's slope is low-pass filtered (time constant one window)
+//! before use: the slope is the sample clock's rate against the host clock, which only drifts
+//! slowly, while its block-to-block noise, multiplied by the distance from the window's centre,
+//! is what would otherwise move the newest stamps by tens of microseconds per block.
+//!
 //! Realtime-safe: fixed-size storage, O(1) per block (running sums, re-centred every
 //! [`WINDOW`] points so the sums stay small and exact enough for hours of audio).
 
@@ -35,6 +40,8 @@ pub struct HostTimeEstimator {
     sample_rate: f64,
     /// The last raw point, for gap detection.
     last: Option<(u64, u64)>,
+    /// Low-passed regression slope (ns per sample), once the window has filled.
+    smoothed_slope: Option<f64>,
 }
 
 impl HostTimeEstimator {
@@ -53,6 +60,7 @@ impl HostTimeEstimator {
             sum_xy: 0.0,
             sample_rate,
             last: None,
+            smoothed_slope: None,
         }
     }
 
@@ -97,6 +105,21 @@ impl HostTimeEstimator {
         self.add_sums(point.0, point.1);
         self.next = (self.next + 1) % WINDOW;
         self.since_rebase += 1;
+        if self.len == WINDOW
+            && let Some(slope) = self.regression_slope()
+        {
+            self.smoothed_slope = Some(match self.smoothed_slope {
+                None => slope,
+                Some(previous) => previous + (slope - previous) / WINDOW as f64,
+            });
+        }
+    }
+
+    /// The least-squares slope in ns per sample, once the points span some time.
+    fn regression_slope(&self) -> Option<f64> {
+        let n = self.len as f64;
+        let var = self.sum_xx - self.sum_x * self.sum_x / n;
+        (self.len >= 8 && var > 1.0).then(|| (self.sum_xy - self.sum_x * self.sum_y / n) / var)
     }
 
     fn add_sums(&mut self, x: f64, y: f64) {
@@ -139,13 +162,11 @@ impl HostTimeEstimator {
         }
         let n = self.len as f64;
         let x = samples - self.base_samples as f64;
-        let var = self.sum_xx - self.sum_x * self.sum_x / n;
         // Until the points span some time, use the nominal rate through their mean.
-        let slope = if self.len >= 8 && var > 1.0 {
-            (self.sum_xy - self.sum_x * self.sum_y / n) / var
-        } else {
-            1e9 / self.sample_rate
-        };
+        let slope = self
+            .smoothed_slope
+            .or_else(|| self.regression_slope())
+            .unwrap_or(1e9 / self.sample_rate);
         let (mean_x, mean_y) = (self.sum_x / n, self.sum_y / n);
         Some(self.base_ns as f64 + mean_y + slope * (x - mean_x))
     }
