@@ -120,6 +120,22 @@ pub enum BridgeEvent {
     Clock(ClockEvent),
     /// The clock engine's state changed (why it is or is not sending).
     ClockState(ClockState),
+    /// The instance was activated with this configuration (pushed from `activate()`).
+    Activated {
+        /// Sample rate in Hz.
+        sample_rate: f32,
+        /// Largest block the host will send.
+        max_block: u32,
+    },
+    /// The user's clock offset changed, milliseconds (negative = earlier).
+    ClockOffset(f32),
+    /// Clock output switched on/off, or transport messages switched on/off.
+    ClockOutput {
+        /// `clk_on`: send clock at all.
+        enabled: bool,
+        /// `clk_tr`: send Start/Stop/Continue/SPP too.
+        send_transport: bool,
+    },
 }
 
 /// Counters shared by both ends of one instance's ring.

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bridge::TransportSnapshot;
+use crate::clock::scheduler::{SchedulerConfig, SchedulerStats};
 use crate::clock::{ClockEvent, ClockState};
 
 /// The whole worker, one snapshot in time.
@@ -53,6 +54,10 @@ pub struct InstanceStatus {
     pub clock_lost: u64,
     /// The most recent clock message.
     pub last_clock: Option<ClockEvent>,
+    /// How clock messages are timed (assumed output latency and the user's offset).
+    pub clock_schedule: SchedulerConfig,
+    /// Late, predicted and over-predicted messages.
+    pub clock_timing: SchedulerStats,
 }
 
 /// What the plugin's `lockstep_status_json` symbol returns: the worker's view plus a live count

@@ -13,10 +13,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::bridge::{self, AudioSide, BridgeEvent, RingCounters, TransportSnapshot, WorkerSide};
-use crate::clock::follower::{ClockFollower, Outgoing};
+use crate::clock::follower::ClockFollower;
+use crate::clock::scheduler::{Scheduler, SchedulerConfig, SchedulerStats, Transmit};
 use crate::clock::{ClockEvent, ClockKind, ClockState};
 use crate::status::{InstanceStatus, WorkerStatus};
 
@@ -82,7 +84,7 @@ struct Published {
 }
 
 /// Clock figures of one instance, as published.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct ClockSummary {
     state: ClockState,
     messages: u64,
@@ -90,19 +92,55 @@ struct ClockSummary {
     gaps: u64,
     lost: u64,
     last: Option<ClockEvent>,
+    schedule: SchedulerConfig,
+    timing: SchedulerStats,
 }
+
+impl Default for ClockSummary {
+    fn default() -> Self {
+        Self {
+            state: ClockState::default(),
+            messages: 0,
+            ticks: 0,
+            gaps: 0,
+            lost: 0,
+            last: None,
+            schedule: DEFAULT_SCHEDULE,
+            timing: SchedulerStats::default(),
+        }
+    }
+}
+
+/// Until an instance reports its block size: 2 × 512 samples at 48 kHz.
+const DEFAULT_SCHEDULE: SchedulerConfig = SchedulerConfig {
+    latency_ns: 2.0 * 512.0 / 48_000.0 * 1e9,
+    offset_ns: 0.0,
+};
 
 /// The worker's own per-instance state.
 struct Attached {
     ring: WorkerSide,
     follower: ClockFollower,
+    /// Timing for the instance's clock destinations (one schedule until destinations exist).
+    scheduler: Scheduler,
     clock: ClockSummary,
 }
 
-/// A bounded record of what the followers passed on, for diagnostics and the end-to-end tests.
+/// One message the worker sent (recorded for diagnostics and the end-to-end tests).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SentClock {
+    /// Instance id.
+    pub instance: u64,
+    /// What left, and when it was due.
+    pub transmit: Transmit,
+    /// When the worker actually sent it, host ns.
+    pub sent_at_ns: f64,
+}
+
+/// A bounded record of what the worker sent.
 struct ClockLog {
     capacity: usize,
-    entries: Vec<(u64, Outgoing)>,
+    entries: Vec<SentClock>,
     overflowed: u64,
 }
 
@@ -127,8 +165,8 @@ pub fn record_clock(capacity: usize) {
     });
 }
 
-/// The recorded messages as (instance id, message), and how many did not fit.
-pub fn recorded_clock() -> (Vec<(u64, Outgoing)>, u64) {
+/// The recorded messages, and how many did not fit.
+pub fn recorded_clock() -> (Vec<SentClock>, u64) {
     lock(&CLOCK_LOG)
         .as_ref()
         .map_or((Vec::new(), 0), |log| (log.entries.clone(), log.overflowed))
@@ -208,12 +246,14 @@ fn spawn() -> Result<Running, AttachError> {
 /// The worker's loop: wait for a command or the drain period, then drain every ring.
 fn run(inbox: Receiver<Command>) {
     let mut rings: BTreeMap<u64, Attached> = BTreeMap::new();
+    let mut timeout = DRAIN_PERIOD;
     loop {
-        match inbox.recv_timeout(DRAIN_PERIOD) {
+        match inbox.recv_timeout(timeout) {
             Ok(Command::Attach { id, ring }) => {
                 let attached = Attached {
                     ring,
                     follower: ClockFollower::new(),
+                    scheduler: Scheduler::new(DEFAULT_SCHEDULE),
                     clock: ClockSummary::default(),
                 };
                 rings.insert(id, attached);
@@ -225,11 +265,53 @@ fn run(inbox: Receiver<Command>) {
             Err(RecvTimeoutError::Timeout) => {}
         }
         drain(&mut rings);
+        timeout = transmit(&mut rings);
     }
 }
 
+/// Send every clock message that is due and return how long to wait for the next one (at most
+/// [`DRAIN_PERIOD`]).
+fn transmit(rings: &mut BTreeMap<u64, Attached>) -> Duration {
+    let now = bridge::host_time_ns() as f64;
+    let mut sent = Vec::new();
+    let mut next = now + DRAIN_PERIOD.as_nanos() as f64;
+    for (id, attached) in rings.iter_mut() {
+        while let Some(transmit) = attached.scheduler.poll_transmit(now) {
+            // The destinations (RTP-MIDI) take the message here; until they exist it is only
+            // recorded.
+            sent.push(SentClock {
+                instance: *id,
+                transmit,
+                sent_at_ns: now,
+            });
+        }
+        if let Some(due) = attached.scheduler.poll_timeout() {
+            next = next.min(due);
+        }
+        let timing = attached.scheduler.stats();
+        if timing != attached.clock.timing {
+            attached.clock.timing = timing;
+            if let Some(published) = lock(&BOARD).get_mut(id) {
+                published.clock.timing = timing;
+            }
+        }
+    }
+    if !sent.is_empty()
+        && let Some(log) = lock(&CLOCK_LOG).as_mut()
+    {
+        for entry in sent {
+            if log.entries.len() < log.capacity {
+                log.entries.push(entry);
+            } else {
+                log.overflowed += 1;
+            }
+        }
+    }
+    Duration::from_nanos((next - now).max(0.0) as u64).min(DRAIN_PERIOD)
+}
+
 fn drain(rings: &mut BTreeMap<u64, Attached>) {
-    let mut outgoing: Vec<(u64, Outgoing)> = Vec::new();
+    let now = bridge::host_time_ns() as f64;
     for (id, attached) in rings.iter_mut() {
         let mut latest = None;
         let mut blocks = 0;
@@ -238,8 +320,41 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
             changed = true;
             match event {
                 BridgeEvent::Transport(snapshot) => {
+                    attached.scheduler.handle_tempo(snapshot.tempo_bpm);
                     latest = Some(snapshot);
                     blocks += 1;
+                }
+                BridgeEvent::Activated {
+                    sample_rate,
+                    max_block,
+                } => {
+                    let latency_ns =
+                        2.0 * f64::from(max_block) / f64::from(sample_rate.max(1.0)) * 1e9;
+                    let config = SchedulerConfig {
+                        latency_ns,
+                        ..attached.scheduler.config()
+                    };
+                    attached.scheduler.set_config(config);
+                    attached.clock.schedule = config;
+                }
+                BridgeEvent::ClockOutput {
+                    enabled,
+                    send_transport,
+                } => {
+                    let scheduler = &mut attached.scheduler;
+                    attached
+                        .follower
+                        .set_output(enabled, send_transport, &mut |out| {
+                            scheduler.handle(now, out)
+                        });
+                }
+                BridgeEvent::ClockOffset(offset_ms) => {
+                    let config = SchedulerConfig {
+                        offset_ns: f64::from(offset_ms) * 1e6,
+                        ..attached.scheduler.config()
+                    };
+                    attached.scheduler.set_config(config);
+                    attached.clock.schedule = config;
                 }
                 BridgeEvent::ClockState(state) => attached.clock.state = state,
                 BridgeEvent::Clock(clock) => {
@@ -247,9 +362,10 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
                     summary.messages += 1;
                     summary.ticks += u64::from(clock.kind == ClockKind::Tick);
                     summary.last = Some(clock);
+                    let scheduler = &mut attached.scheduler;
                     attached
                         .follower
-                        .handle(clock, &mut |out| outgoing.push((*id, out)));
+                        .handle(clock, &mut |out| scheduler.handle(now, out));
                 }
             }
         }
@@ -264,18 +380,6 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
             }
             published.blocks += blocks;
             published.clock = attached.clock;
-        }
-    }
-    // The destinations (RTP-MIDI) will take `outgoing` from here; for now it is recorded.
-    if !outgoing.is_empty()
-        && let Some(log) = lock(&CLOCK_LOG).as_mut()
-    {
-        for entry in outgoing {
-            if log.entries.len() < log.capacity {
-                log.entries.push(entry);
-            } else {
-                log.overflowed += 1;
-            }
         }
     }
 }
@@ -301,6 +405,8 @@ pub fn status() -> WorkerStatus {
                 clock_gaps: published.clock.gaps,
                 clock_lost: published.clock.lost,
                 last_clock: published.clock.last,
+                clock_schedule: published.clock.schedule,
+                clock_timing: published.clock.timing,
             }
         })
         .collect();

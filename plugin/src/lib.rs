@@ -46,6 +46,16 @@ pub struct Lockstep {
     clock: ClockEngine,
     /// The clock state the worker was last told about.
     reported_clock_state: Option<ClockState>,
+    /// The clock parameters the worker was last told about.
+    reported_clock_params: Option<ClockParams>,
+}
+
+/// The clock parameters the worker needs, compared each block to notice changes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ClockParams {
+    enabled: bool,
+    send_transport: bool,
+    offset_ms: f32,
 }
 
 /// What an active instance holds of the network side.
@@ -65,6 +75,7 @@ impl Default for Lockstep {
             sample_rate: 48_000.0,
             clock: ClockEngine::new(48_000.0),
             reported_clock_state: None,
+            reported_clock_params: None,
         }
     }
 }
@@ -118,6 +129,16 @@ impl Plugin for Lockstep {
                 Err(err) => nice_error!("lockstep: {err}"),
             }
         }
+        if let Some(spine) = &mut self.spine {
+            // Main thread, before processing starts. If the ring is somehow full the worker
+            // keeps its default latency assumption (2 × 512 samples at 48 kHz).
+            let _ = spine.ring.push(BridgeEvent::Activated {
+                sample_rate: buffer_config.sample_rate,
+                max_block: buffer_config.max_buffer_size,
+            });
+        }
+        // Tell the worker the clock parameters again with the first block.
+        self.reported_clock_params = None;
         true
     }
 
@@ -146,6 +167,21 @@ impl Plugin for Lockstep {
             self.clock.process(&snapshot, &mut |event| {
                 let _ = ring.push(BridgeEvent::Clock(event));
             });
+            let params = ClockParams {
+                enabled: self.params.clock_enabled.value(),
+                send_transport: self.params.clock_send_transport.value(),
+                offset_ms: self.params.clock_offset_ms.value(),
+            };
+            if self.reported_clock_params != Some(params) {
+                let output = ring.push(BridgeEvent::ClockOutput {
+                    enabled: params.enabled,
+                    send_transport: params.send_transport,
+                });
+                let offset = ring.push(BridgeEvent::ClockOffset(params.offset_ms));
+                if output.is_ok() && offset.is_ok() {
+                    self.reported_clock_params = Some(params);
+                }
+            }
             let state = self.clock.state();
             if self.reported_clock_state != Some(state)
                 && ring.push(BridgeEvent::ClockState(state)).is_ok()

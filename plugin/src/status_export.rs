@@ -11,9 +11,8 @@
 //! nothing was written and the caller should retry with a larger buffer. Thread-safe; never call
 //! them from an audio thread (they lock and allocate).
 
-use lockstep_net::clock::follower::Outgoing;
 use lockstep_net::status::ExportedStatus;
-use lockstep_net::worker;
+use lockstep_net::worker::{self, SentClock};
 use serde::Serialize;
 
 /// The current status as a JSON string ([`ExportedStatus`]).
@@ -25,28 +24,14 @@ pub fn status_json() -> String {
     to_json(&exported)
 }
 
-/// One recorded clock message.
-#[derive(Serialize)]
-struct Recorded {
-    /// Instance id (as in the status).
-    instance: u64,
-    /// The message as the follower passed it on.
-    #[serde(flatten)]
-    message: Outgoing,
-}
-
-/// The recorded clock messages as a JSON object `{"messages": [...], "overflowed": n}`.
+/// The recorded clock messages as a JSON object `{"messages": [SentClock...], "overflowed": n}`.
 pub fn recorded_clock_json() -> String {
     #[derive(Serialize)]
     struct Log {
-        messages: Vec<Recorded>,
+        messages: Vec<SentClock>,
         overflowed: u64,
     }
-    let (entries, overflowed) = worker::recorded_clock();
-    let messages = entries
-        .into_iter()
-        .map(|(instance, message)| Recorded { instance, message })
-        .collect();
+    let (messages, overflowed) = worker::recorded_clock();
     to_json(&Log {
         messages,
         overflowed,

@@ -94,3 +94,12 @@ pub fn check_vst3_module(bundle: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The CLAP id of a parameter: nice-plug's hash of its string id (31 × h + byte, top bit
+/// cleared for VST3). Written out here, independently of nice-plug, so a change of the mapping
+/// upstream fails the frozen-parameter test instead of silently breaking automation.
+pub fn clap_param_id(id: &str) -> u32 {
+    id.bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        & 0x7fff_ffff
+}

@@ -233,8 +233,12 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
             || "clock idle".to_owned(),
             |i| {
                 format!(
-                    "clock {:?} ({} ticks, {} gaps)",
-                    i.clock_state, i.clock_ticks, i.clock_gaps
+                    "clock {:?} ({} ticks, {} gaps, {} late, offset {:+.1} ms)",
+                    i.clock_state,
+                    i.clock_ticks,
+                    i.clock_gaps,
+                    i.clock_timing.late,
+                    i.clock_schedule.offset_ns / 1e6
                 )
             },
         );

@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use lockstep_net::clock::follower::Outgoing;
 use lockstep_net::status::ExportedStatus;
+use lockstep_net::worker::SentClock;
 use serde::Deserialize;
 
 /// Signature of the `*_json` symbols.
@@ -26,21 +26,11 @@ pub struct StatusProbe {
     recorded: JsonFn,
 }
 
-/// One clock message the worker passed on, as recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-pub struct RecordedMessage {
-    /// Instance id.
-    pub instance: u64,
-    /// The message.
-    #[serde(flatten)]
-    pub message: Outgoing,
-}
-
 /// The clock recording.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ClockRecording {
-    /// Messages in the order the worker passed them on.
-    pub messages: Vec<RecordedMessage>,
+    /// Messages in the order the worker sent them.
+    pub messages: Vec<SentClock>,
     /// Messages that did not fit.
     pub overflowed: u64,
 }

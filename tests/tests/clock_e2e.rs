@@ -4,9 +4,9 @@
 
 use anyhow::{Context, Result, ensure};
 use lockstep_host::bundle::Build;
-use lockstep_host::harness::{exclusive, wait_drained};
+use lockstep_host::harness::{clap_param_id, exclusive, wait_drained};
 use lockstep_host::host::{Bundle, Layout};
-use lockstep_host::processor::Processor;
+use lockstep_host::processor::{ParamChange, Processor};
 use lockstep_host::status::StatusProbe;
 use lockstep_host::transport::HostTransport;
 use lockstep_net::clock::reference::{Segment, Timeline, compare};
@@ -25,6 +25,8 @@ struct Script<'a> {
     sample: u64,
     blocks: usize,
     segments: Vec<Segment>,
+    /// Parameter changes to deliver with the next block.
+    params: Vec<ParamChange>,
 }
 
 impl Script<'_> {
@@ -56,7 +58,9 @@ impl Script<'_> {
             let len = BLOCKS[self.blocks % BLOCKS.len()];
             let t = self.transport;
             self.mark(self.sample, t.playing, t.pos_beats(), t.tempo_bpm);
-            self.processor.process(len, Some(&t.event()), &[])?;
+            self.processor
+                .process(len, Some(&t.event()), &self.params)?;
+            self.params.clear();
             // A loop wrap inside this block: where exactly, in samples.
             let bps = t.tempo_bpm / 60.0 / RATE;
             if let Some((start, end)) = t.loop_beats()
@@ -106,6 +110,12 @@ fn scripted_minute(build: Build) -> Result<()> {
         sample: 0,
         blocks: 0,
         segments: Vec::new(),
+        // Clock Offset −12.5 ms (normalised over −250..250 ms).
+        params: vec![ParamChange {
+            offset: 0,
+            id: clap_param_id("clk_ofs"),
+            value: 0.475,
+        }],
     };
     s.run(50)?; // stopped at the start
     s.transport.playing = true;
@@ -134,23 +144,56 @@ fn scripted_minute(build: Build) -> Result<()> {
     let me = &status.worker.instances[0];
     ensure!(me.events_dropped_full == 0 && me.clock_gaps == 0, "{me:?}");
     ensure!(me.clock_state == ClockState::Stopped, "{me:?}");
-    let recording = probe.recorded_clock()?;
+    // The worker holds each message until its send time (stamp + latency + offset, ~30 ms
+    // after the stamp here); wait until all of them have left.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let recording = loop {
+        let recording = probe.recorded_clock()?;
+        if recording.messages.len() as u64 >= me.clock_messages {
+            break recording;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{} of {} messages sent",
+            recording.messages.len(),
+            me.clock_messages
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     ensure!(recording.overflowed == 0, "recording overflowed");
     let engine: Vec<ClockEvent> = recording
         .messages
         .iter()
         .map(|r| ClockEvent {
-            kind: r.message.kind,
-            beat: r.message.beat,
-            sample_pos: r.message.sample_pos,
-            host_time_ns: r.message.host_time_ns,
+            kind: r.transmit.message.kind,
+            beat: r.transmit.message.beat,
+            sample_pos: r.transmit.message.sample_pos,
+            host_time_ns: r.transmit.message.host_time_ns,
             seq: 0,
         })
         .collect();
     ensure!(
-        recording.messages.iter().all(|r| !r.message.repair),
+        recording
+            .messages
+            .iter()
+            .all(|r| !r.transmit.message.repair && !r.transmit.predicted),
         "repairs without loss"
     );
+    // Every message is scheduled at stamp + assumed output latency (2 × 1024 samples) + offset.
+    let schedule = me.clock_schedule;
+    ensure!((schedule.offset_ns + 12.5e6).abs() < 1e3, "{schedule:?}");
+    ensure!(
+        (schedule.latency_ns - 2048.0 / RATE * 1e9).abs() < 1.0,
+        "{schedule:?}"
+    );
+    for r in &recording.messages {
+        let lead = r.transmit.send_at_ns - r.transmit.message.host_time_ns;
+        ensure!(
+            (lead - (schedule.latency_ns + schedule.offset_ns)).abs() < 1e-3 * 1e6,
+            "{r:?}"
+        );
+        ensure!(r.sent_at_ns >= r.transmit.send_at_ns, "sent early: {r:?}");
+    }
     let ideal = timeline.ideal();
     let agreement = compare(&engine, &ideal, until, 1.0, None).map_err(anyhow::Error::msg)?;
     let wraps = engine.iter().filter(|e| e.kind == ClockKind::Stop).count();

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, ensure};
 use lockstep_host::bundle::{Build, target_dir};
-use lockstep_host::harness::{check_vst3_module, exclusive};
+use lockstep_host::harness::{check_vst3_module, clap_param_id, exclusive};
 use lockstep_host::host::Bundle;
 use lockstep_host::host::Layout;
 use lockstep_host::processor::ParamChange;
@@ -39,14 +39,6 @@ fn frozen_params() -> Vec<(String, String, &'static str, f64, f64, f64)> {
         ));
     }
     rows
-}
-
-/// The CLAP id a string id maps to. Written out here, independently of nice-plug, so an
-/// upstream change of the mapping fails this test instead of silently breaking automation.
-fn clap_id(id: &str) -> u32 {
-    id.bytes()
-        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-        & 0x7fff_ffff
 }
 
 /// Equal within nice-plug's f32 precision.
@@ -109,10 +101,10 @@ fn parameter_set_is_frozen() -> Result<()> {
         );
         for (param, (sid, name, group, min, max, default)) in params.iter().zip(&expected) {
             ensure!(
-                param.id == clap_id(sid),
+                param.id == clap_param_id(sid),
                 "{sid}: id {} != {}",
                 param.id,
-                clap_id(sid)
+                clap_param_id(sid)
             );
             ensure!(&param.name == name, "{sid}: name {}", param.name);
             ensure!(param.module == *group, "{sid}: group {}", param.module);
@@ -141,28 +133,28 @@ fn state_round_trips_parameters_and_settings() -> Result<()> {
             // -12.5 ms, normalised over -250..250 ms.
             ParamChange {
                 offset: 0,
-                id: clap_id("clk_ofs"),
+                id: clap_param_id("clk_ofs"),
                 value: 0.475,
             },
             ParamChange {
                 offset: 10,
-                id: clap_id("lnk_md"),
+                id: clap_param_id("lnk_md"),
                 value: 2.0,
             },
             // 7 beats.
             ParamChange {
                 offset: 20,
-                id: clap_id("lnk_q"),
+                id: clap_param_id("lnk_q"),
                 value: 6.0,
             },
             ParamChange {
                 offset: 63,
-                id: clap_id("mac_3"),
+                id: clap_param_id("mac_3"),
                 value: 0.75,
             },
             ParamChange {
                 offset: 63,
-                id: clap_id("clk_tr"),
+                id: clap_param_id("clk_tr"),
                 value: 0.0,
             },
         ];
@@ -210,7 +202,7 @@ fn state_round_trips_parameters_and_settings() -> Result<()> {
             "garbage state accepted"
         );
         ensure!(
-            same(second.param_value(clap_id("mac_3"))?, 0.75),
+            same(second.param_value(clap_param_id("mac_3"))?, 0.75),
             "state lost after bad load"
         );
     }

@@ -64,9 +64,19 @@ impl HostTimeEstimator {
         }
     }
 
-    /// Forget everything (activation, sample-rate change, long gap).
+    /// Forget everything (activation, sample-rate change, long gap). In place: the point
+    /// storage is only read below `len`, so it is not cleared (no 64 KiB temporary on an audio
+    /// thread's stack).
     pub fn reset(&mut self, sample_rate: f64) {
-        *self = Self::new(sample_rate);
+        self.next = 0;
+        self.len = 0;
+        self.since_rebase = 0;
+        self.base_samples = 0;
+        self.base_ns = 0;
+        (self.sum_x, self.sum_y, self.sum_xx, self.sum_xy) = (0.0, 0.0, 0.0, 0.0);
+        self.sample_rate = sample_rate;
+        self.last = None;
+        self.smoothed_slope = None;
     }
 
     /// Add the timestamp of the block starting at `samples`, taken at `host_ns`. Resets first

@@ -26,6 +26,34 @@ pub struct Outgoing {
     pub repair: bool,
 }
 
+impl Default for Outgoing {
+    fn default() -> Self {
+        Self {
+            kind: ClockKind::Tick,
+            beat: 0.0,
+            sample_pos: 0.0,
+            host_time_ns: 0.0,
+            repair: false,
+        }
+    }
+}
+
+/// The at most four messages one engine message turns into (Stop, SPP, Continue, Tick).
+#[derive(Debug, Default)]
+struct Batch {
+    items: [Outgoing; 4],
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, message: Outgoing) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = message;
+            self.len += 1;
+        }
+    }
+}
+
 /// What the destination is doing, as far as the follower has told it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Remote {
@@ -44,6 +72,14 @@ pub struct ClockFollower {
     remote: Remote,
     gaps: u64,
     lost: u64,
+    /// Clock output on (the `clk_on` parameter).
+    enabled: bool,
+    /// Send Start/Stop/Continue/SPP, not only ticks (the `clk_tr` parameter).
+    send_transport: bool,
+    /// Output was switched back on: the next message resynchronises like after a gap.
+    resync_pending: bool,
+    /// The newest message from the engine (for a Stop when output is switched off).
+    last: Option<Outgoing>,
 }
 
 impl Default for ClockFollower {
@@ -60,6 +96,48 @@ impl ClockFollower {
             remote: Remote::Stopped,
             gaps: 0,
             lost: 0,
+            enabled: true,
+            send_transport: true,
+            resync_pending: false,
+            last: None,
+        }
+    }
+
+    /// Switch output on or off (`clk_on`) and choose whether transport messages are sent
+    /// (`clk_tr`). Switching off while the destination runs sends it a Stop; switching on
+    /// resynchronises it with the next message (SPP and Continue on the grid if playing).
+    pub fn set_output(
+        &mut self,
+        enabled: bool,
+        send_transport: bool,
+        out: &mut impl FnMut(Outgoing),
+    ) {
+        self.send_transport = send_transport;
+        if enabled == self.enabled {
+            return;
+        }
+        self.enabled = enabled;
+        if enabled {
+            self.resync_pending = true;
+        } else if self.remote != Remote::Stopped {
+            if let Some(last) = self.last {
+                self.pass(
+                    Outgoing {
+                        kind: ClockKind::Stop,
+                        repair: true,
+                        ..last
+                    },
+                    out,
+                );
+            }
+            self.remote = Remote::Stopped;
+        }
+    }
+
+    /// Pass a message on, unless transport messages are switched off.
+    fn pass(&self, message: Outgoing, out: &mut impl FnMut(Outgoing)) {
+        if self.send_transport || message.kind == ClockKind::Tick {
+            out(message);
         }
     }
 
@@ -80,8 +158,19 @@ impl ClockFollower {
             _ => 0,
         };
         self.expected_seq = Some(event.seq + 1);
-        let send = |kind, beat, repair, out: &mut dyn FnMut(Outgoing)| {
-            out(Outgoing {
+        self.last = Some(Outgoing {
+            kind: event.kind,
+            beat: event.beat,
+            sample_pos: event.sample_pos,
+            host_time_ns: event.host_time_ns,
+            repair: false,
+        });
+        if !self.enabled {
+            return;
+        }
+        let mut emitted = Batch::default();
+        let send = |kind, beat, repair, out: &mut Batch| {
+            out.push(Outgoing {
                 kind,
                 beat,
                 sample_pos: event.sample_pos,
@@ -89,9 +178,13 @@ impl ClockFollower {
                 repair,
             })
         };
+        let out_final = out;
+        let out = &mut emitted;
         if gap > 0 {
             self.gaps += 1;
             self.lost += gap;
+        }
+        if gap > 0 || std::mem::take(&mut self.resync_pending) {
             match event.kind {
                 ClockKind::Tick => {
                     // Whatever was lost, tell the destination where we are and resume on the
@@ -132,12 +225,65 @@ impl ClockFollower {
             }
             ClockKind::SongPosition(_) => send(event.kind, event.beat, false, out),
         }
+        for message in &emitted.items[..emitted.len] {
+            self.pass(*message, out_final);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switching_output_off_stops_and_on_resyncs_on_the_grid() {
+        let mut f = ClockFollower::new();
+        let mut out = Vec::new();
+        f.handle(ev(0, ClockKind::Start, 0.0), &mut |o| out.push(o.kind));
+        f.handle(ev(1, ClockKind::Tick, 0.0), &mut |o| out.push(o.kind));
+        f.set_output(false, true, &mut |o| out.push(o.kind));
+        assert_eq!(out.last(), Some(&ClockKind::Stop));
+        for k in 1..5 {
+            f.handle(ev(1 + k, ClockKind::Tick, k as f64 / 24.0), &mut |o| {
+                out.push(o.kind)
+            });
+        }
+        assert_eq!(out.len(), 3, "nothing while off");
+        f.set_output(true, true, &mut |o| out.push(o.kind));
+        for k in 5..8 {
+            f.handle(ev(1 + k, ClockKind::Tick, k as f64 / 24.0), &mut |o| {
+                out.push(o.kind)
+            });
+        }
+        // Back on at tick 5: SPP 1 (beat 0.25 = tick 6), then Continue + tick 6, tick 7.
+        assert_eq!(
+            out[3..],
+            [
+                ClockKind::SongPosition(1),
+                ClockKind::Continue,
+                ClockKind::Tick,
+                ClockKind::Tick
+            ]
+        );
+        assert_eq!(f.gaps(), 0, "switching is not a loss");
+    }
+
+    #[test]
+    fn transport_messages_can_be_switched_off() {
+        let mut f = ClockFollower::new();
+        f.set_output(true, false, &mut |_| {});
+        let mut out = Vec::new();
+        for (seq, kind, beat) in [
+            (0, ClockKind::Start, 0.0),
+            (1, ClockKind::Tick, 0.0),
+            (2, ClockKind::Tick, 1.0 / 24.0),
+            (3, ClockKind::Stop, 2.0 / 24.0),
+            (4, ClockKind::SongPosition(8), 2.0),
+        ] {
+            f.handle(ev(seq, kind, beat), &mut |o| out.push(o.kind));
+        }
+        assert_eq!(out, [ClockKind::Tick, ClockKind::Tick]);
+    }
 
     fn ev(seq: u64, kind: ClockKind, beat: f64) -> ClockEvent {
         ClockEvent {
