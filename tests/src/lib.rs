@@ -14,6 +14,7 @@
 //! - [`bundle`]: where the built bundles live.
 //! - [`cli`]: the runner's command line.
 //! - [`harness`]: helpers for the end-to-end tests.
+//! - [`pcap`]: writes datagrams to a pcap file for tshark's dissectors.
 
 #![warn(missing_docs)]
 
@@ -21,6 +22,7 @@ pub mod bundle;
 pub mod cli;
 pub mod harness;
 pub mod host;
+pub mod pcap;
 pub mod processor;
 pub mod runner;
 pub mod status;

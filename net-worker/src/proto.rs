@@ -1,0 +1,10 @@
+//! Sans-IO protocol cores: pure functions and state machines that take bytes and time and return
+//! bytes, events and deadlines. Sockets and clocks live in the worker.
+//!
+//! - [`applemidi`]: AppleMIDI session commands (IN/OK/NO/BY/CK/RS/RL) on the control and data
+//!   ports.
+//! - [`rtpmidi`]: RTP-MIDI packets (RFC 6295): RTP header, MIDI command section with delta times,
+//!   journal skipping and the system journal's Chapter Q.
+
+pub mod applemidi;
+pub mod rtpmidi;

@@ -1,0 +1,74 @@
+//! A minimal pcap writer: UDP datagrams on loopback as raw IPv4 packets (LINKTYPE_RAW), so
+//! tshark's dissectors can check the bytes our protocol cores produce, with no socket at all.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// One UDP datagram to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// Source port on 127.0.0.1.
+    pub from_port: u16,
+    /// Destination port on 127.0.0.1.
+    pub to_port: u16,
+    /// UDP payload.
+    pub payload: Vec<u8>,
+}
+
+/// Write `datagrams` to a pcap file at `path`, 1 ms apart.
+pub fn write(path: &Path, datagrams: &[Datagram]) -> Result<()> {
+    let mut out = Vec::new();
+    // Global header: magic, version 2.4, zone 0, sigfigs 0, snaplen 65535, LINKTYPE_RAW (101).
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&65_535u32.to_le_bytes());
+    out.extend_from_slice(&101u32.to_le_bytes());
+    for (i, d) in datagrams.iter().enumerate() {
+        let udp_len = 8 + d.payload.len();
+        let ip_len = 20 + udp_len;
+        let mut ip = Vec::with_capacity(ip_len);
+        ip.extend_from_slice(&[0x45, 0]);
+        ip.extend_from_slice(
+            &u16::try_from(ip_len)
+                .context("datagram too large")?
+                .to_be_bytes(),
+        );
+        ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+        ip.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+        let checksum = ipv4_checksum(&ip);
+        ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+        ip.extend_from_slice(&d.from_port.to_be_bytes());
+        ip.extend_from_slice(&d.to_port.to_be_bytes());
+        ip.extend_from_slice(
+            &u16::try_from(udp_len)
+                .context("datagram too large")?
+                .to_be_bytes(),
+        );
+        ip.extend_from_slice(&0u16.to_be_bytes()); // no UDP checksum (legal on IPv4)
+        ip.extend_from_slice(&d.payload);
+        let usec = u32::try_from(i * 1000 % 1_000_000).unwrap_or(0);
+        let sec = u32::try_from(i / 1000).unwrap_or(0) + 1_700_000_000;
+        out.extend_from_slice(&sec.to_le_bytes());
+        out.extend_from_slice(&usec.to_le_bytes());
+        let len = u32::try_from(ip.len()).context("record too large")?;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&ip);
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
+fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
