@@ -16,6 +16,10 @@
 
 use thiserror::Error;
 
+pub mod endpoint;
+pub mod session;
+mod sim;
+
 /// The AppleMIDI signature that starts every command packet.
 pub const SIGNATURE: u16 = 0xFFFF;
 /// The only protocol version in use.

@@ -1,0 +1,413 @@
+//! All AppleMIDI sessions of one instance: the peer directory, invitations both ways, access
+//! control, demultiplexing of incoming datagrams, re-invitation with backoff, and counters for
+//! every datagram that is refused or malformed. Sans-IO, like [`super::session`].
+//!
+//! Demultiplexing follows what real peers do (digest §1.3): IN/OK/NO by initiator token, BY by
+//! the SSRC at offset 12, CK/RS/RL by the SSRC at offset 4, RTP by the RTP SSRC.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use super::session::{CloseReason, Event, Latency, Nanos, Port, Session, Transmit};
+use super::{Command, Exchange};
+use crate::proto::rtpmidi::{self, TimedCommand};
+
+const SECOND: Nanos = 1_000_000_000;
+/// First re-invitation delay after a session drops.
+pub const BACKOFF_MIN: Nanos = SECOND;
+/// Longest re-invitation delay.
+pub const BACKOFF_MAX: Nanos = 30 * SECOND;
+
+/// Who may invite us (Apple's Network MIDI choices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Access {
+    /// Anyone on the network.
+    #[default]
+    Anyone,
+    /// Only peers in the directory.
+    Directory,
+    /// Nobody: we only invite.
+    Nobody,
+}
+
+/// Counters for the status: everything that was not a normal session datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Datagrams that did not decode (AppleMIDI or RTP-MIDI).
+    pub malformed: u64,
+    /// Invitations refused by the access mode.
+    pub refused: u64,
+    /// BY for a session that is not (or no longer) ours.
+    pub stale_bye: u64,
+    /// CK/RS/RL/OK/NO for no known session.
+    pub unknown_session: u64,
+    /// RTP packets from an SSRC we have no session with.
+    pub unknown_ssrc: u64,
+    /// RTP-MIDI packets received from connected peers.
+    pub rtp_received: u64,
+    /// RTP-MIDI packets sent.
+    pub rtp_sent: u64,
+}
+
+/// What the status shows about one peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    /// The peer's control address.
+    pub address: SocketAddr,
+    /// In the directory (we invite it) or a guest (it invited us).
+    pub in_directory: bool,
+    /// Peer's name.
+    pub name: Option<String>,
+    /// Connected now.
+    pub connected: bool,
+    /// Latest CK figures.
+    pub latency: Option<Latency>,
+    /// How the last session ended.
+    pub last_close: Option<CloseReason>,
+    /// Connections made so far.
+    pub connects: u64,
+    /// When the next invitation goes out, if one is scheduled.
+    pub retry_at: Option<Nanos>,
+}
+
+/// Events for the owner.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndpointEvent {
+    /// A peer connected (resynchronise its clock stream).
+    Connected(SocketAddr),
+    /// A peer's session ended.
+    Disconnected(SocketAddr, CloseReason),
+    /// An invitation was refused (access mode).
+    Refused(SocketAddr),
+}
+
+#[derive(Debug)]
+struct Slot {
+    status: PeerStatus,
+    session: Option<Session>,
+    backoff: Nanos,
+}
+
+/// The endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    name: String,
+    access: Access,
+    slots: Vec<Slot>,
+    rng: u64,
+    counters: Counters,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<EndpointEvent>,
+}
+
+impl Endpoint {
+    /// An endpoint announcing itself as `name`; `seed` seeds tokens and SSRCs.
+    pub fn new(name: &str, access: Access, seed: u64) -> Self {
+        Self {
+            name: name.to_owned(),
+            access,
+            slots: Vec::new(),
+            rng: seed | 1,
+            counters: Counters::default(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn random(&mut self) -> u32 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 16) as u32
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Change who may invite us.
+    pub fn set_access(&mut self, access: Access) {
+        self.access = access;
+    }
+
+    /// Every known peer.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.slots.iter().map(|s| s.status.clone()).collect()
+    }
+
+    /// Add a peer to the directory and invite it now.
+    pub fn add_peer(&mut self, now: Nanos, control: SocketAddr) {
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.status.address == control) {
+            slot.status.in_directory = true;
+            return;
+        }
+        self.slots.push(Slot {
+            status: PeerStatus {
+                address: control,
+                in_directory: true,
+                name: None,
+                connected: false,
+                latency: None,
+                last_close: None,
+                connects: 0,
+                retry_at: Some(now),
+            },
+            session: None,
+            backoff: BACKOFF_MIN,
+        });
+        self.handle_timeout(now);
+    }
+
+    /// Leave every session (BY) and forget the peers.
+    pub fn shutdown(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(session) = &mut slot.session {
+                session.leave();
+                while let Some(t) = session.poll_transmit() {
+                    self.transmits.push_back(t);
+                }
+            }
+        }
+        self.slots.clear();
+    }
+
+    /// A datagram arrived on our `on` socket from `from`.
+    pub fn handle_datagram(&mut self, now: Nanos, on: Port, from: SocketAddr, bytes: &[u8]) {
+        if super::is_command(bytes) {
+            match super::decode(bytes) {
+                Ok(command) => self.handle_command(now, on, from, &command),
+                Err(_) => self.counters.malformed += 1,
+            }
+        } else if on == Port::Data {
+            match rtpmidi::decode(bytes) {
+                Ok(packet) => {
+                    let known = self.slots.iter().any(|s| {
+                        s.session.as_ref().is_some_and(|x| {
+                            x.is_connected() && x.peer_ssrc() == Some(packet.header.ssrc)
+                        })
+                    });
+                    if known {
+                        self.counters.rtp_received += 1;
+                    } else {
+                        self.counters.unknown_ssrc += 1;
+                    }
+                }
+                Err(_) => self.counters.malformed += 1,
+            }
+        } else {
+            self.counters.malformed += 1;
+        }
+        self.collect(now);
+    }
+
+    fn find(&mut self, pred: impl Fn(&Session) -> bool) -> Option<&mut Session> {
+        self.slots
+            .iter_mut()
+            .filter_map(|s| s.session.as_mut())
+            .find(|s| pred(s))
+    }
+
+    fn handle_command(&mut self, now: Nanos, on: Port, from: SocketAddr, command: &Command) {
+        match command {
+            Command::Invitation(e) => self.handle_invitation(now, on, from, e),
+            Command::Accepted(e) | Command::Rejected(e) => {
+                match self.find(|s| s.token() == e.token) {
+                    Some(session) => session.handle_command(now, on, command),
+                    None => self.counters.unknown_session += 1,
+                }
+            }
+            Command::Bye(e) => {
+                match self.find(|s| s.peer_ssrc() == Some(e.ssrc) && s.closed().is_none()) {
+                    Some(session) => session.handle_command(now, on, command),
+                    None => self.counters.stale_bye += 1,
+                }
+            }
+            Command::Ck(ck) => match self.find(|s| s.peer_ssrc() == Some(ck.ssrc)) {
+                Some(session) => session.handle_command(now, on, command),
+                None => self.counters.unknown_session += 1,
+            },
+            Command::ReceiverFeedback { ssrc, .. } | Command::BitrateLimit { ssrc, .. } => {
+                if self.find(|s| s.peer_ssrc() == Some(*ssrc)).is_none() {
+                    self.counters.unknown_session += 1;
+                }
+            }
+        }
+    }
+
+    fn handle_invitation(&mut self, now: Nanos, on: Port, from: SocketAddr, e: &Exchange) {
+        if let Some(session) = self.find(|s| s.token() == e.token && s.closed().is_none()) {
+            session.handle_command(now, on, &Command::Invitation(e.clone()));
+            return;
+        }
+        let control = match on {
+            Port::Control => from,
+            Port::Data => SocketAddr::new(from.ip(), from.port().wrapping_sub(1)),
+        };
+        let listed = self
+            .slots
+            .iter()
+            .any(|s| s.status.in_directory && s.status.address == control);
+        let allowed = match self.access {
+            Access::Anyone => true,
+            Access::Directory => listed,
+            Access::Nobody => false,
+        };
+        if !allowed {
+            self.counters.refused += 1;
+            let ssrc = self.random();
+            let mut bytes = Vec::new();
+            super::encode_into(
+                &Command::Rejected(Exchange {
+                    token: e.token,
+                    ssrc,
+                    name: None,
+                }),
+                &mut bytes,
+            );
+            self.transmits.push_back(Transmit {
+                from: on,
+                to: from,
+                bytes,
+            });
+            self.events.push_back(EndpointEvent::Refused(from));
+            return;
+        }
+        let (ssrc, seq) = (self.random(), self.random() as u16);
+        let session = Session::accept(now, &self.name, ssrc, seq, on, from, e);
+        let status = PeerStatus {
+            address: control,
+            in_directory: listed,
+            name: e.name.clone(),
+            connected: false,
+            latency: None,
+            last_close: None,
+            connects: 0,
+            retry_at: None,
+        };
+        match self.slots.iter_mut().find(|s| s.status.address == control) {
+            Some(slot) => {
+                // They invited us while we were inviting them (or after a restart): theirs wins.
+                if let Some(old) = &mut slot.session {
+                    old.leave();
+                }
+                slot.session = Some(session);
+                slot.status.retry_at = None;
+            }
+            None => self.slots.push(Slot {
+                status,
+                session: Some(session),
+                backoff: BACKOFF_MIN,
+            }),
+        }
+    }
+
+    /// Timers: invitations, CK, liveness, re-invitations.
+    pub fn handle_timeout(&mut self, now: Nanos) {
+        for i in 0..self.slots.len() {
+            if let Some(session) = &mut self.slots[i].session {
+                session.handle_timeout(now);
+            }
+            let due = self.slots[i].status.retry_at.is_some_and(|t| now >= t);
+            let idle = self.slots[i]
+                .session
+                .as_ref()
+                .is_none_or(|s| s.closed().is_some());
+            if due && idle && self.slots[i].status.in_directory {
+                let (token, ssrc, seq) = (self.random(), self.random(), self.random() as u16);
+                let slot = &mut self.slots[i];
+                slot.status.retry_at = None;
+                slot.session = Some(Session::invite(
+                    now,
+                    &self.name,
+                    token,
+                    ssrc,
+                    seq,
+                    slot.status.address,
+                ));
+            }
+        }
+        self.collect(now);
+    }
+
+    /// Move the sessions' datagrams and events out, update the status, schedule re-invites.
+    fn collect(&mut self, now: Nanos) {
+        for slot in &mut self.slots {
+            let Some(session) = &mut slot.session else {
+                continue;
+            };
+            while let Some(t) = session.poll_transmit() {
+                self.transmits.push_back(t);
+            }
+            while let Some(event) = session.poll_event() {
+                match event {
+                    Event::Connected { name, .. } => {
+                        slot.status.connected = true;
+                        slot.status.connects += 1;
+                        if name.is_some() {
+                            slot.status.name = name;
+                        }
+                        slot.backoff = BACKOFF_MIN;
+                        self.events
+                            .push_back(EndpointEvent::Connected(slot.status.address));
+                    }
+                    Event::Latency(latency) => slot.status.latency = Some(latency),
+                    Event::Closed(reason) => {
+                        slot.status.connected = false;
+                        slot.status.last_close = Some(reason);
+                        if slot.status.in_directory && reason != CloseReason::Local {
+                            slot.status.retry_at = Some(now + slot.backoff);
+                            slot.backoff = (slot.backoff * 2).min(BACKOFF_MAX);
+                        }
+                        self.events
+                            .push_back(EndpointEvent::Disconnected(slot.status.address, reason));
+                    }
+                }
+            }
+        }
+        // Guests whose session ended are forgotten.
+        self.slots.retain(|s| {
+            s.status.in_directory || s.session.as_ref().is_some_and(|x| x.closed().is_none())
+        });
+    }
+
+    /// Send `commands` to every connected peer, the first at host time `at` (ns, our clock).
+    pub fn send_midi(&mut self, at: Nanos, commands: &[TimedCommand]) {
+        for slot in &mut self.slots {
+            if let Some(session) = &mut slot.session
+                && session.is_connected()
+            {
+                let ts = session.session_ticks(at);
+                session.send_midi(ts, commands);
+                while let Some(t) = session.poll_transmit() {
+                    self.transmits.push_back(t);
+                    self.counters.rtp_sent += 1;
+                }
+            }
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Endpoint::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Nanos> {
+        self.slots
+            .iter()
+            .flat_map(|s| {
+                [
+                    s.session.as_ref().and_then(Session::poll_timeout),
+                    s.status.retry_at,
+                ]
+            })
+            .flatten()
+            .min()
+    }
+}

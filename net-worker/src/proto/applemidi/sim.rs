@@ -1,0 +1,345 @@
+//! A simulated network for the AppleMIDI cores: two endpoints on a virtual clock, with
+//! configurable delay, jitter (which reorders), loss, duplication and partitions. Test-only.
+
+#![cfg(test)]
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+
+use super::endpoint::{Access, Endpoint, EndpointEvent};
+use super::session::{CloseReason, Nanos, Port};
+
+pub(crate) const MS: Nanos = 1_000_000;
+pub(crate) const SECOND: Nanos = 1_000_000_000;
+
+/// Network conditions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Conditions {
+    pub delay: Nanos,
+    pub jitter: Nanos,
+    pub loss: f64,
+    pub duplicate: f64,
+}
+
+pub(crate) const CLEAN: Conditions = Conditions {
+    delay: 5 * MS,
+    jitter: 0,
+    loss: 0.0,
+    duplicate: 0.0,
+};
+
+/// In flight: (deliver at, sequence for stable order, to endpoint, port, from, bytes).
+type Flight = Reverse<(Nanos, u64, usize, bool, SocketAddr, Vec<u8>)>;
+
+pub(crate) struct Net {
+    pub now: Nanos,
+    pub endpoints: [Endpoint; 2],
+    pub addrs: [SocketAddr; 2],
+    pub conditions: Conditions,
+    /// Drop everything while now is in this range.
+    pub partition: Option<(Nanos, Nanos)>,
+    pub events: [Vec<EndpointEvent>; 2],
+    flights: BinaryHeap<Flight>,
+    seq: u64,
+    rng: u64,
+    pub delivered: u64,
+}
+
+impl Net {
+    /// A (port 5004) invites B (port 6004); B accepts anyone.
+    pub fn new(conditions: Conditions, seed: u64) -> Self {
+        let a = Endpoint::new("Lockstep A", Access::Anyone, seed ^ 0xA);
+        let b = Endpoint::new("Peer B", Access::Anyone, seed ^ 0xB);
+        Self {
+            now: 1_000 * SECOND,
+            endpoints: [a, b],
+            addrs: [
+                "127.0.0.1:5004".parse().expect("addr"),
+                "127.0.0.1:6004".parse().expect("addr"),
+            ],
+            conditions,
+            partition: None,
+            events: [Vec::new(), Vec::new()],
+            flights: BinaryHeap::new(),
+            seq: 0,
+            rng: seed | 1,
+            delivered: 0,
+        }
+    }
+
+    fn unit(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn port_addr(&self, i: usize, port: Port) -> SocketAddr {
+        let a = self.addrs[i];
+        match port {
+            Port::Control => a,
+            Port::Data => SocketAddr::new(a.ip(), a.port() + 1),
+        }
+    }
+
+    /// Move everything the endpoints want to send into the network.
+    fn pump(&mut self) {
+        for i in 0..2 {
+            while let Some(t) = self.endpoints[i].poll_transmit() {
+                let to = (0..2).find(|&j| {
+                    t.to.port() == self.addrs[j].port() || t.to.port() == self.addrs[j].port() + 1
+                });
+                let Some(to) = to else { continue };
+                let data = t.to.port() == self.addrs[to].port() + 1;
+                let from = self.port_addr(i, t.from);
+                let partitioned = self
+                    .partition
+                    .is_some_and(|(s, e)| self.now >= s && self.now < e);
+                if partitioned || self.unit() < self.conditions.loss {
+                    continue;
+                }
+                let copies = if self.unit() < self.conditions.duplicate {
+                    2
+                } else {
+                    1
+                };
+                for _ in 0..copies {
+                    let jitter = (self.unit() * self.conditions.jitter as f64) as Nanos;
+                    self.seq += 1;
+                    self.flights.push(Reverse((
+                        self.now + self.conditions.delay + jitter,
+                        self.seq,
+                        to,
+                        data,
+                        from,
+                        t.bytes.clone(),
+                    )));
+                }
+            }
+            while let Some(e) = self.endpoints[i].poll_event() {
+                self.events[i].push(e);
+            }
+        }
+    }
+
+    /// Run the virtual clock until `until`, delivering datagrams and firing timers in order.
+    pub fn run_until(&mut self, until: Nanos) {
+        loop {
+            self.pump();
+            let next_flight = self.flights.peek().map(|Reverse(f)| f.0);
+            let next_timer = self
+                .endpoints
+                .iter()
+                .filter_map(Endpoint::poll_timeout)
+                .min();
+            let next = [next_flight, next_timer].into_iter().flatten().min();
+            match next {
+                Some(t) if t <= until => {
+                    self.now = self.now.max(t);
+                    if next_flight == Some(t) {
+                        let Some(Reverse((_, _, to, data, from, bytes))) = self.flights.pop()
+                        else {
+                            break;
+                        };
+                        let port = if data { Port::Data } else { Port::Control };
+                        self.endpoints[to].handle_datagram(self.now, port, from, &bytes);
+                        self.delivered += 1;
+                    } else {
+                        for e in &mut self.endpoints {
+                            e.handle_timeout(self.now);
+                        }
+                    }
+                }
+                _ => {
+                    self.now = until;
+                    for e in &mut self.endpoints {
+                        e.handle_timeout(self.now);
+                    }
+                    self.pump();
+                    break;
+                }
+            }
+        }
+    }
+
+    pub fn connected(&self, i: usize) -> bool {
+        self.endpoints[i].peers().iter().any(|p| p.connected)
+    }
+
+    pub fn disconnects(&self, i: usize) -> usize {
+        self.events[i]
+            .iter()
+            .filter(|e| matches!(e, EndpointEvent::Disconnected(_, r) if *r != CloseReason::Local))
+            .count()
+    }
+}
+
+mod tests {
+    use super::*;
+    use crate::proto::applemidi::session::CK_DEAD;
+    use crate::proto::rtpmidi::{MidiCommand, TimedCommand};
+
+    fn start(conditions: Conditions, seed: u64) -> Net {
+        let mut net = Net::new(conditions, seed);
+        let b = net.addrs[1];
+        let now = net.now;
+        net.endpoints[0].add_peer(now, b);
+        net
+    }
+
+    #[test]
+    fn clean_network_connects_and_measures_latency() {
+        let mut net = start(CLEAN, 1);
+        net.run_until(net.now + 100 * MS);
+        assert!(net.connected(0) && net.connected(1));
+        net.run_until(net.now + 30 * SECOND);
+        let peer = &net.endpoints[0].peers()[0];
+        let latency = peer.latency.expect("CK measured");
+        // 5 ms each way; the 10 kHz session clock quantises to 100 µs.
+        assert!((latency.rtt_us - 10_000.0).abs() <= 200.0, "{latency:?}");
+        assert!(latency.samples >= 6, "{latency:?}");
+        assert_eq!(peer.name.as_deref(), Some("Peer B"));
+        assert_eq!(
+            net.endpoints[1].peers()[0].name.as_deref(),
+            Some("Lockstep A")
+        );
+        assert_eq!(net.disconnects(0) + net.disconnects(1), 0);
+        // Clock packets flow and are recognised by SSRC on the other side.
+        let at = net.now;
+        net.endpoints[0].send_midi(
+            at,
+            &[TimedCommand {
+                offset: 0,
+                command: MidiCommand::RealTime(0xF8),
+            }],
+        );
+        net.run_until(net.now + 50 * MS);
+        assert_eq!(net.endpoints[1].counters().rtp_received, 1);
+        assert_eq!(net.endpoints[1].counters().unknown_ssrc, 0);
+    }
+
+    #[test]
+    fn sessions_survive_heavy_loss_duplication_and_reordering() {
+        for seed in 1..=20 {
+            let lossy = Conditions {
+                delay: 20 * MS,
+                jitter: 40 * MS,
+                loss: 0.3,
+                duplicate: 0.1,
+            };
+            let mut net = start(lossy, seed);
+            net.run_until(net.now + 60 * SECOND);
+            assert!(net.connected(0), "seed {seed}: not connected after 60 s");
+            let connects = net.endpoints[0].peers()[0].connects;
+            net.run_until(net.now + 600 * SECOND);
+            assert!(net.connected(0) && net.connected(1), "seed {seed}");
+            assert_eq!(
+                net.endpoints[0].peers()[0].connects,
+                connects,
+                "seed {seed}: the session dropped"
+            );
+            let counters = net.endpoints[0].counters();
+            assert_eq!(counters.malformed, 0, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_partition_ends_the_session_and_it_comes_back_after() {
+        let mut net = start(CLEAN, 7);
+        net.run_until(net.now + SECOND);
+        assert!(net.connected(0));
+        let cut = net.now;
+        net.partition = Some((cut, cut + 120 * SECOND));
+        net.run_until(cut + CK_DEAD + 15 * SECOND);
+        assert!(!net.connected(0), "the initiator noticed the dead peer");
+        net.run_until(cut + 120 * SECOND);
+        // Invitations back off: 1, 2, 4, 8, 16, 30 s...
+        net.run_until(cut + 120 * SECOND + 31 * SECOND);
+        assert!(
+            net.connected(0) && net.connected(1),
+            "reconnected within the longest backoff"
+        );
+        assert_eq!(net.endpoints[0].peers()[0].connects, 2);
+        assert!(
+            net.events[0]
+                .iter()
+                .any(|e| matches!(e, EndpointEvent::Connected(_)))
+        );
+    }
+
+    #[test]
+    fn a_stale_bye_never_kills_the_new_session() {
+        let mut net = start(CLEAN, 3);
+        net.run_until(net.now + SECOND);
+        let a = net.addrs[0];
+        let now = net.now;
+        // A BY from an SSRC that is not our peer's (an old session of B's).
+        let mut bye = Vec::new();
+        super::super::encode_into(
+            &super::super::Command::Bye(super::super::Exchange {
+                token: 1,
+                ssrc: 0xDEAD_BEEF,
+                name: None,
+            }),
+            &mut bye,
+        );
+        net.endpoints[1].handle_datagram(now, Port::Control, a, &bye);
+        net.run_until(net.now + 5 * SECOND);
+        assert!(net.connected(0) && net.connected(1));
+        assert_eq!(net.endpoints[1].counters().stale_bye, 1);
+    }
+
+    #[test]
+    fn access_modes_refuse_with_no_and_count() {
+        let mut net = Net::new(CLEAN, 5);
+        net.endpoints[1].set_access(Access::Nobody);
+        let (b, now) = (net.addrs[1], net.now);
+        net.endpoints[0].add_peer(now, b);
+        net.run_until(net.now + 2 * SECOND);
+        assert!(!net.connected(0));
+        assert!(net.endpoints[1].counters().refused >= 1);
+        assert!(
+            net.events[1]
+                .iter()
+                .any(|e| matches!(e, EndpointEvent::Refused(_)))
+        );
+        assert!(
+            net.events[0]
+                .iter()
+                .any(|e| matches!(e, EndpointEvent::Disconnected(_, CloseReason::Rejected)))
+        );
+        // Directory mode: an unlisted peer is refused, a listed one accepted.
+        net.endpoints[1].set_access(Access::Directory);
+        let a = net.addrs[0];
+        net.endpoints[1].add_peer(net.now, a);
+        net.run_until(net.now + 60 * SECOND);
+        assert!(net.connected(0) && net.connected(1));
+    }
+
+    #[test]
+    fn garbage_on_both_ports_is_counted_and_harmless() {
+        let mut net = start(CLEAN, 9);
+        net.run_until(net.now + SECOND);
+        let (a, now) = (net.addrs[0], net.now);
+        let junk: [&[u8]; 5] = [
+            &[],
+            &[0xFF, 0xFF, 0x43, 0x4B, 1, 2], // truncated CK
+            &[0xFF, 0xFF, 0x49, 0x4E, 0, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 2], // wrong version
+            &[0x80, 0x61, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4, 1, 0xF8], // RTP from an unknown SSRC
+            &[0x13, 0x37],
+        ];
+        for bytes in junk {
+            for port in [Port::Control, Port::Data] {
+                net.endpoints[1].handle_datagram(now, port, a, bytes);
+            }
+        }
+        let c = net.endpoints[1].counters();
+        // 5 × 2 datagrams: the RTP one is malformed on the control port (no RTP there) and an
+        // unknown SSRC on the data port.
+        assert_eq!(c.malformed, 9, "{c:?}");
+        assert_eq!(c.unknown_ssrc, 1, "{c:?}");
+        net.run_until(net.now + 30 * SECOND);
+        assert!(net.connected(0) && net.connected(1));
+    }
+}
