@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::bridge::TransportSnapshot;
 use crate::clock::scheduler::{SchedulerConfig, SchedulerStats};
 use crate::clock::{ClockEvent, ClockState};
+use crate::worker::rtpmidi::RtpMidiStatus;
 
 /// The whole worker, one snapshot in time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +59,8 @@ pub struct InstanceStatus {
     pub clock_schedule: SchedulerConfig,
     /// Late, predicted and over-predicted messages.
     pub clock_timing: SchedulerStats,
+    /// RTP-MIDI: ports, peers, counters; `None` until the instance is configured.
+    pub rtpmidi: Option<RtpMidiStatus>,
 }
 
 /// What the plugin's `lockstep_status_json` symbol returns: the worker's view plus a live count

@@ -20,7 +20,9 @@ use crate::bridge::{self, AudioSide, BridgeEvent, RingCounters, TransportSnapsho
 use crate::clock::follower::ClockFollower;
 use crate::clock::scheduler::{Scheduler, SchedulerConfig, SchedulerStats, Transmit};
 use crate::clock::{ClockEvent, ClockKind, ClockState};
+use crate::settings::NetSettings;
 use crate::status::{InstanceStatus, WorkerStatus};
+use rtpmidi::{RtpMidi, RtpMidiStatus};
 
 /// Name of the worker thread.
 pub const THREAD_NAME: &str = "lockstep-net";
@@ -51,12 +53,38 @@ impl Lease {
     pub fn id(&self) -> u64 {
         self.id
     }
+
+    /// Apply the instance's network settings (ports, peers): reopens its RTP-MIDI sockets and
+    /// invites its peers, or closes them if `rtp_midi` is false (the `rtp_on` parameter).
+    /// Thread-safe; never call it from the audio thread (it allocates).
+    pub fn configure(&self, settings: NetSettings, rtp_midi: bool) {
+        let registry = lock(&REGISTRY);
+        if let Some(running) = registry.running.as_ref() {
+            let _ = running.commands.send(Command::Configure {
+                id: self.id,
+                settings: Box::new(settings),
+                rtp_midi,
+            });
+        }
+    }
 }
+
+pub mod rtpmidi;
 
 /// Commands from instances (main thread) to the worker.
 enum Command {
-    Attach { id: u64, ring: WorkerSide },
-    Detach { id: u64 },
+    Attach {
+        id: u64,
+        ring: WorkerSide,
+    },
+    Configure {
+        id: u64,
+        settings: Box<NetSettings>,
+        rtp_midi: bool,
+    },
+    Detach {
+        id: u64,
+    },
     Shutdown,
 }
 
@@ -77,6 +105,7 @@ struct Registry {
 
 /// What the worker publishes about one instance.
 struct Published {
+    rtpmidi: Option<RtpMidiStatus>,
     counters: Arc<RingCounters>,
     blocks: u64,
     last_transport: Option<TransportSnapshot>,
@@ -121,9 +150,18 @@ const DEFAULT_SCHEDULE: SchedulerConfig = SchedulerConfig {
 struct Attached {
     ring: WorkerSide,
     follower: ClockFollower,
-    /// Timing for the instance's clock destinations (one schedule until destinations exist).
+    /// Timing of the monitor stream (what the clock recording shows); RTP-MIDI peers have
+    /// their own.
     scheduler: Scheduler,
     clock: ClockSummary,
+    /// Sockets and sessions, once configured.
+    rtpmidi: Option<RtpMidi>,
+    /// Why RTP-MIDI is not running, if it is not.
+    rtpmidi_error: Option<String>,
+    /// When the RTP-MIDI status was last published, ns.
+    published_at: u64,
+    /// Clock output switches (`clk_on`, `clk_tr`) as last reported.
+    output: (bool, bool),
 }
 
 /// One message the worker sent (recorded for diagnostics and the end-to-end tests).
@@ -191,6 +229,7 @@ pub fn attach(ring_capacity: usize) -> Result<(AudioSide, Lease), AttachError> {
     lock(&BOARD).insert(
         id,
         Published {
+            rtpmidi: None,
             counters: Arc::clone(ring.counters()),
             blocks: 0,
             last_transport: None,
@@ -255,18 +294,85 @@ fn run(inbox: Receiver<Command>) {
                     follower: ClockFollower::new(),
                     scheduler: Scheduler::new(DEFAULT_SCHEDULE),
                     clock: ClockSummary::default(),
+                    rtpmidi: None,
+                    rtpmidi_error: None,
+                    published_at: 0,
+                    output: (true, true),
                 };
                 rings.insert(id, attached);
             }
-            Ok(Command::Detach { id }) => {
-                rings.remove(&id);
+            Ok(Command::Configure {
+                id,
+                settings,
+                rtp_midi,
+            }) => {
+                if let Some(attached) = rings.get_mut(&id) {
+                    configure(id, attached, &settings, rtp_midi);
+                }
             }
-            Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Command::Detach { id }) => {
+                if let Some(mut attached) = rings.remove(&id)
+                    && let Some(rtpmidi) = &mut attached.rtpmidi
+                {
+                    rtpmidi.shutdown(bridge::host_time_ns());
+                }
+            }
+            Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                for attached in rings.values_mut() {
+                    if let Some(rtpmidi) = &mut attached.rtpmidi {
+                        rtpmidi.shutdown(bridge::host_time_ns());
+                    }
+                }
+                return;
+            }
             Err(RecvTimeoutError::Timeout) => {}
         }
         drain(&mut rings);
         timeout = transmit(&mut rings);
     }
+}
+
+/// Publish the RTP-MIDI status at most every 20 ms.
+fn publish_rtpmidi(id: u64, attached: &mut Attached, now: u64) {
+    if attached.published_at != 0 && now < attached.published_at + 20_000_000 {
+        return;
+    }
+    attached.published_at = now.max(1);
+    let status = match (&attached.rtpmidi, &attached.rtpmidi_error) {
+        (Some(rtpmidi), _) => Some(rtpmidi.status()),
+        (None, Some(why)) => Some(RtpMidiStatus {
+            errors: vec![why.clone()],
+            ..RtpMidiStatus::default()
+        }),
+        (None, None) => None,
+    };
+    if let Some(published) = lock(&BOARD).get_mut(&id) {
+        published.rtpmidi = status;
+    }
+}
+
+/// (Re)open an instance's RTP-MIDI side from its settings.
+fn configure(id: u64, attached: &mut Attached, settings: &NetSettings, enabled: bool) {
+    if let Some(old) = &mut attached.rtpmidi {
+        old.shutdown(bridge::host_time_ns());
+    }
+    attached.rtpmidi = None;
+    attached.published_at = 0;
+    if !enabled {
+        attached.rtpmidi_error = Some("RTP-MIDI is switched off".into());
+        return;
+    }
+    let now = bridge::host_time_ns();
+    let seed = now ^ (id << 32) ^ u64::from(std::process::id());
+    match RtpMidi::open(now, settings, attached.scheduler.config(), seed) {
+        Ok(mut rtpmidi) => {
+            rtpmidi.set_output(now, attached.output.0, attached.output.1);
+            attached.rtpmidi = Some(rtpmidi);
+            attached.rtpmidi_error = None;
+        }
+        Err(why) => attached.rtpmidi_error = Some(why),
+    }
+    attached.published_at = 0;
 }
 
 /// Send every clock message that is due and return how long to wait for the next one (at most
@@ -276,6 +382,12 @@ fn transmit(rings: &mut BTreeMap<u64, Attached>) -> Duration {
     let mut sent = Vec::new();
     let mut next = now + DRAIN_PERIOD.as_nanos() as f64;
     for (id, attached) in rings.iter_mut() {
+        if let Some(rtpmidi) = &mut attached.rtpmidi
+            && let Some(due) = rtpmidi.poll(now as u64)
+        {
+            next = next.min(due as f64);
+        }
+        publish_rtpmidi(*id, attached, now as u64);
         while let Some(transmit) = attached.scheduler.poll_transmit(now) {
             // The destinations (RTP-MIDI) take the message here; until they exist it is only
             // recorded.
@@ -321,6 +433,9 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
             match event {
                 BridgeEvent::Transport(snapshot) => {
                     attached.scheduler.handle_tempo(snapshot.tempo_bpm);
+                    if let Some(rtpmidi) = &mut attached.rtpmidi {
+                        rtpmidi.set_tempo(snapshot.tempo_bpm);
+                    }
                     latest = Some(snapshot);
                     blocks += 1;
                 }
@@ -336,6 +451,9 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
                     };
                     attached.scheduler.set_config(config);
                     attached.clock.schedule = config;
+                    if let Some(rtpmidi) = &mut attached.rtpmidi {
+                        rtpmidi.set_schedule(config);
+                    }
                 }
                 BridgeEvent::ClockOutput {
                     enabled,
@@ -347,6 +465,10 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
                         .set_output(enabled, send_transport, &mut |out| {
                             scheduler.handle(now, out)
                         });
+                    attached.output = (enabled, send_transport);
+                    if let Some(rtpmidi) = &mut attached.rtpmidi {
+                        rtpmidi.set_output(now as u64, enabled, send_transport);
+                    }
                 }
                 BridgeEvent::ClockOffset(offset_ms) => {
                     let config = SchedulerConfig {
@@ -355,6 +477,9 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
                     };
                     attached.scheduler.set_config(config);
                     attached.clock.schedule = config;
+                    if let Some(rtpmidi) = &mut attached.rtpmidi {
+                        rtpmidi.set_schedule(config);
+                    }
                 }
                 BridgeEvent::ClockState(state) => attached.clock.state = state,
                 BridgeEvent::Clock(clock) => {
@@ -366,6 +491,9 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
                     attached
                         .follower
                         .handle(clock, &mut |out| scheduler.handle(now, out));
+                    if let Some(rtpmidi) = &mut attached.rtpmidi {
+                        rtpmidi.clock_event(now as u64, clock);
+                    }
                 }
             }
         }
@@ -407,6 +535,7 @@ pub fn status() -> WorkerStatus {
                 last_clock: published.clock.last,
                 clock_schedule: published.clock.schedule,
                 clock_timing: published.clock.timing,
+                rtpmidi: published.rtpmidi.clone(),
             }
         })
         .collect();

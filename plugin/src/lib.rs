@@ -62,8 +62,8 @@ struct ClockParams {
 struct Spine {
     /// Audio end of this instance's ring.
     ring: AudioSide,
-    /// Keeps the shared worker alive while this instance is active.
-    _lease: Lease,
+    /// Keeps the shared worker alive while this instance is active; carries its settings.
+    lease: Lease,
 }
 
 impl Default for Lockstep {
@@ -118,18 +118,18 @@ impl Plugin for Lockstep {
         // activate() may run several times without deactivate(): keep an existing spine.
         if self.spine.is_none() {
             match worker::attach(DEFAULT_RING_CAPACITY) {
-                Ok((ring, lease)) => {
-                    self.spine = Some(Spine {
-                        ring,
-                        _lease: lease,
-                    })
-                }
+                Ok((ring, lease)) => self.spine = Some(Spine { ring, lease }),
                 // Audio must pass through whatever the network side does; the status export
                 // shows no instance and `worker_starts`/`running` explain why.
                 Err(err) => nice_error!("lockstep: {err}"),
             }
         }
         if let Some(spine) = &mut self.spine {
+            // Ports and peers as saved with the project (RTP-MIDI sockets open in the worker).
+            spine.lease.configure(
+                self.params.net_settings(),
+                self.params.rtp_midi_enabled.value(),
+            );
             // Main thread, before processing starts. If the ring is somehow full the worker
             // keeps its default latency assumption (2 × 512 samples at 48 kHz).
             let _ = spine.ring.push(BridgeEvent::Activated {

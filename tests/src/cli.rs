@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use lockstep_net::settings::PeerSettings;
+
 use crate::bundle::Build;
 use crate::runner::RunConfig;
 
@@ -21,6 +23,10 @@ usage: cargo xtask run -- [options]
   --block SAMPLES      block size, 1..8192 (default 256)
   --for SECONDS        exit after this long (default: run until Ctrl+C)
   --status-json        print one JSON status object per second instead of a status line
+  --peer [NAME@]HOST:PORT
+                       an AppleMIDI peer to invite (repeatable; HOST an IP address, PORT
+                       its control port); saved in the plugin's settings like a DAW would
+  --rtpmidi-port N     our AppleMIDI control port (data = N + 1; default 5004)
   --plugin PATH        the .clap file to load (default target/bundled/Lockstep.clap)
   -h, --help           this text
 ";
@@ -81,6 +87,27 @@ fn time_sig(value: &str) -> Result<(u16, u16), CliError> {
     Ok((n, d))
 }
 
+/// `[NAME@]HOST:PORT` → a peer for the settings.
+fn peer(value: &str) -> Result<PeerSettings, CliError> {
+    let invalid = || CliError::Invalid {
+        flag: "--peer",
+        value: value.to_owned(),
+        why: "expected [NAME@]HOST:PORT with HOST an IP address",
+    };
+    let (name, address) = value.rsplit_once('@').unwrap_or(("", value));
+    let address: std::net::SocketAddr = address.parse().map_err(|_| invalid())?;
+    Ok(PeerSettings {
+        name: if name.is_empty() {
+            address.to_string()
+        } else {
+            name.to_owned()
+        },
+        host: address.ip().to_string(),
+        port: address.port(),
+        ..PeerSettings::default()
+    })
+}
+
 /// Parse the runner's arguments (without the program name).
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliError> {
     let mut config = RunConfig {
@@ -92,6 +119,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
         block: 256,
         duration: None,
         status_json: false,
+        peers: Vec::new(),
+        rtpmidi_port: None,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -138,6 +167,16 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
                 config.duration = Some(Duration::from_secs_f64(seconds));
             }
             "--status-json" => config.status_json = true,
+            "--peer" => config.peers.push(peer(&value("--peer")?)?),
+            "--rtpmidi-port" => {
+                config.rtpmidi_port = Some(number(
+                    "--rtpmidi-port",
+                    &value("--rtpmidi-port")?,
+                    1,
+                    65_534,
+                    "port is 1..65534 (the data port is N + 1)",
+                )?);
+            }
             "--plugin" => config.plugin = PathBuf::from(value("--plugin")?),
             other => return Err(CliError::Unknown(other.to_owned())),
         }
@@ -180,6 +219,26 @@ mod tests {
         assert_eq!(c.duration, Some(Duration::from_millis(2500)));
         assert!(c.status_json);
         assert_eq!(c.plugin, PathBuf::from("/x/L.clap"));
+        let c = parse(args(&[
+            "--peer",
+            "Studio B@127.0.0.1:6004",
+            "--peer",
+            "127.0.0.1:7004",
+            "--rtpmidi-port",
+            "5010",
+        ]))
+        .expect("valid");
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(
+            (c.peers[0].name.as_str(), c.peers[0].port),
+            ("Studio B", 6004)
+        );
+        assert_eq!(c.peers[1].name, "127.0.0.1:7004");
+        assert_eq!(c.rtpmidi_port, Some(5010));
+        assert!(matches!(
+            parse(args(&["--peer", "nohost"])),
+            Err(CliError::Invalid { flag: "--peer", .. })
+        ));
     }
 
     #[test]

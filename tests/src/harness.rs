@@ -103,3 +103,21 @@ pub fn clap_param_id(id: &str) -> u32 {
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
         & 0x7fff_ffff
 }
+
+/// The Python of the peers' virtualenv that `cargo xtask test` installs
+/// (`LOCKSTEP_PEERS_VENV` overrides `target/peers-venv`).
+pub fn peers_python() -> std::path::PathBuf {
+    std::env::var_os("LOCKSTEP_PEERS_VENV")
+        .map_or_else(
+            || crate::bundle::target_dir().join("peers-venv"),
+            std::path::PathBuf::from,
+        )
+        .join("bin/python")
+}
+
+/// A peer script in `tests/peers/`.
+pub fn peer_script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("peers")
+        .join(name)
+}

@@ -14,6 +14,7 @@ use clack_extensions::params::{
 };
 use clack_extensions::state::{HostState, HostStateImpl, PluginState};
 use clack_host::prelude::*;
+use lockstep_net::settings::NetSettings;
 
 use crate::processor::Processor;
 
@@ -300,6 +301,23 @@ impl Instance {
             .map_err(|e| anyhow!("state load: {e:?}"))
     }
 
+    /// The persistent network settings, read from the saved state.
+    pub fn net_settings(&mut self) -> Result<NetSettings> {
+        let state = decode_state(&self.save_state()?)?;
+        let text = state["fields"]["net"]
+            .as_str()
+            .context("state has no net settings")?;
+        serde_json::from_str(text).context("net settings in the state")
+    }
+
+    /// Replace the persistent network settings through a state load, as a DAW restoring a
+    /// project would (call before activating).
+    pub fn set_net_settings(&mut self, settings: &NetSettings) -> Result<()> {
+        let mut state = decode_state(&self.save_state()?)?;
+        state["fields"]["net"] = serde_json::to_string(settings)?.into();
+        self.load_state(&encode_state(&state)?)
+    }
+
     /// Select the audio layout (must be inactive).
     pub fn select_layout(&mut self, layout: Layout) -> Result<()> {
         let ext = self
@@ -361,4 +379,25 @@ impl Instance {
             self.instance.call_on_main_thread_callback();
         }
     }
+}
+
+/// nice-plug's CLAP state: a little-endian u64 length, then that many bytes of JSON.
+pub fn decode_state(bytes: &[u8]) -> Result<serde_json::Value> {
+    anyhow::ensure!(bytes.len() >= 8, "state of {} bytes", bytes.len());
+    let (len, json) = bytes.split_at(8);
+    let len = u64::from_le_bytes(len.try_into()?);
+    anyhow::ensure!(
+        len == json.len() as u64,
+        "length prefix {len} for {} bytes",
+        json.len()
+    );
+    serde_json::from_slice(json).context("state is JSON")
+}
+
+/// The inverse of [`decode_state`].
+pub fn encode_state(state: &serde_json::Value) -> Result<Vec<u8>> {
+    let json = serde_json::to_vec(state)?;
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&json);
+    Ok(bytes)
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use lockstep_net::settings::PeerSettings;
 use lockstep_net::status::ExportedStatus;
 use serde::Serialize;
 
@@ -39,6 +40,10 @@ pub struct RunConfig {
     pub duration: Option<Duration>,
     /// Print one JSON object per second instead of a status line.
     pub status_json: bool,
+    /// AppleMIDI peers to add to the plugin's settings (`--peer`).
+    pub peers: Vec<PeerSettings>,
+    /// Our AppleMIDI control port (`--rtpmidi-port`).
+    pub rtpmidi_port: Option<u16>,
 }
 
 /// What the audio thread reports to the main thread.
@@ -103,6 +108,14 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
     let bundle = Bundle::load(&config.plugin)?;
     let probe = StatusProbe::open(&config.plugin)?;
     let mut instance = bundle.instantiate()?;
+    if !config.peers.is_empty() || config.rtpmidi_port.is_some() {
+        let mut settings = instance.net_settings()?;
+        settings.peers.extend(config.peers.iter().cloned());
+        if let Some(port) = config.rtpmidi_port {
+            settings.rtp_midi_port = port;
+        }
+        instance.set_net_settings(&settings)?;
+    }
     let processor = instance.activate(config.sample_rate, config.block, Layout::Stereo)?;
 
     let mut transport = HostTransport::new(config.tempo_bpm, config.time_sig);
@@ -229,6 +242,28 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
         let (pushed, dropped) = plugin.worker.instances.iter().fold((0, 0), |acc, i| {
             (acc.0 + i.events_pushed, acc.1 + i.events_dropped_full)
         });
+        let rtp = plugin
+            .worker
+            .instances
+            .first()
+            .and_then(|i| i.rtpmidi.as_ref())
+            .map_or_else(
+                || "rtp-midi off".to_owned(),
+                |r| match (r.control_port, r.errors.first()) {
+                    (_, Some(error)) => format!("rtp-midi: {error}"),
+                    (Some(port), None) => {
+                        let up = r.peers.iter().filter(|p| p.connected).count();
+                        let rtt = r
+                            .peers
+                            .iter()
+                            .filter_map(|p| p.rtt_us)
+                            .map(|us| format!(" {:.2} ms", us / 1000.0))
+                            .collect::<String>();
+                        format!("rtp-midi :{port} peers {up}/{}{rtt}", r.peers.len())
+                    }
+                    (None, None) => "rtp-midi idle".to_owned(),
+                },
+            );
         let clock = plugin.worker.instances.first().map_or_else(
             || "clock idle".to_owned(),
             |i| {
@@ -260,7 +295,7 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
             );
         writeln!(
             out,
-            "[{:6.1}s] host {} {:.2} BPM {} beat {:.2} | {} | {} | worker {} ({} instance{}) | events {} dropped {} | late blocks {}",
+            "[{:6.1}s] host {} {:.2} BPM {} beat {:.2} | {} | {} | {} | worker {} ({} instance{}) | events {} dropped {} | late blocks {}",
             report.elapsed_s,
             if host.playing { "playing" } else { "stopped" },
             host.tempo_bpm,
@@ -268,6 +303,7 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
             host.pos_beats,
             seen,
             clock,
+            rtp,
             if plugin.worker.running {
                 "running"
             } else {

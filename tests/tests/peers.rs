@@ -2,18 +2,10 @@
 //! them (Debian: tshark, liblo-tools; PyPI into target/peers-venv: aalink, pymidi, python-osc,
 //! zeroconf). A missing peer fails here, loudly, instead of a later interop test being skipped.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use lockstep_host::bundle::target_dir;
-
-/// The peers' virtualenv (`LOCKSTEP_PEERS_VENV` overrides `target/peers-venv`).
-fn venv_python() -> PathBuf {
-    std::env::var_os("LOCKSTEP_PEERS_VENV")
-        .map_or_else(|| target_dir().join("peers-venv"), PathBuf::from)
-        .join("bin/python")
-}
+use lockstep_host::harness::peers_python;
 
 fn output(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
@@ -30,7 +22,7 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
 
 #[test]
 fn python_peers_import_and_report_versions() -> Result<()> {
-    let python = venv_python();
+    let python = peers_python();
     let script = "\
 import importlib.metadata as m
 import aalink, pymidi, pythonosc, zeroconf

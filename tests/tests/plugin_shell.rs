@@ -4,8 +4,8 @@
 use anyhow::{Context, Result, ensure};
 use lockstep_host::bundle::{Build, target_dir};
 use lockstep_host::harness::{check_vst3_module, clap_param_id, exclusive};
-use lockstep_host::host::Bundle;
 use lockstep_host::host::Layout;
+use lockstep_host::host::{Bundle, decode_state, encode_state};
 use lockstep_host::processor::ParamChange;
 
 /// The frozen parameter set as CLAP hosts see it: (string id, name, group, min, max, default).
@@ -44,27 +44,6 @@ fn frozen_params() -> Vec<(String, String, &'static str, f64, f64, f64)> {
 /// Equal within nice-plug's f32 precision.
 fn same(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-6
-}
-
-/// nice-plug's CLAP state: a little-endian u64 length, then that many bytes of JSON.
-fn state_json(bytes: &[u8]) -> Result<serde_json::Value> {
-    ensure!(bytes.len() >= 8, "state of {} bytes", bytes.len());
-    let (len, json) = bytes.split_at(8);
-    let len = u64::from_le_bytes(len.try_into()?);
-    ensure!(
-        len == json.len() as u64,
-        "length prefix {len} for {} bytes",
-        json.len()
-    );
-    serde_json::from_slice(json).context("state is JSON")
-}
-
-/// The inverse of [`state_json`].
-fn state_bytes(state: &serde_json::Value) -> Result<Vec<u8>> {
-    let json = serde_json::to_vec(state)?;
-    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(&json);
-    Ok(bytes)
 }
 
 #[test]
@@ -169,7 +148,7 @@ fn state_round_trips_parameters_and_settings() -> Result<()> {
 
         // Edit the persistent settings inside the saved state, as a later editor would, and
         // check they survive a load into a fresh instance.
-        let mut state = state_json(&first.save_state()?)?;
+        let mut state = decode_state(&first.save_state()?)?;
         let net_text = state["fields"]["net"]
             .as_str()
             .context("net field")?
@@ -179,7 +158,7 @@ fn state_round_trips_parameters_and_settings() -> Result<()> {
         net["session_name"] = "Studio B".into();
         net["macro_names"][2] = "Filter".into();
         state["fields"]["net"] = serde_json::to_string(&net)?.into();
-        let edited = state_bytes(&state)?;
+        let edited = encode_state(&state)?;
 
         let mut second = bundle.instantiate()?;
         second.load_state(&edited)?;
@@ -189,7 +168,7 @@ fn state_round_trips_parameters_and_settings() -> Result<()> {
                 "{change:?} lost"
             );
         }
-        let resaved = state_json(&second.save_state()?)?;
+        let resaved = decode_state(&second.save_state()?)?;
         let net_again: serde_json::Value =
             serde_json::from_str(resaved["fields"]["net"].as_str().context("net")?)?;
         ensure!(net_again["osc_port"] == 7777, "{net_again}");

@@ -141,6 +141,15 @@ impl ClockFollower {
         }
     }
 
+    /// A follower for a destination that joins a running stream (a peer that just connected):
+    /// its first message resynchronises it (SPP, and Continue on the grid if playing).
+    pub fn joining() -> Self {
+        Self {
+            resync_pending: true,
+            ..Self::new()
+        }
+    }
+
     /// Gaps seen (each triggered a resynchronisation where needed).
     pub fn gaps(&self) -> u64 {
         self.gaps

@@ -218,17 +218,17 @@ impl Endpoint {
                 }
             }
             Command::Bye(e) => {
-                match self.find(|s| s.peer_ssrc() == Some(e.ssrc) && s.closed().is_none()) {
+                match self.find(|s| s.is_peer_ssrc(e.ssrc) && s.closed().is_none()) {
                     Some(session) => session.handle_command(now, on, command),
                     None => self.counters.stale_bye += 1,
                 }
             }
-            Command::Ck(ck) => match self.find(|s| s.peer_ssrc() == Some(ck.ssrc)) {
+            Command::Ck(ck) => match self.find(|s| s.is_peer_ssrc(ck.ssrc)) {
                 Some(session) => session.handle_command(now, on, command),
                 None => self.counters.unknown_session += 1,
             },
             Command::ReceiverFeedback { ssrc, .. } | Command::BitrateLimit { ssrc, .. } => {
-                if self.find(|s| s.peer_ssrc() == Some(*ssrc)).is_none() {
+                if self.find(|s| s.is_peer_ssrc(*ssrc)).is_none() {
                     self.counters.unknown_session += 1;
                 }
             }
@@ -373,7 +373,24 @@ impl Endpoint {
 
     /// Send `commands` to every connected peer, the first at host time `at` (ns, our clock).
     pub fn send_midi(&mut self, at: Nanos, commands: &[TimedCommand]) {
+        self.send_midi_where(at, commands, |_| true);
+    }
+
+    /// Send `commands` to the connected peer whose control address is `peer`.
+    pub fn send_midi_to(&mut self, peer: SocketAddr, at: Nanos, commands: &[TimedCommand]) {
+        self.send_midi_where(at, commands, |address| address == peer);
+    }
+
+    fn send_midi_where(
+        &mut self,
+        at: Nanos,
+        commands: &[TimedCommand],
+        to: impl Fn(SocketAddr) -> bool,
+    ) {
         for slot in &mut self.slots {
+            if !to(slot.status.address) {
+                continue;
+            }
             if let Some(session) = &mut slot.session
                 && session.is_connected()
             {

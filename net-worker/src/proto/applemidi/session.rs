@@ -115,6 +115,8 @@ pub struct Session {
     token: u32,
     local_ssrc: u32,
     peer_ssrc: Option<u32>,
+    /// The SSRC the peer used on its data port, if different (pymidi picks one per port).
+    peer_data_ssrc: Option<u32>,
     peer_name: Option<String>,
     peer_control: SocketAddr,
     initiator: bool,
@@ -211,6 +213,7 @@ impl Session {
             token,
             local_ssrc,
             peer_ssrc: None,
+            peer_data_ssrc: None,
             peer_name: None,
             peer_control,
             initiator,
@@ -249,6 +252,11 @@ impl Session {
     /// The peer's SSRC, once known.
     pub fn peer_ssrc(&self) -> Option<u32> {
         self.peer_ssrc
+    }
+
+    /// True if `ssrc` is the peer's (on either of its ports).
+    pub fn is_peer_ssrc(&self, ssrc: u32) -> bool {
+        self.peer_ssrc == Some(ssrc) || self.peer_data_ssrc == Some(ssrc)
     }
 
     /// Our SSRC.
@@ -344,14 +352,21 @@ impl Session {
                 };
                 self.send_exchange(Port::Data, Command::Invitation, true);
             }
-            (State::InvitingData { .. }, Command::Accepted(_)) if on == Port::Data => {
-                self.connect(now)
+            (State::InvitingData { .. }, Command::Accepted(e)) if on == Port::Data => {
+                // pymidi answers from a second SSRC on its data port; remember it too.
+                if Some(e.ssrc) != self.peer_ssrc {
+                    self.peer_data_ssrc = Some(e.ssrc);
+                }
+                self.connect(now);
             }
             (State::InvitingControl { .. } | State::InvitingData { .. }, Command::Rejected(_)) => {
                 let bye = matches!(self.state, State::InvitingData { .. });
                 self.close(CloseReason::Rejected, bye);
             }
-            (State::HalfOpen { .. }, Command::Invitation(_)) if on == Port::Data => {
+            (State::HalfOpen { .. }, Command::Invitation(e)) if on == Port::Data => {
+                if Some(e.ssrc) != self.peer_ssrc {
+                    self.peer_data_ssrc = Some(e.ssrc);
+                }
                 self.reply_ok(Port::Data);
                 self.connect(now);
             }

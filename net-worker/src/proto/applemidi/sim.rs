@@ -343,3 +343,40 @@ mod tests {
         assert!(net.connected(0) && net.connected(1));
     }
 }
+
+mod pymidi_quirk {
+    use super::super::session::{Event, Port, Session};
+    use super::super::{Ck, Command, Exchange};
+
+    /// pymidi answers with one SSRC on its control port and another on its data port, and
+    /// stamps CK with its wall clock.
+    #[test]
+    fn a_peer_with_one_ssrc_per_port_is_still_measured() {
+        let peer = "127.0.0.1:6004".parse().expect("addr");
+        let mut s = Session::invite(0, "Lockstep", 7, 0xAAAA, 1, peer);
+        let ok = |ssrc| Exchange {
+            token: 7,
+            ssrc,
+            name: Some("pymidi".into()),
+        };
+        s.handle_command(1_000_000, Port::Control, &Command::Accepted(ok(0x1111)));
+        s.handle_command(2_000_000, Port::Data, &Command::Accepted(ok(0x2222)));
+        assert!(s.is_connected());
+        assert!(s.is_peer_ssrc(0x2222));
+        while s.poll_transmit().is_some() {}
+        // Our CK0 left at 2 ms (t1 = 20 ticks); the CK1 arrives at 3 ms: 1 ms round trip.
+        let ck1 = Ck {
+            ssrc: 0x2222,
+            count: 1,
+            timestamps: [20, 0x1054_0b03_2aba, 0],
+        };
+        s.handle_command(3_000_000, Port::Data, &Command::Ck(ck1));
+        let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Latency(l) if (l.rtt_us - 1000.0).abs() < 1.0)),
+            "{events:?}"
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! The RTP-MIDI side of one instance: its two UDP sockets (control `N`, data `N + 1`), the
+//! AppleMIDI [`Endpoint`], and one clock destination (follower + scheduler) per connected peer,
+//! so a peer that joins mid-song is resynchronised on its own and each peer has its own offset.
+//!
+//! Runs on the worker thread only; sockets are non-blocking and polled every loop.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::follower::ClockFollower;
+use crate::clock::scheduler::{Scheduler, SchedulerConfig};
+use crate::clock::{ClockEvent, ClockKind};
+use crate::proto::applemidi::endpoint::{Access, Endpoint, EndpointEvent};
+use crate::proto::applemidi::session::{Nanos, Port};
+use crate::proto::rtpmidi::{MidiCommand, TimedCommand};
+use crate::settings::NetSettings;
+
+/// What the status shows about the RTP-MIDI side of an instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RtpMidiStatus {
+    /// Our control port (data port = control + 1), when bound.
+    pub control_port: Option<u16>,
+    /// Why the sockets could not be opened, or a peer could not be used.
+    pub errors: Vec<String>,
+    /// Every known peer.
+    pub peers: Vec<PeerReport>,
+    /// Datagrams that did not decode.
+    pub malformed: u64,
+    /// Invitations refused.
+    pub refused: u64,
+    /// BY datagrams for sessions that are not ours.
+    pub stale_bye: u64,
+    /// Datagrams for no known session or SSRC.
+    pub unknown: u64,
+    /// RTP-MIDI packets sent.
+    pub rtp_sent: u64,
+    /// RTP-MIDI packets received.
+    pub rtp_received: u64,
+    /// Socket send errors.
+    pub send_errors: u64,
+}
+
+/// One peer in the status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerReport {
+    /// Control address.
+    pub address: String,
+    /// Name it announced.
+    pub name: Option<String>,
+    /// In the directory (we invite it) or a guest.
+    pub in_directory: bool,
+    /// Connected now.
+    pub connected: bool,
+    /// Round trip of the best recent CK exchange, µs.
+    pub rtt_us: Option<f64>,
+    /// Spread of recent round trips, µs.
+    pub jitter_us: Option<f64>,
+    /// How the last session ended.
+    pub last_close: Option<String>,
+    /// Connections so far.
+    pub connects: u64,
+}
+
+/// One connected peer's clock stream.
+struct Destination {
+    follower: ClockFollower,
+    scheduler: Scheduler,
+}
+
+/// The driver.
+pub struct RtpMidi {
+    control: UdpSocket,
+    data: UdpSocket,
+    port: u16,
+    endpoint: Endpoint,
+    destinations: BTreeMap<SocketAddr, Destination>,
+    /// Per-peer offsets from the settings, ns.
+    offsets: BTreeMap<SocketAddr, f64>,
+    /// The instance's schedule (latency + global offset).
+    base: SchedulerConfig,
+    output: (bool, bool),
+    tempo: Option<f64>,
+    status: RtpMidiStatus,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for RtpMidi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtpMidi")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bind control port `port` and data port `port + 1` on all interfaces.
+fn bind_pair(port: u16) -> std::io::Result<(UdpSocket, UdpSocket)> {
+    let control = UdpSocket::bind(("0.0.0.0", port))?;
+    let data = UdpSocket::bind((
+        "0.0.0.0",
+        port.checked_add(1).ok_or(ErrorKind::InvalidInput)?,
+    ))?;
+    control.set_nonblocking(true)?;
+    data.set_nonblocking(true)?;
+    Ok((control, data))
+}
+
+/// The first free (even-aligned) pair at or after `from`, for the error message.
+fn next_free_pair(from: u16) -> Option<u16> {
+    (from..u16::MAX - 1)
+        .step_by(2)
+        .take(64)
+        .find(|&p| bind_pair(p).is_ok())
+}
+
+impl RtpMidi {
+    /// Open the sockets from `settings` and invite its peers. Errors say what to do.
+    pub fn open(
+        now: Nanos,
+        settings: &NetSettings,
+        base: SchedulerConfig,
+        seed: u64,
+    ) -> Result<Self, String> {
+        let port = settings.rtp_midi_port;
+        let (control, data) = bind_pair(port).map_err(|e| match e.kind() {
+            ErrorKind::AddrInUse => match next_free_pair(port.saturating_add(2)) {
+                Some(free) => format!(
+                    "RTP-MIDI ports {port}/{} are taken (another program or instance); ports {free}/{} are free",
+                    port.saturating_add(1),
+                    free + 1
+                ),
+                None => format!("RTP-MIDI ports {port}/{} are taken", port.saturating_add(1)),
+            },
+            _ => format!("cannot open RTP-MIDI ports {port}/{}: {e}", port.saturating_add(1)),
+        })?;
+        let mut driver = Self {
+            control,
+            data,
+            port,
+            endpoint: Endpoint::new(&settings.session_name, Access::Anyone, seed),
+            destinations: BTreeMap::new(),
+            offsets: BTreeMap::new(),
+            base,
+            output: (true, true),
+            tempo: None,
+            status: RtpMidiStatus {
+                control_port: Some(port),
+                ..RtpMidiStatus::default()
+            },
+            buf: vec![0; 2048],
+        };
+        for peer in settings.peers.iter().filter(|p| p.enabled) {
+            match format!("{}:{}", peer.host, peer.port).parse::<SocketAddr>() {
+                Ok(address) => {
+                    driver
+                        .offsets
+                        .insert(address, f64::from(peer.offset_ms) * 1e6);
+                    driver.endpoint.add_peer(now, address);
+                }
+                Err(_) => driver.status.errors.push(format!(
+                    "peer {:?} at {}:{}: only IP addresses are supported yet",
+                    peer.name, peer.host, peer.port
+                )),
+            }
+        }
+        driver.flush();
+        Ok(driver)
+    }
+
+    fn schedule_for(&self, peer: SocketAddr) -> SchedulerConfig {
+        SchedulerConfig {
+            offset_ns: self.base.offset_ns + self.offsets.get(&peer).copied().unwrap_or(0.0),
+            ..self.base
+        }
+    }
+
+    /// The instance's latency or global offset changed.
+    pub fn set_schedule(&mut self, base: SchedulerConfig) {
+        self.base = base;
+        let peers: Vec<SocketAddr> = self.destinations.keys().copied().collect();
+        for peer in peers {
+            let config = self.schedule_for(peer);
+            if let Some(d) = self.destinations.get_mut(&peer) {
+                d.scheduler.set_config(config);
+            }
+        }
+    }
+
+    /// Clock output switches (`clk_on`, `clk_tr`).
+    pub fn set_output(&mut self, now: Nanos, enabled: bool, send_transport: bool) {
+        self.output = (enabled, send_transport);
+        for d in self.destinations.values_mut() {
+            let scheduler = &mut d.scheduler;
+            d.follower.set_output(enabled, send_transport, &mut |out| {
+                scheduler.handle(now as f64, out)
+            });
+        }
+    }
+
+    /// The host tempo, for prediction.
+    pub fn set_tempo(&mut self, tempo: Option<f64>) {
+        self.tempo = tempo;
+        for d in self.destinations.values_mut() {
+            d.scheduler.handle_tempo(tempo);
+        }
+    }
+
+    /// A clock message from the engine.
+    pub fn clock_event(&mut self, now: Nanos, event: ClockEvent) {
+        for d in self.destinations.values_mut() {
+            let scheduler = &mut d.scheduler;
+            d.follower
+                .handle(event, &mut |out| scheduler.handle(now as f64, out));
+        }
+    }
+
+    /// Receive, run timers, send what is due. Returns the next deadline (ns), if any.
+    pub fn poll(&mut self, now: Nanos) -> Option<Nanos> {
+        for port in [Port::Control, Port::Data] {
+            loop {
+                let socket = match port {
+                    Port::Control => &self.control,
+                    Port::Data => &self.data,
+                };
+                match socket.recv_from(&mut self.buf) {
+                    Ok((len, from)) => {
+                        let bytes = self.buf[..len].to_vec();
+                        self.endpoint.handle_datagram(now, port, from, &bytes);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    // ICMP port-unreachable from a dead peer shows up here on Linux: count it.
+                    Err(_) => {
+                        self.status.send_errors += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        self.endpoint.handle_timeout(now);
+        self.handle_events();
+        let mut next = self.endpoint.poll_timeout();
+        let peers: Vec<SocketAddr> = self.destinations.keys().copied().collect();
+        for peer in peers {
+            let Some(d) = self.destinations.get_mut(&peer) else {
+                continue;
+            };
+            let mut due = Vec::new();
+            while let Some(t) = d.scheduler.poll_transmit(now as f64) {
+                due.push(t);
+            }
+            let timeout = d.scheduler.poll_timeout().map(|t| t.max(0.0) as Nanos);
+            next = [next, timeout].into_iter().flatten().min();
+            for t in due {
+                let command = match t.message.kind {
+                    ClockKind::Tick => MidiCommand::RealTime(0xF8),
+                    ClockKind::Start => MidiCommand::RealTime(0xFA),
+                    ClockKind::Continue => MidiCommand::RealTime(0xFB),
+                    ClockKind::Stop => MidiCommand::RealTime(0xFC),
+                    ClockKind::SongPosition(v) => MidiCommand::SongPosition(v),
+                };
+                let at = t.send_at_ns.max(0.0) as Nanos;
+                self.endpoint
+                    .send_midi_to(peer, at, &[TimedCommand { offset: 0, command }]);
+            }
+        }
+        self.flush();
+        next
+    }
+
+    fn handle_events(&mut self) {
+        while let Some(event) = self.endpoint.poll_event() {
+            match event {
+                EndpointEvent::Connected(peer) => {
+                    let mut scheduler = Scheduler::new(self.schedule_for(peer));
+                    scheduler.handle_tempo(self.tempo);
+                    let mut follower = ClockFollower::joining();
+                    follower.set_output(self.output.0, self.output.1, &mut |_| {});
+                    self.destinations.insert(
+                        peer,
+                        Destination {
+                            follower,
+                            scheduler,
+                        },
+                    );
+                }
+                EndpointEvent::Disconnected(peer, _) => {
+                    self.destinations.remove(&peer);
+                }
+                EndpointEvent::Refused(_) => {}
+            }
+        }
+    }
+
+    /// Send everything the endpoint queued.
+    fn flush(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            let socket = match t.from {
+                Port::Control => &self.control,
+                Port::Data => &self.data,
+            };
+            if socket.send_to(&t.bytes, t.to).is_err() {
+                self.status.send_errors += 1;
+            }
+        }
+    }
+
+    /// Stop every running destination (a Stop now, not at its scheduled time) and leave every
+    /// session (BY), e.g. when the instance goes away.
+    pub fn shutdown(&mut self, now: Nanos) {
+        let peers: Vec<SocketAddr> = self.destinations.keys().copied().collect();
+        for peer in peers {
+            let Some(d) = self.destinations.get_mut(&peer) else {
+                continue;
+            };
+            let mut stop = false;
+            d.follower
+                .set_output(false, true, &mut |out| stop |= out.kind == ClockKind::Stop);
+            if stop {
+                let command = TimedCommand {
+                    offset: 0,
+                    command: MidiCommand::RealTime(0xFC),
+                };
+                self.endpoint.send_midi_to(peer, now, &[command]);
+            }
+        }
+        self.destinations.clear();
+        self.endpoint.shutdown();
+        self.flush();
+    }
+
+    /// The status.
+    pub fn status(&self) -> RtpMidiStatus {
+        let c = self.endpoint.counters();
+        RtpMidiStatus {
+            control_port: Some(self.port),
+            errors: self.status.errors.clone(),
+            peers: self
+                .endpoint
+                .peers()
+                .into_iter()
+                .map(|p| PeerReport {
+                    address: p.address.to_string(),
+                    name: p.name,
+                    in_directory: p.in_directory,
+                    connected: p.connected,
+                    rtt_us: p.latency.map(|l| l.rtt_us),
+                    jitter_us: p.latency.map(|l| l.jitter_us),
+                    last_close: p.last_close.map(|r| format!("{r:?}")),
+                    connects: p.connects,
+                })
+                .collect(),
+            malformed: c.malformed,
+            refused: c.refused,
+            stale_bye: c.stale_bye,
+            unknown: c.unknown_session + c.unknown_ssrc,
+            rtp_sent: c.rtp_sent,
+            rtp_received: c.rtp_received,
+            send_errors: self.status.send_errors,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! RTP-MIDI against a real peer: `pymidi`'s AppleMIDI server (tests/peers/pymidi_peer.py) on
+//! loopback. Lockstep invites it from the settings saved in its state, as a DAW project would;
+//! a transport scripted through the CLAP harness in real time (play, stop, locate, play, stop)
+//! must reach pymidi completely and in order: every Start, Stop, Continue, Song Position and
+//! clock, with the exact number of ticks for the beats played.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use lockstep_host::bundle::Build;
+use lockstep_host::harness::{exclusive, peer_script, peers_python, wait_for};
+use lockstep_host::host::{Bundle, Layout};
+use lockstep_host::processor::Processor;
+use lockstep_host::status::StatusProbe;
+use lockstep_host::transport::HostTransport;
+use lockstep_net::settings::PeerSettings;
+use serde_json::Value;
+
+const RATE: f64 = 48_000.0;
+const BLOCK: u32 = 512;
+const PEER_PORT: u16 = 6004;
+
+/// The pymidi process and the lines it printed so far.
+struct Peer {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Peer {
+    fn start(seconds: u32) -> Result<Self> {
+        let mut child = Command::new(peers_python())
+            .arg(peer_script("pymidi_peer.py"))
+            .args([PEER_PORT.to_string(), seconds.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting pymidi (run `cargo xtask test` to install the peers)")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str::<Value>(&line)
+                    && let Ok(mut lines) = sink.lock()
+                {
+                    lines.push(value);
+                }
+            }
+        });
+        let peer = Self { child, lines };
+        peer.wait("pymidi ready", |l| l.iter().any(|v| v["event"] == "ready"))?;
+        Ok(peer)
+    }
+
+    fn wait(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.lines.lock().map(|l| l.clone()).unwrap_or_default();
+            if done(&lines) {
+                return Ok(lines);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what}; pymidi printed {lines:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Process `blocks` blocks paced in real time.
+fn play(p: &mut Processor, t: &mut HostTransport, blocks: u32) -> Result<()> {
+    let period = Duration::from_secs_f64(f64::from(BLOCK) / RATE);
+    let mut deadline = Instant::now();
+    for _ in 0..blocks {
+        p.process(BLOCK, Some(&t.event()), &[])?;
+        t.advance(BLOCK, RATE);
+        deadline += period;
+        if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    Ok(())
+}
+
+/// Ticks on the grid k/24 in [from, to).
+fn ticks_between(from: f64, to: f64) -> usize {
+    let first = (from * 24.0 - 1e-6).ceil() as i64;
+    let end = (to * 24.0 - 1e-6).ceil() as i64;
+    usize::try_from(end - first).unwrap_or(0)
+}
+
+#[test]
+fn pymidi_receives_every_clock_and_transport_message_in_order() -> Result<()> {
+    let _guard = exclusive();
+    let peer = Peer::start(60)?;
+    let path = Build::Release.clap_path();
+    let bundle = Bundle::load(&path)?;
+    let probe = StatusProbe::open(&path)?;
+    let mut instance = bundle.instantiate()?;
+    let mut settings = instance.net_settings()?;
+    settings.rtp_midi_port = 5004;
+    settings.peers = vec![PeerSettings {
+        name: "pymidi".into(),
+        host: "127.0.0.1".into(),
+        port: PEER_PORT,
+        ..PeerSettings::default()
+    }];
+    instance.set_net_settings(&settings)?;
+    let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
+    let mut t = HostTransport::new(120.0, (4, 4));
+    // Idle blocks until the session is up (invitations on both ports).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        play(&mut p, &mut t, 10)?;
+        let status = probe.read()?;
+        let rtp = status.worker.instances[0]
+            .rtpmidi
+            .clone()
+            .context("no rtp-midi status")?;
+        ensure!(rtp.errors.is_empty(), "{rtp:?}");
+        if rtp.peers.iter().any(|p| p.connected) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "pymidi never connected: {rtp:?}");
+    }
+    peer.wait("pymidi's connected event", |l| {
+        l.iter().any(|v| v["event"] == "connected")
+    })?;
+
+    // The script: play 188 blocks from 0, stop, locate to 8.25, play 141 blocks, stop.
+    t.playing = true;
+    play(&mut p, &mut t, 188)?;
+    let first_stop = t.pos_beats();
+    t.playing = false;
+    play(&mut p, &mut t, 40)?;
+    t.locate(8.25);
+    play(&mut p, &mut t, 20)?;
+    t.playing = true;
+    play(&mut p, &mut t, 141)?;
+    let second_stop = t.pos_beats();
+    t.playing = false;
+    play(&mut p, &mut t, 40)?;
+
+    let n1 = ticks_between(0.0, first_stop);
+    let n2 = ticks_between(8.25, second_stop);
+    let mut expected: Vec<(u64, Vec<u64>)> = vec![(0xFA, vec![])];
+    expected.extend(std::iter::repeat_n((0xF8, vec![]), n1));
+    expected.push((0xFC, vec![]));
+    // Locate while stopped (SPP 33 = 8.25 quarter notes), then play from there: SPP, Continue.
+    expected.push((0xF2, vec![33, 0]));
+    expected.push((0xF2, vec![33, 0]));
+    expected.push((0xFB, vec![]));
+    expected.extend(std::iter::repeat_n((0xF8, vec![]), n2));
+    expected.push((0xFC, vec![]));
+
+    let status = wait_for(&probe, "every RTP-MIDI packet to leave", |s| {
+        s.worker.instances[0]
+            .rtpmidi
+            .as_ref()
+            .is_some_and(|r| r.rtp_sent as usize >= expected.len())
+    })?;
+    let rtp = status.worker.instances[0]
+        .rtpmidi
+        .clone()
+        .context("status")?;
+    let lines = peer.wait("every message at pymidi", |l| {
+        l.iter().filter(|v| v["event"] == "midi").count() >= expected.len()
+    })?;
+    let got: Vec<(u64, Vec<u64>)> = lines
+        .iter()
+        .filter(|v| v["event"] == "midi")
+        .map(|v| {
+            let data = v["data"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                .unwrap_or_default();
+            (v["status"].as_u64().unwrap_or(0), data)
+        })
+        .collect();
+    ensure!(
+        got == expected,
+        "pymidi got {} messages, expected {} (n1 {n1}, n2 {n2}):\n{:?}",
+        got.len(),
+        expected.len(),
+        &got[..got.len().min(12)]
+    );
+    ensure!(
+        rtp.rtp_sent as usize == expected.len(),
+        "sent {} packets: {rtp:?}",
+        rtp.rtp_sent
+    );
+    ensure!(rtp.malformed == 0 && rtp.send_errors == 0, "{rtp:?}");
+    let me = &rtp.peers[0];
+    ensure!(me.connected && me.connects == 1, "{me:?}");
+    ensure!(
+        me.rtt_us.is_some_and(|r| r < 5_000.0),
+        "CK on loopback: {me:?}"
+    );
+
+    // Deactivating leaves the session: pymidi sees the BY.
+    instance.deactivate(p);
+    peer.wait("pymidi to see the BY", |l| {
+        l.iter().any(|v| v["event"] == "disconnected")
+    })?;
+    Ok(())
+}
