@@ -2,7 +2,8 @@
 //! loopback. Lockstep invites it from the settings saved in its state, as a DAW project would;
 //! a transport scripted through the CLAP harness in real time (play, stop, locate, play, stop)
 //! must reach pymidi completely and in order: every Start, Stop, Continue, Song Position and
-//! clock, with the exact number of ticks for the beats played.
+//! clock, with the exact number of ticks for the beats played. tshark captures the run on `lo`
+//! and must decode every datagram as AppleMIDI or RTP-MIDI, none malformed.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -76,6 +77,94 @@ impl Drop for Peer {
     }
 }
 
+/// A tshark capture of our and pymidi's ports on `lo`.
+struct Capture {
+    child: Child,
+    path: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start() -> Result<Self> {
+        let path = lockstep_host::bundle::target_dir().join("rtpmidi-interop.pcap");
+        let _ = std::fs::remove_file(&path);
+        let mut child = Command::new("tshark")
+            .args([
+                "-i",
+                "lo",
+                "-f",
+                "udp portrange 5004-5005 or udp portrange 6004-6005",
+                "-w",
+            ])
+            .arg(&path)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting tshark (run `cargo xtask test` to install it)")?;
+        // tshark says "Capturing on 'Loopback: lo'" once it listens.
+        let stderr = child.stderr.take().context("stderr")?;
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            if line.contains("Capturing on") {
+                break;
+            }
+            line.clear();
+        }
+        ensure!(
+            line.contains("Capturing on"),
+            "tshark did not start capturing: {line}"
+        );
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Ok(Self { child, path })
+    }
+
+    /// Stop capturing; returns the file.
+    fn finish(mut self) -> Result<std::path::PathBuf> {
+        std::thread::sleep(Duration::from_millis(300));
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()?;
+        self.child.wait()?;
+        Ok(self.path.clone())
+    }
+}
+
+/// (protocols, expert severity, malformed) of every frame in `pcap`.
+fn decoded(pcap: &std::path::Path) -> Result<Vec<(String, String, String)>> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args([
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "frame.protocols",
+            "-e",
+            "_ws.expert.severity",
+            "-e",
+            "_ws.malformed",
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (
+                f[0].to_owned(),
+                f.get(1).unwrap_or(&"").to_string(),
+                f.get(2).unwrap_or(&"").to_string(),
+            )
+        })
+        .collect())
+}
+
 /// Process `blocks` blocks paced in real time.
 fn play(p: &mut Processor, t: &mut HostTransport, blocks: u32) -> Result<()> {
     let period = Duration::from_secs_f64(f64::from(BLOCK) / RATE);
@@ -101,6 +190,7 @@ fn ticks_between(from: f64, to: f64) -> usize {
 #[test]
 fn pymidi_receives_every_clock_and_transport_message_in_order() -> Result<()> {
     let _guard = exclusive();
+    let capture = Capture::start()?;
     let peer = Peer::start(60)?;
     let path = Build::Release.clap_path();
     let bundle = Bundle::load(&path)?;
@@ -211,5 +301,26 @@ fn pymidi_receives_every_clock_and_transport_message_in_order() -> Result<()> {
     peer.wait("pymidi to see the BY", |l| {
         l.iter().any(|v| v["event"] == "disconnected")
     })?;
+
+    let frames = decoded(&capture.finish()?)?;
+    ensure!(!frames.is_empty(), "nothing captured");
+    for (i, (protocols, expert, malformed)) in frames.iter().enumerate() {
+        ensure!(
+            protocols.ends_with("applemidi") || protocols.ends_with("rtp:rtpmidi"),
+            "frame {} is {protocols}",
+            i + 1
+        );
+        ensure!(
+            expert.is_empty() && malformed.is_empty(),
+            "frame {}: {expert} {malformed}",
+            i + 1
+        );
+    }
+    let rtp_frames = frames.iter().filter(|f| f.0.ends_with("rtpmidi")).count();
+    ensure!(
+        rtp_frames as u64 == rtp.rtp_sent,
+        "{rtp_frames} RTP-MIDI frames captured, {} sent",
+        rtp.rtp_sent
+    );
     Ok(())
 }
