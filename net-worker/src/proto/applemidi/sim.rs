@@ -34,12 +34,16 @@ type Flight = Reverse<(Nanos, u64, usize, bool, SocketAddr, Vec<u8>)>;
 
 pub(crate) struct Net {
     pub now: Nanos,
-    pub endpoints: [Endpoint; 2],
-    pub addrs: [SocketAddr; 2],
+    pub endpoints: Vec<Endpoint>,
+    pub addrs: Vec<SocketAddr>,
     pub conditions: Conditions,
     /// Drop everything while now is in this range.
     pub partition: Option<(Nanos, Nanos)>,
-    pub events: [Vec<EndpointEvent>; 2],
+    pub events: Vec<Vec<EndpointEvent>>,
+    /// Extra one-way delay for traffic to or from an endpoint (a slow peer).
+    pub extra_delay: Vec<Nanos>,
+    /// Endpoints whose traffic is all dropped (a dead peer).
+    pub dead: Vec<bool>,
     flights: BinaryHeap<Flight>,
     seq: u64,
     rng: u64,
@@ -49,18 +53,36 @@ pub(crate) struct Net {
 impl Net {
     /// A (port 5004) invites B (port 6004); B accepts anyone.
     pub fn new(conditions: Conditions, seed: u64) -> Self {
-        let a = Endpoint::new("Lockstep A", Access::Anyone, seed ^ 0xA);
-        let b = Endpoint::new("Peer B", Access::Anyone, seed ^ 0xB);
+        Self::with_peers(conditions, seed, 1)
+    }
+
+    /// Endpoint 0 ("Lockstep A", port 5004) and `peers` responders on ports 6004, 6006, ….
+    pub fn with_peers(conditions: Conditions, seed: u64, peers: usize) -> Self {
+        let mut endpoints = vec![Endpoint::new("Lockstep A", Access::Anyone, seed ^ 0xA)];
+        let mut addrs: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], 5004))];
+        for i in 0..peers {
+            let name = if i == 0 {
+                "Peer B".to_owned()
+            } else {
+                format!("Peer {i}")
+            };
+            endpoints.push(Endpoint::new(
+                &name,
+                Access::Anyone,
+                seed ^ (0xB + i as u64),
+            ));
+            addrs.push(SocketAddr::from(([127, 0, 0, 1], 6004 + 2 * i as u16)));
+        }
+        let n = endpoints.len();
         Self {
             now: 1_000 * SECOND,
-            endpoints: [a, b],
-            addrs: [
-                "127.0.0.1:5004".parse().expect("addr"),
-                "127.0.0.1:6004".parse().expect("addr"),
-            ],
+            endpoints,
+            addrs,
             conditions,
             partition: None,
-            events: [Vec::new(), Vec::new()],
+            events: vec![Vec::new(); n],
+            extra_delay: vec![0; n],
+            dead: vec![false; n],
             flights: BinaryHeap::new(),
             seq: 0,
             rng: seed | 1,
@@ -85,9 +107,9 @@ impl Net {
 
     /// Move everything the endpoints want to send into the network.
     fn pump(&mut self) {
-        for i in 0..2 {
+        for i in 0..self.endpoints.len() {
             while let Some(t) = self.endpoints[i].poll_transmit() {
-                let to = (0..2).find(|&j| {
+                let to = (0..self.addrs.len()).find(|&j| {
                     t.to.port() == self.addrs[j].port() || t.to.port() == self.addrs[j].port() + 1
                 });
                 let Some(to) = to else { continue };
@@ -96,9 +118,14 @@ impl Net {
                 let partitioned = self
                     .partition
                     .is_some_and(|(s, e)| self.now >= s && self.now < e);
-                if partitioned || self.unit() < self.conditions.loss {
+                if partitioned
+                    || self.dead[i]
+                    || self.dead[to]
+                    || self.unit() < self.conditions.loss
+                {
                     continue;
                 }
+                let extra = self.extra_delay[i] + self.extra_delay[to];
                 let copies = if self.unit() < self.conditions.duplicate {
                     2
                 } else {
@@ -108,7 +135,7 @@ impl Net {
                     let jitter = (self.unit() * self.conditions.jitter as f64) as Nanos;
                     self.seq += 1;
                     self.flights.push(Reverse((
-                        self.now + self.conditions.delay + jitter,
+                        self.now + self.conditions.delay + extra + jitter,
                         self.seq,
                         to,
                         data,
@@ -265,6 +292,72 @@ mod tests {
             net.events[0]
                 .iter()
                 .any(|e| matches!(e, EndpointEvent::Connected(_)))
+        );
+    }
+
+    #[test]
+    fn sixteen_peers_at_once_and_a_dead_or_slow_one_delays_no_other() {
+        let mut net = Net::with_peers(CLEAN, 11, 16);
+        net.dead[16] = true; // never answers
+        net.extra_delay[15] = 400 * MS; // slow
+        let now = net.now;
+        for i in 1..=16 {
+            let address = net.addrs[i];
+            net.endpoints[0].add_peer(now, address);
+        }
+        net.run_until(now + 100 * MS);
+        // The fourteen healthy peers connect in one round trip each; the slow and the dead one
+        // hold nobody up.
+        let peers = net.endpoints[0].peers();
+        assert_eq!(
+            peers.iter().filter(|p| p.connected).count(),
+            14,
+            "{peers:?}"
+        );
+        net.run_until(now + 2 * SECOND);
+        assert_eq!(
+            net.endpoints[0]
+                .peers()
+                .iter()
+                .filter(|p| p.connected)
+                .count(),
+            15
+        );
+        let at = net.now;
+        net.endpoints[0].send_midi(
+            at,
+            &[TimedCommand {
+                offset: 0,
+                command: MidiCommand::RealTime(0xF8),
+            }],
+        );
+        net.run_until(at + 20 * MS);
+        for i in 1..=14 {
+            assert_eq!(
+                net.endpoints[i].counters().rtp_received,
+                1,
+                "peer {i} got the clock within 20 ms"
+            );
+        }
+        net.run_until(at + SECOND);
+        assert_eq!(
+            net.endpoints[15].counters().rtp_received,
+            1,
+            "the slow peer gets it too"
+        );
+        // The dead one gives up after twelve invitations (and is retried with backoff, as the
+        // partition test shows).
+        net.run_until(now + 14 * SECOND);
+        let dead = &net.endpoints[0].peers()[15];
+        assert!(!dead.connected, "{dead:?}");
+        assert_eq!(dead.last_close, Some(CloseReason::NoAnswer), "{dead:?}");
+        assert_eq!(
+            net.endpoints[0]
+                .peers()
+                .iter()
+                .filter(|p| p.connected)
+                .count(),
+            15
         );
     }
 
