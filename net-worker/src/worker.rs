@@ -328,7 +328,8 @@ fn run(inbox: Receiver<Command>) {
             Err(RecvTimeoutError::Timeout) => {}
         }
         drain(&mut rings);
-        timeout = transmit(&mut rings);
+        let due = transmit(&mut rings);
+        timeout = wait_before(due);
     }
 }
 
@@ -375,9 +376,27 @@ fn configure(id: u64, attached: &mut Attached, settings: &NetSettings, enabled: 
     attached.published_at = 0;
 }
 
-/// Send every clock message that is due and return how long to wait for the next one (at most
-/// [`DRAIN_PERIOD`]).
-fn transmit(rings: &mut BTreeMap<u64, Attached>) -> Duration {
+/// The last this much before a send is spent spinning instead of sleeping: the kernel's timer
+/// slack and wake-up latency are tens to hundreds of microseconds, a spin is a few.
+pub const SPIN_BEFORE_SEND: Duration = Duration::from_micros(300);
+
+/// How long to block on the command channel before the next due send (host ns), spinning the
+/// last [`SPIN_BEFORE_SEND`] so packets leave on time.
+fn wait_before(due: f64) -> Duration {
+    let spin = SPIN_BEFORE_SEND.as_nanos() as f64;
+    let now = bridge::host_time_ns() as f64;
+    if due - now > spin {
+        return Duration::from_nanos((due - now - spin) as u64).min(DRAIN_PERIOD);
+    }
+    while (bridge::host_time_ns() as f64) < due {
+        std::hint::spin_loop();
+    }
+    Duration::ZERO
+}
+
+/// Send every clock message that is due and return when the next one is (host ns; at most
+/// [`DRAIN_PERIOD`] from now).
+fn transmit(rings: &mut BTreeMap<u64, Attached>) -> f64 {
     let now = bridge::host_time_ns() as f64;
     let mut sent = Vec::new();
     let mut next = now + DRAIN_PERIOD.as_nanos() as f64;
@@ -419,7 +438,7 @@ fn transmit(rings: &mut BTreeMap<u64, Attached>) -> Duration {
             }
         }
     }
-    Duration::from_nanos((next - now).max(0.0) as u64).min(DRAIN_PERIOD)
+    next
 }
 
 fn drain(rings: &mut BTreeMap<u64, Attached>) {

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::build::{bundle_release, cargo, run, target_dir};
+use crate::build::{bundle_release, in_netns, run, target_dir};
 
 /// One line of the bench table.
 #[derive(Debug, Serialize)]
@@ -61,8 +61,13 @@ pub fn main(args: &[String]) -> Result<()> {
     ] {
         let _ = std::fs::remove_dir_all(criterion_dir.join(id));
     }
-    run(&mut cargo(&[
+    // The plugin opens its RTP-MIDI sockets when activated: benchmark it in a private network
+    // namespace too, like the tests.
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(&mut in_netns(&[
+        cargo_bin.as_str(),
         "bench",
+        "--offline",
         "-p",
         "lockstep-tests",
         "--bench",
@@ -82,12 +87,37 @@ pub fn main(args: &[String]) -> Result<()> {
     let (corpus, worst_seconds) = lockstep_net::clock::reference::corpus_agreement(corpus_seeds)
         .map_err(anyhow::Error::msg)?;
     let jitter = lockstep_net::clock::reference::jitter_study(48_000.0, 512, 600.0);
+
+    // Departure jitter of RTP-MIDI clock packets on loopback, in a private network namespace.
+    let output = in_netns(&[
+        cargo_bin.as_str(),
+        "bench",
+        "--offline",
+        "--quiet",
+        "-p",
+        "lockstep-tests",
+        "--bench",
+        "departure",
+    ])
+    .stderr(std::process::Stdio::inherit())
+    .output()
+    .context("running the departure bench")?;
+    anyhow::ensure!(output.status.success(), "the departure bench failed");
+    let departures: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        departures.len() == 2,
+        "departure bench printed {departures:?}"
+    );
     println!(
         "clock corpus: {corpus_seeds} timelines, {} messages; jitter study: {} ticks",
         corpus.events, jitter.ticks
     );
 
-    let rows = [
+    let rows: Vec<Row> = [
         Row::new("process_64_48k_overhead", overhead_us, "µs", Some(1.0)),
         Row::new(
             "process_64_48k_lockstep",
@@ -133,7 +163,33 @@ pub fn main(args: &[String]) -> Result<()> {
             "µs",
             None,
         ),
-    ];
+    ]
+    .into_iter()
+    .chain(departures.iter().flat_map(|d| {
+        let bpm = d["bpm"].as_f64().unwrap_or(0.0);
+        let value = |k: &str| d[k].as_f64().unwrap_or(f64::NAN);
+        [
+            Row::new(
+                &format!("rtpmidi_departure_p50_{bpm}bpm"),
+                value("p50_us"),
+                "µs",
+                None,
+            ),
+            Row::new(
+                &format!("rtpmidi_departure_p99_{bpm}bpm"),
+                value("p99_us"),
+                "µs",
+                Some(100.0),
+            ),
+            Row::new(
+                &format!("rtpmidi_departure_max_{bpm}bpm"),
+                value("max_us"),
+                "µs",
+                Some(1000.0),
+            ),
+        ]
+    }))
+    .collect::<Vec<Row>>();
 
     println!();
     println!(

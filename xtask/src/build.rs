@@ -78,3 +78,32 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The private network namespace's set-up, then the command given as arguments.
+const NETNS_SCRIPT: &str = "set -e
+ip link set lo up
+ip link set lo multicast on
+ip route add 224.0.0.0/4 dev lo
+exec \"$@\"";
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// `args` wrapped to run in a new network namespace with only loopback (multicast routed to
+/// it): nothing it sends can leave the machine.
+pub fn in_netns(args: &[&str]) -> Command {
+    let mut unshare = Command::new("unshare");
+    unshare.arg("--net");
+    if !is_root() {
+        unshare.arg("--map-root-user");
+    }
+    unshare
+        .args(["--", "sh", "-c", NETNS_SCRIPT, "netns"])
+        .args(args);
+    unshare
+}

@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::build::{bundle_debug_alloc_checked, bundle_release, cargo, run, target_dir};
+use crate::build::{
+    bundle_debug_alloc_checked, bundle_release, cargo, in_netns, is_root, run, target_dir,
+};
 
 /// Debian packages the tests use, with a command that proves each is there.
 const DEBIAN: &[(&str, &str)] = &[
@@ -32,25 +34,11 @@ const PYPI: &[&str] = &[
     "zeroconf==0.154.0",
 ];
 
-/// The private network namespace's set-up, then the suite.
-const NETNS_SCRIPT: &str = "set -e
-ip link set lo up
-ip link set lo multicast on
-ip route add 224.0.0.0/4 dev lo
-exec \"$@\"";
-
 fn have(command: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {command} >/dev/null 2>&1")])
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn install_debian() -> Result<()> {
@@ -190,21 +178,14 @@ pub fn main(args: &[String]) -> Result<()> {
         "run the suite in a private network namespace",
         started,
         || {
-            let mut unshare = Command::new("unshare");
-            unshare.arg("--net");
-            if !is_root() {
-                unshare.arg("--map-root-user");
-            }
             let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            unshare
-                .args(["--", "sh", "-c", NETNS_SCRIPT, "netns"])
-                .args([
-                    cargo_bin.as_str(),
-                    "test",
-                    "--workspace",
-                    "--offline",
-                    "--no-fail-fast",
-                ]);
+            let mut unshare = in_netns(&[
+                cargo_bin.as_str(),
+                "test",
+                "--workspace",
+                "--offline",
+                "--no-fail-fast",
+            ]);
             let (passed, failed) = run_counting(&mut unshare)?;
             totals = (passed, failed);
             if passed == 0 {

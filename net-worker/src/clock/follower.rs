@@ -18,7 +18,8 @@ pub struct Outgoing {
     pub kind: ClockKind,
     /// Song position it belongs to.
     pub beat: f64,
-    /// Sample position on the instance's clock.
+    /// Sample position on the instance's clock (for a predicted tick: that of the real tick it
+    /// was predicted from).
     pub sample_pos: f64,
     /// When it should play, host nanoseconds.
     pub host_time_ns: f64,

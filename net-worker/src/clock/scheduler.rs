@@ -41,6 +41,9 @@ use super::{BEAT_EPSILON, ClockKind, TICKS_PER_BEAT};
 /// message is sent at once and counted, rather than growing without bound.
 pub const MAX_QUEUED: usize = 16_384;
 
+/// Margin for the worker's drain period in the prediction horizon, ns.
+pub const PREDICTION_SLACK_NS: f64 = 2e6;
+
 /// How one destination's messages are timed.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SchedulerConfig {
@@ -85,8 +88,8 @@ pub struct Scheduler {
     queue: VecDeque<Transmit>,
     /// The clock is running at the destination (after Start/Continue, before Stop).
     running: bool,
-    /// The newest real tick: (beat, stamp ns).
-    anchor: Option<(f64, f64)>,
+    /// The newest real tick: (beat, stamp ns, sample position).
+    anchor: Option<(f64, f64, f64)>,
     /// Current tempo from the host, BPM.
     tempo_bpm: Option<f64>,
     /// Predicted and sent, not yet confirmed: (beat, predicted stamp ns).
@@ -136,7 +139,7 @@ impl Scheduler {
     pub fn handle(&mut self, now_ns: f64, message: Outgoing) {
         match message.kind {
             ClockKind::Tick => {
-                self.anchor = Some((message.beat, message.host_time_ns));
+                self.anchor = Some((message.beat, message.host_time_ns, message.sample_pos));
                 // Already sent from prediction? Then only measure how good it was.
                 while let Some(&(beat, predicted_ns)) = self.predicted.front() {
                     if beat < message.beat - BEAT_EPSILON {
@@ -156,7 +159,11 @@ impl Scheduler {
             ClockKind::Start | ClockKind::Continue => {
                 self.running = true;
                 // The first tick comes with it, at the same beat.
-                self.anchor = Some((message.beat - 1.0 / TICKS_PER_BEAT, message.host_time_ns));
+                self.anchor = Some((
+                    message.beat - 1.0 / TICKS_PER_BEAT,
+                    message.host_time_ns,
+                    message.sample_pos,
+                ));
                 self.predicted.clear();
             }
             ClockKind::Stop | ClockKind::SongPosition(_) => {
@@ -188,17 +195,24 @@ impl Scheduler {
         });
     }
 
-    /// The next predicted tick, if the clock runs and a tempo and an anchor are known.
-    fn next_prediction(&self) -> Option<(f64, f64)> {
+    /// The next predicted tick (beat, stamp, anchor's sample position), if the clock runs and a
+    /// tempo and an anchor are known.
+    fn next_prediction(&self) -> Option<(f64, f64, f64)> {
         if !self.running || !self.queue.is_empty() {
             return None;
         }
-        let (anchor_beat, anchor_ns) = self.anchor?;
+        let (anchor_beat, anchor_ns, anchor_sample) = self.anchor?;
         let tempo = self.tempo_bpm?;
         let last = self.predicted.back().map_or(anchor_beat, |p| p.0);
         let beat = ((last * TICKS_PER_BEAT).round() + 1.0) / TICKS_PER_BEAT;
         let stamp = anchor_ns + (beat - anchor_beat) * 60.0 / tempo * 1e9;
-        Some((beat, stamp))
+        // Predict only as far ahead as the early offset needs (the engine's messages arrive
+        // about half the assumed latency, one block, after their stamp, plus the worker's
+        // drain period), so a host that stops calling process() does not get ticks invented
+        // for it.
+        let horizon =
+            (-self.config.offset_ns - self.config.latency_ns / 2.0 + PREDICTION_SLACK_NS).max(0.0);
+        (stamp <= anchor_ns + horizon).then_some((beat, stamp, anchor_sample))
     }
 
     /// The next message due at `now_ns`, if any.
@@ -208,7 +222,7 @@ impl Scheduler {
         {
             return self.queue.pop_front();
         }
-        let (beat, stamp) = self.next_prediction()?;
+        let (beat, stamp, anchor_sample) = self.next_prediction()?;
         let send_at_ns = self.send_at(stamp);
         if send_at_ns > now_ns {
             return None;
@@ -219,7 +233,8 @@ impl Scheduler {
             message: Outgoing {
                 kind: ClockKind::Tick,
                 beat,
-                sample_pos: f64::NAN,
+                // Not known yet: the real tick it was predicted from (JSON has no NaN).
+                sample_pos: anchor_sample,
                 host_time_ns: stamp,
                 repair: false,
             },
@@ -233,7 +248,8 @@ impl Scheduler {
         if let Some(front) = self.queue.front() {
             return Some(front.send_at_ns);
         }
-        self.next_prediction().map(|(_, stamp)| self.send_at(stamp))
+        self.next_prediction()
+            .map(|(_, stamp, _)| self.send_at(stamp))
     }
 }
 
@@ -314,9 +330,9 @@ mod tests {
         assert!(!out[0].predicted && !out[1].predicted && out[2].predicted);
         assert_eq!(out[2].message.beat, 1.0 / 24.0);
         assert!((out[2].message.host_time_ns - (t0 + TICK_NS)).abs() < 1.0);
-        // Next prediction is due at t0 + 2 ticks − 30 ms.
-        let due = s.poll_timeout().expect("prediction pending");
-        assert!((due - (t0 + 2.0 * TICK_NS - 30.0 * MS)).abs() < 1.0);
+        // The horizon is 32 ms past the newest real tick (30 ms early + 2 ms slack): the tick
+        // at 2/24 (41.7 ms) waits for more real data.
+        assert_eq!(s.poll_timeout(), None);
         // The real tick arrives later: confirmed, not sent twice.
         s.handle(
             t0 + 25.0 * MS,
@@ -357,6 +373,26 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].message.kind, ClockKind::Stop);
         assert!(s.poll_timeout().is_none(), "no prediction while stopped");
+    }
+
+    #[test]
+    fn a_host_that_stops_calling_process_gets_no_invented_ticks() {
+        let mut s = Scheduler::new(SchedulerConfig {
+            latency_ns: 20.0 * MS,
+            offset_ns: -15.0 * MS,
+        });
+        s.handle_tempo(Some(120.0));
+        let t0 = 1000.0 * MS;
+        s.handle(t0, msg(ClockKind::Start, 0.0, t0));
+        s.handle(t0, msg(ClockKind::Tick, 0.0, t0));
+        // Then nothing more from the engine, for a whole second.
+        let out: Vec<Transmit> = (0..1000)
+            .flat_map(|ms| drain(&mut s, t0 + f64::from(ms) * MS))
+            .collect();
+        // Horizon: 15 − 10 + 2 = 7 ms past the last real tick, less than one tick: nothing
+        // is predicted.
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(s.stats().predicted, 0);
     }
 
     #[test]
