@@ -27,8 +27,23 @@ pub struct NetSettings {
     pub osc_port: u16,
     /// Remote AppleMIDI peers to invite, with their own settings.
     pub peers: Vec<PeerSettings>,
+    /// Who may invite us into an AppleMIDI session.
+    pub rtp_midi_access: AccessMode,
     /// User names of the macro parameters, index 0 = macro 1. Empty = default name.
     pub macro_names: Vec<String>,
+}
+
+/// Who may invite Lockstep into an AppleMIDI session (Apple's Network MIDI choices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// Anyone on the network.
+    #[default]
+    Anyone,
+    /// Only the peers in the directory.
+    Directory,
+    /// Nobody: Lockstep only invites.
+    Nobody,
 }
 
 /// One remote AppleMIDI destination the user added by hand.
@@ -54,6 +69,7 @@ impl Default for NetSettings {
             rtp_midi_port: DEFAULT_RTP_MIDI_PORT,
             osc_port: DEFAULT_OSC_PORT,
             peers: Vec::new(),
+            rtp_midi_access: AccessMode::Anyone,
             macro_names: vec![String::new(); MACRO_COUNT],
         }
     }

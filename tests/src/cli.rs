@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use lockstep_net::settings::PeerSettings;
+use lockstep_net::settings::{AccessMode, PeerSettings};
 
 use crate::bundle::Build;
 use crate::runner::RunConfig;
@@ -27,6 +27,8 @@ usage: cargo xtask run -- [options]
                        an AppleMIDI peer to invite (repeatable; HOST an IP address, PORT
                        its control port); saved in the plugin's settings like a DAW would
   --rtpmidi-port N     our AppleMIDI control port (data = N + 1; default 5004)
+  --rtpmidi-access anyone|directory|nobody
+                       who may invite Lockstep (default anyone)
   --plugin PATH        the .clap file to load (default target/bundled/Lockstep.clap)
   -h, --help           this text
 ";
@@ -121,6 +123,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
         status_json: false,
         peers: Vec::new(),
         rtpmidi_port: None,
+        rtpmidi_access: None,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -168,6 +171,21 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
             }
             "--status-json" => config.status_json = true,
             "--peer" => config.peers.push(peer(&value("--peer")?)?),
+            "--rtpmidi-access" => {
+                let v = value("--rtpmidi-access")?;
+                config.rtpmidi_access = Some(match v.as_str() {
+                    "anyone" => AccessMode::Anyone,
+                    "directory" => AccessMode::Directory,
+                    "nobody" => AccessMode::Nobody,
+                    _ => {
+                        return Err(CliError::Invalid {
+                            flag: "--rtpmidi-access",
+                            value: v,
+                            why: "expected anyone, directory or nobody",
+                        });
+                    }
+                });
+            }
             "--rtpmidi-port" => {
                 config.rtpmidi_port = Some(number(
                     "--rtpmidi-port",
@@ -235,6 +253,9 @@ mod tests {
         );
         assert_eq!(c.peers[1].name, "127.0.0.1:7004");
         assert_eq!(c.rtpmidi_port, Some(5010));
+        let c = parse(args(&["--rtpmidi-access", "directory"])).expect("valid");
+        assert_eq!(c.rtpmidi_access, Some(AccessMode::Directory));
+        assert!(parse(args(&["--rtpmidi-access", "friends"])).is_err());
         assert!(matches!(
             parse(args(&["--peer", "nohost"])),
             Err(CliError::Invalid { flag: "--peer", .. })

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use lockstep_net::settings::PeerSettings;
+use lockstep_net::settings::{AccessMode, PeerSettings};
 use lockstep_net::status::ExportedStatus;
 use serde::Serialize;
 
@@ -44,6 +44,8 @@ pub struct RunConfig {
     pub peers: Vec<PeerSettings>,
     /// Our AppleMIDI control port (`--rtpmidi-port`).
     pub rtpmidi_port: Option<u16>,
+    /// Who may invite us (`--rtpmidi-access`).
+    pub rtpmidi_access: Option<AccessMode>,
 }
 
 /// What the audio thread reports to the main thread.
@@ -108,11 +110,15 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
     let bundle = Bundle::load(&config.plugin)?;
     let probe = StatusProbe::open(&config.plugin)?;
     let mut instance = bundle.instantiate()?;
-    if !config.peers.is_empty() || config.rtpmidi_port.is_some() {
+    if !config.peers.is_empty() || config.rtpmidi_port.is_some() || config.rtpmidi_access.is_some()
+    {
         let mut settings = instance.net_settings()?;
         settings.peers.extend(config.peers.iter().cloned());
         if let Some(port) = config.rtpmidi_port {
             settings.rtp_midi_port = port;
+        }
+        if let Some(access) = config.rtpmidi_access {
+            settings.rtp_midi_access = access;
         }
         instance.set_net_settings(&settings)?;
     }

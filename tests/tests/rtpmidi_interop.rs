@@ -17,7 +17,7 @@ use lockstep_host::host::{Bundle, Layout};
 use lockstep_host::processor::Processor;
 use lockstep_host::status::StatusProbe;
 use lockstep_host::transport::HostTransport;
-use lockstep_net::settings::PeerSettings;
+use lockstep_net::settings::{AccessMode, PeerSettings};
 use serde_json::Value;
 
 const RATE: f64 = 48_000.0;
@@ -32,9 +32,18 @@ struct Peer {
 
 impl Peer {
     fn start(seconds: u32) -> Result<Self> {
+        let peer = Self::spawn(
+            "pymidi_peer.py",
+            &[PEER_PORT.to_string(), seconds.to_string()],
+        )?;
+        peer.wait("pymidi ready", |l| l.iter().any(|v| v["event"] == "ready"))?;
+        Ok(peer)
+    }
+
+    fn spawn(script: &str, args: &[String]) -> Result<Self> {
         let mut child = Command::new(peers_python())
-            .arg(peer_script("pymidi_peer.py"))
-            .args([PEER_PORT.to_string(), seconds.to_string()])
+            .arg(peer_script(script))
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .context("starting pymidi (run `cargo xtask test` to install the peers)")?;
@@ -50,9 +59,22 @@ impl Peer {
                 }
             }
         });
-        let peer = Self { child, lines };
-        peer.wait("pymidi ready", |l| l.iter().any(|v| v["event"] == "ready"))?;
-        Ok(peer)
+        Ok(Self { child, lines })
+    }
+
+    /// The MIDI messages received so far: (status, data bytes).
+    fn midi(lines: &[Value]) -> Vec<(u64, Vec<u64>)> {
+        lines
+            .iter()
+            .filter(|v| v["event"] == "midi")
+            .map(|v| {
+                let data = v["data"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                    .unwrap_or_default();
+                (v["status"].as_u64().unwrap_or(0), data)
+            })
+            .collect()
     }
 
     fn wait(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
@@ -265,17 +287,7 @@ fn pymidi_receives_every_clock_and_transport_message_in_order() -> Result<()> {
     let lines = peer.wait("every message at pymidi", |l| {
         l.iter().filter(|v| v["event"] == "midi").count() >= expected.len()
     })?;
-    let got: Vec<(u64, Vec<u64>)> = lines
-        .iter()
-        .filter(|v| v["event"] == "midi")
-        .map(|v| {
-            let data = v["data"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_u64).collect())
-                .unwrap_or_default();
-            (v["status"].as_u64().unwrap_or(0), data)
-        })
-        .collect();
+    let got = Peer::midi(&lines);
     ensure!(
         got == expected,
         "pymidi got {} messages, expected {} (n1 {n1}, n2 {n2}):\n{:?}",
@@ -322,5 +334,92 @@ fn pymidi_receives_every_clock_and_transport_message_in_order() -> Result<()> {
         "{rtp_frames} RTP-MIDI frames captured, {} sent",
         rtp.rtp_sent
     );
+    Ok(())
+}
+
+/// The other direction: an initiator built on pymidi's packet definitions invites Lockstep
+/// (which accepts anyone by default), receives the clock, measures CK, and leaves with BY.
+/// With access set to "nobody" the same invitation gets NO and is counted.
+#[test]
+fn a_pymidi_initiator_invites_lockstep_and_receives_the_clock() -> Result<()> {
+    let _guard = exclusive();
+    let path = Build::Release.clap_path();
+    let bundle = Bundle::load(&path)?;
+    let probe = StatusProbe::open(&path)?;
+    for access in [AccessMode::Anyone, AccessMode::Nobody] {
+        let mut instance = bundle.instantiate()?;
+        let mut settings = instance.net_settings()?;
+        settings.rtp_midi_port = 5004;
+        settings.rtp_midi_access = access;
+        instance.set_net_settings(&settings)?;
+        let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
+        let mut t = HostTransport::new(150.0, (4, 4));
+        play(&mut p, &mut t, 10)?;
+        let peer = Peer::spawn(
+            "pymidi_initiator.py",
+            &["7004".into(), "5004".into(), "4".into()],
+        )?;
+        if access == AccessMode::Nobody {
+            peer.wait("the refusal", |l| {
+                l.iter().any(|v| v["event"] == "rejected")
+            })?;
+            let status = wait_for(&probe, "the refusal to be counted", |s| {
+                s.worker.instances[0]
+                    .rtpmidi
+                    .as_ref()
+                    .is_some_and(|r| r.refused >= 1)
+            })?;
+            ensure!(
+                status.worker.instances[0]
+                    .rtpmidi
+                    .as_ref()
+                    .is_some_and(|r| r.peers.is_empty())
+            );
+            instance.deactivate(p);
+            continue;
+        }
+        peer.wait("the session", |l| {
+            l.iter().any(|v| v["event"] == "connected")
+        })?;
+        // Play 1.6 s at 150 BPM from the start, then stop.
+        t.playing = true;
+        play(&mut p, &mut t, 150)?;
+        let stop = t.pos_beats();
+        t.playing = false;
+        play(&mut p, &mut t, 30)?;
+        let mut expected: Vec<(u64, Vec<u64>)> = vec![(0xFA, vec![])];
+        expected.extend(std::iter::repeat_n(
+            (0xF8, vec![]),
+            ticks_between(0.0, stop),
+        ));
+        expected.push((0xFC, vec![]));
+        let lines = peer.wait("the clock at the initiator", |l| {
+            Peer::midi(l).len() >= expected.len()
+        })?;
+        ensure!(
+            Peer::midi(&lines) == expected,
+            "got {:?}",
+            Peer::midi(&lines)
+        );
+        ensure!(
+            lines.iter().any(|v| v["event"] == "latency"),
+            "no CK reply: {lines:?}"
+        );
+        let status = probe.read()?;
+        let rtp = status.worker.instances[0]
+            .rtpmidi
+            .clone()
+            .context("status")?;
+        let guest = rtp.peers.first().context("no guest peer")?;
+        ensure!(guest.connected && !guest.in_directory, "{guest:?}");
+        // The initiator leaves after its 4 s: the guest disappears from the list.
+        wait_for(&probe, "the BY to end the session", |s| {
+            s.worker.instances[0]
+                .rtpmidi
+                .as_ref()
+                .is_some_and(|r| r.peers.is_empty())
+        })?;
+        instance.deactivate(p);
+    }
     Ok(())
 }

@@ -16,7 +16,7 @@ use crate::clock::{ClockEvent, ClockKind};
 use crate::proto::applemidi::endpoint::{Access, Endpoint, EndpointEvent};
 use crate::proto::applemidi::session::{Nanos, Port};
 use crate::proto::rtpmidi::{MidiCommand, TimedCommand};
-use crate::settings::NetSettings;
+use crate::settings::{AccessMode, NetSettings};
 
 /// What the status shows about the RTP-MIDI side of an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -139,7 +139,15 @@ impl RtpMidi {
             control,
             data,
             port,
-            endpoint: Endpoint::new(&settings.session_name, Access::Anyone, seed),
+            endpoint: Endpoint::new(
+                &settings.session_name,
+                match settings.rtp_midi_access {
+                    AccessMode::Anyone => Access::Anyone,
+                    AccessMode::Directory => Access::Directory,
+                    AccessMode::Nobody => Access::Nobody,
+                },
+                seed,
+            ),
             destinations: BTreeMap::new(),
             offsets: BTreeMap::new(),
             base,
