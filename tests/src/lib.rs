@@ -8,6 +8,7 @@
 //! - [`transport`]: the internal host transport (tempo, time signature, play/stop, locate,
 //!   loop, pre-roll) turned into a CLAP transport event per block.
 //! - [`processor`]: an activated instance and its preallocated audio and event buffers.
+//! - [`responder`]: a minimal AppleMIDI responder for the benchmarks.
 //! - [`runner`]: real-time paced processing on an audio thread with live status, for the
 //!   headless runner binary (`src/bin/lockstep-headless.rs`).
 //! - [`status`]: reading the plugin's `lockstep_status_json` symbol.
@@ -24,6 +25,7 @@ pub mod harness;
 pub mod host;
 pub mod pcap;
 pub mod processor;
+pub mod responder;
 pub mod runner;
 pub mod status;
 pub mod transport;

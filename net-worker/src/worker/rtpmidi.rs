@@ -18,6 +18,9 @@ use crate::proto::applemidi::session::{Nanos, Port};
 use crate::proto::rtpmidi::{MidiCommand, TimedCommand};
 use crate::settings::{AccessMode, NetSettings};
 
+/// Socket poll period while a CK answer is expected, ns.
+const CK_POLL: Nanos = 50_000;
+
 /// What the status shows about the RTP-MIDI side of an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct RtpMidiStatus {
@@ -274,6 +277,10 @@ impl RtpMidi {
             }
         }
         self.flush();
+        if self.endpoint.awaiting_ck(now) {
+            // The CK answer's arrival time is the measurement: look for it every 50 µs.
+            next = Some(next.map_or(now + CK_POLL, |n| n.min(now + CK_POLL)));
+        }
         next
     }
 

@@ -404,6 +404,13 @@ impl Endpoint {
         }
     }
 
+    /// True while some session waits for a CK answer (see [`Session::awaiting_ck`]).
+    pub fn awaiting_ck(&self, now: Nanos) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.session.as_ref().is_some_and(|x| x.awaiting_ck(now)))
+    }
+
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()

@@ -32,6 +32,8 @@ pub const CK_DEAD: Nanos = 30 * SECOND;
 pub const RESPONDER_SILENCE: Nanos = 61 * SECOND;
 /// A responder waits this long for the data-port invitation after the control one.
 pub const HALF_OPEN_TIMEOUT: Nanos = 5 * SECOND;
+/// How long after a CK0 the driver polls quickly for the answer.
+pub const CK_REPLY_WINDOW: Nanos = 100_000_000;
 /// CK samples kept for the latency estimate.
 pub const CK_HISTORY: usize = 8;
 
@@ -128,6 +130,8 @@ pub struct Session {
     ck_sent: u32,
     /// Since when CK0s have gone unanswered.
     ck_pending_since: Option<Nanos>,
+    /// When the last CK0 left.
+    ck_sent_at: Nanos,
     // Liveness (responder side): last CK heard.
     last_heard: Nanos,
     rtts: VecDeque<(f64, f64)>,
@@ -222,6 +226,7 @@ impl Session {
             ck_next: now,
             ck_sent: 0,
             ck_pending_since: None,
+            ck_sent_at: 0,
             last_heard: now,
             rtts: VecDeque::new(),
             samples: 0,
@@ -257,6 +262,12 @@ impl Session {
     /// True if `ssrc` is the peer's (on either of its ports).
     pub fn is_peer_ssrc(&self, ssrc: u32) -> bool {
         self.peer_ssrc == Some(ssrc) || self.peer_data_ssrc == Some(ssrc)
+    }
+
+    /// True while a CK1 answer may arrive any moment (within [`CK_REPLY_WINDOW`] of a CK0):
+    /// the driver then polls its sockets more often, since the arrival time is the measurement.
+    pub fn awaiting_ck(&self, now: Nanos) -> bool {
+        self.ck_pending_since.is_some() && now < self.ck_sent_at + CK_REPLY_WINDOW
     }
 
     /// Our SSRC.
@@ -480,6 +491,7 @@ impl Session {
                     timestamps: [ticks(self.epoch, now), 0, 0],
                 };
                 self.push(Port::Data, &Command::Ck(ck));
+                self.ck_sent_at = now;
                 self.ck_sent += 1;
                 // Unanswered exchanges are retried quickly; answered ones settle to CK_SLOW.
                 let fast = self.ck_pending_since.is_some() || self.ck_sent < CK_FAST_COUNT;
