@@ -234,7 +234,7 @@ pub fn main(args: &[String]) -> Result<()> {
     for row in &rows {
         let target = row
             .target
-            .map_or_else(|| "-".to_owned(), |t| format!("< {t:.3}"));
+            .map_or_else(|| "-".to_owned(), |t| format!("<= {t:.3}"));
         // Tiny values (stamp errors of 1e-8 samples) in scientific notation, not as 0.000000.
         let value = if row.value != 0.0 && row.value.abs() < 1e-3 {
             format!("{:.3e}", row.value)
