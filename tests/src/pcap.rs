@@ -72,3 +72,34 @@ fn ipv4_checksum(header: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// tshark's decoding of `pcap`: one row per frame, one column per field in `fields` (all
+/// occurrences of a field joined by commas).
+pub fn tshark_fields(pcap: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
+    let mut cmd = std::process::Command::new("tshark");
+    cmd.arg("-r").arg(pcap).args([
+        "-T",
+        "fields",
+        "-E",
+        "separator=|",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=,",
+    ]);
+    for field in fields {
+        cmd.args(["-e", field]);
+    }
+    let out = cmd
+        .output()
+        .context("tshark is not installed (run `cargo xtask test`)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .map(|l| l.split('|').map(str::to_owned).collect())
+        .collect())
+}

@@ -153,36 +153,15 @@ impl Capture {
 
 /// (protocols, expert severity, malformed) of every frame in `pcap`.
 fn decoded(pcap: &std::path::Path) -> Result<Vec<(String, String, String)>> {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        .args([
-            "-T",
-            "fields",
-            "-E",
-            "separator=|",
-            "-e",
-            "frame.protocols",
-            "-e",
-            "_ws.expert.severity",
-            "-e",
-            "_ws.malformed",
-        ])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "tshark: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split('|').collect();
-            (
-                f[0].to_owned(),
-                f.get(1).unwrap_or(&"").to_string(),
-                f.get(2).unwrap_or(&"").to_string(),
-            )
+    let rows = lockstep_host::pcap::tshark_fields(
+        pcap,
+        &["frame.protocols", "_ws.expert.severity", "_ws.malformed"],
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let field = |i: usize| r.get(i).cloned().unwrap_or_default();
+            (field(0), field(1), field(2))
         })
         .collect())
 }

@@ -9,9 +9,7 @@
 //! (as in a packet whose journal covers the previous packet's commands), which tshark reads
 //! right; S = 1 encodings are checked against the RFC's own examples in the unit tests.
 
-use std::process::Command;
-
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use lockstep_host::bundle::target_dir;
 use lockstep_host::pcap::{self, Datagram};
 use lockstep_net::proto::applemidi::{self, Ck, Exchange};
@@ -177,41 +175,12 @@ fn session() -> Vec<Datagram> {
     ]
 }
 
-fn tshark(pcap: &std::path::Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
-    let mut cmd = Command::new("tshark");
-    cmd.arg("-r").arg(pcap).args([
-        "-T",
-        "fields",
-        "-E",
-        "separator=|",
-        "-E",
-        "occurrence=a",
-        "-E",
-        "aggregator=,",
-    ]);
-    for f in fields {
-        cmd.args(["-e", f]);
-    }
-    let out = cmd
-        .output()
-        .context("tshark is not installed (run `cargo xtask test`)")?;
-    ensure!(
-        out.status.success(),
-        "tshark: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?
-        .lines()
-        .map(|l| l.split('|').map(str::to_owned).collect())
-        .collect())
-}
-
 #[test]
 fn tshark_decodes_a_whole_session_cleanly() -> Result<()> {
     let path = target_dir().join("tshark-conformance.pcap");
     let datagrams = session();
     pcap::write(&path, &datagrams)?;
-    let rows = tshark(
+    let rows = pcap::tshark_fields(
         &path,
         &[
             "frame.protocols",

@@ -46,6 +46,33 @@ fn mean_ns(criterion_dir: &Path, id: &str) -> Result<f64> {
         .with_context(|| format!("no mean in {}", path.display()))
 }
 
+/// Run the bench target `name` of the tests package inside a private network namespace and
+/// return the JSON objects it prints, one per line; it must print exactly two.
+fn json_bench(name: &str) -> Result<Vec<serde_json::Value>> {
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = in_netns(&[
+        cargo_bin.as_str(),
+        "bench",
+        "--offline",
+        "--quiet",
+        "-p",
+        "lockstep-tests",
+        "--bench",
+        name,
+    ])
+    .stderr(std::process::Stdio::inherit())
+    .output()
+    .with_context(|| format!("running the {name} bench"))?;
+    anyhow::ensure!(output.status.success(), "the {name} bench failed");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(rows.len() == 2, "the {name} bench printed {rows:?}");
+    Ok(rows)
+}
+
 /// Entry point.
 pub fn main(args: &[String]) -> Result<()> {
     if let Some(extra) = args.first() {
@@ -88,55 +115,10 @@ pub fn main(args: &[String]) -> Result<()> {
         .map_err(anyhow::Error::msg)?;
     let jitter = lockstep_net::clock::reference::jitter_study(48_000.0, 512, 600.0);
 
-    // Departure jitter of RTP-MIDI clock packets on loopback, in a private network namespace.
-    let output = in_netns(&[
-        cargo_bin.as_str(),
-        "bench",
-        "--offline",
-        "--quiet",
-        "-p",
-        "lockstep-tests",
-        "--bench",
-        "departure",
-    ])
-    .stderr(std::process::Stdio::inherit())
-    .output()
-    .context("running the departure bench")?;
-    anyhow::ensure!(output.status.success(), "the departure bench failed");
-    let departures: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    anyhow::ensure!(
-        departures.len() == 2,
-        "departure bench printed {departures:?}"
-    );
-
-    // CK latency estimate against a delay injected by a UDP proxy, in a namespace too.
-    let output = in_netns(&[
-        cargo_bin.as_str(),
-        "bench",
-        "--offline",
-        "--quiet",
-        "-p",
-        "lockstep-tests",
-        "--bench",
-        "ck_latency",
-    ])
-    .stderr(std::process::Stdio::inherit())
-    .output()
-    .context("running the CK latency bench")?;
-    anyhow::ensure!(output.status.success(), "the CK latency bench failed");
-    let latencies: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    anyhow::ensure!(
-        latencies.len() == 2,
-        "CK latency bench printed {latencies:?}"
-    );
+    // RTP-MIDI on loopback, in a private network namespace: departure jitter of clock packets,
+    // and the CK latency estimate against a delay injected by a UDP proxy.
+    let departures = json_bench("departure")?;
+    let latencies = json_bench("ck_latency")?;
     println!(
         "clock corpus: {corpus_seeds} timelines, {} messages; jitter study: {} ticks",
         corpus.events, jitter.ticks
