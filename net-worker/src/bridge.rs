@@ -147,7 +147,8 @@ pub struct RingCounters {
     pub pushed: AtomicU64,
     /// Events dropped because the ring was full (the newest is dropped).
     pub dropped_full: AtomicU64,
-    /// Events the worker took off the ring.
+    /// Events the worker took off the ring and has finished handling (published in the
+    /// status), so a reader that sees `drained == pushed` also sees their effects.
     pub drained: AtomicU64,
 }
 
@@ -157,7 +158,7 @@ impl RingCounters {
         (
             self.pushed.load(Ordering::Relaxed),
             self.dropped_full.load(Ordering::Relaxed),
-            self.drained.load(Ordering::Relaxed),
+            self.drained.load(Ordering::Acquire),
         )
     }
 }
@@ -225,11 +226,15 @@ impl AudioSide {
 }
 
 impl WorkerSide {
-    /// Take the oldest event, if any, and count it as drained.
+    /// Take the oldest event, if any. Count it with [`WorkerSide::mark_drained`] once its
+    /// effects are visible.
     pub fn pop(&mut self) -> Option<BridgeEvent> {
-        let event = self.consumer.pop().ok()?;
-        self.counters.drained.fetch_add(1, Ordering::Relaxed);
-        Some(event)
+        self.consumer.pop().ok()
+    }
+
+    /// Count `n` popped events as drained (after their effects were published).
+    pub fn mark_drained(&self, n: u64) {
+        self.counters.drained.fetch_add(n, Ordering::Release);
     }
 
     /// The counters shared with the audio side.
@@ -266,6 +271,7 @@ mod tests {
         assert_eq!(worker.pop(), Some(snapshot(1)));
         assert_eq!(worker.pop(), Some(snapshot(2)));
         assert_eq!(worker.pop(), None);
+        worker.mark_drained(2);
         assert_eq!(worker.counters().load(), (2, 1, 2));
     }
 

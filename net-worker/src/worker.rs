@@ -446,9 +446,9 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
     for (id, attached) in rings.iter_mut() {
         let mut latest = None;
         let mut blocks = 0;
-        let mut changed = false;
+        let mut popped = 0u64;
         while let Some(event) = attached.ring.pop() {
-            changed = true;
+            popped += 1;
             match event {
                 BridgeEvent::Transport(snapshot) => {
                     attached.scheduler.handle_tempo(snapshot.tempo_bpm);
@@ -516,7 +516,7 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
                 }
             }
         }
-        if !changed {
+        if popped == 0 {
             continue;
         }
         attached.clock.gaps = attached.follower.gaps();
@@ -528,6 +528,8 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
             published.blocks += blocks;
             published.clock = attached.clock;
         }
+        // Only now, with the effects published, do these events count as drained.
+        attached.ring.mark_drained(popped);
     }
 }
 

@@ -82,13 +82,17 @@ fn runs_in_real_time_and_reports_json_status() -> Result<()> {
         );
         ensure!(last.host.time_sig == "3/4", "{last:?}");
         ensure!(last.host.process_errors == 0, "{last:?}");
-        // Real-time pacing: 2.5 s at 48 kHz is 937.5 blocks of 128 and 5.83 beats at 140 BPM.
-        // Scheduling on a busy 2-core machine may cost a few blocks either way.
-        ensure!((900..=960).contains(&last.host.blocks), "paced: {last:?}");
-        ensure!(
-            (last.host.pos_beats - 5.83).abs() < 0.2,
-            "position: {last:?}"
-        );
+        // Real-time pacing: 2.5 s at 48 kHz is 937.5 blocks of 128. Other tests run beside this
+        // one on two cores, and a late block is not caught up (like a sound card after an
+        // xrun), so allow 15 % fewer; more than real time would mean no pacing at all.
+        ensure!((800..=960).contains(&last.host.blocks), "paced: {last:?}");
+        // The position is exactly a whole number of blocks at 140 BPM: the ones counted (or one
+        // fewer, if the audio thread finished a block between the two readings).
+        let per_block = 128.0 / 48_000.0 * 140.0 / 60.0;
+        let played = last.host.pos_beats / per_block;
+        ensure!((played - played.round()).abs() < 1e-6, "position: {last:?}");
+        let behind = last.host.blocks as i64 - played.round() as i64;
+        ensure!((0..=1).contains(&behind), "position: {last:?}");
         // The plugin saw the transport and its worker drained every block's snapshot.
         let me = &last.plugin.worker.instances[0];
         let seen = me.last_transport.context("plugin saw no transport")?;
