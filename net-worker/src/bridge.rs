@@ -129,6 +129,8 @@ pub enum BridgeEvent {
     },
     /// The user's clock offset changed, milliseconds (negative = earlier).
     ClockOffset(f32),
+    /// The `rtp_on` parameter changed: open or close the instance's RTP-MIDI side.
+    RtpMidiEnabled(bool),
     /// Clock output switched on/off, or transport messages switched on/off.
     ClockOutput {
         /// `clk_on`: send clock at all.

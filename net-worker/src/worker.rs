@@ -162,6 +162,10 @@ struct Attached {
     published_at: u64,
     /// Clock output switches (`clk_on`, `clk_tr`) as last reported.
     output: (bool, bool),
+    /// The settings from the last configuration, to reopen RTP-MIDI when it is switched back on.
+    settings: Option<NetSettings>,
+    /// RTP-MIDI switched on (the `rtp_on` parameter).
+    rtp_enabled: bool,
 }
 
 /// One message the worker sent (recorded for diagnostics and the end-to-end tests).
@@ -298,6 +302,8 @@ fn run(inbox: Receiver<Command>) {
                     rtpmidi_error: None,
                     published_at: 0,
                     output: (true, true),
+                    settings: None,
+                    rtp_enabled: true,
                 };
                 rings.insert(id, attached);
             }
@@ -354,6 +360,8 @@ fn publish_rtpmidi(id: u64, attached: &mut Attached, now: u64) {
 
 /// (Re)open an instance's RTP-MIDI side from its settings.
 fn configure(id: u64, attached: &mut Attached, settings: &NetSettings, enabled: bool) {
+    attached.settings = Some(settings.clone());
+    attached.rtp_enabled = enabled;
     if let Some(old) = &mut attached.rtpmidi {
         old.shutdown(bridge::host_time_ns());
     }
@@ -472,6 +480,13 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
                     attached.clock.schedule = config;
                     if let Some(rtpmidi) = &mut attached.rtpmidi {
                         rtpmidi.set_schedule(config);
+                    }
+                }
+                BridgeEvent::RtpMidiEnabled(enabled) => {
+                    if enabled != attached.rtp_enabled
+                        && let Some(settings) = attached.settings.clone()
+                    {
+                        configure(*id, attached, &settings, enabled);
                     }
                 }
                 BridgeEvent::ClockOutput {

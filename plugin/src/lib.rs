@@ -56,6 +56,7 @@ struct ClockParams {
     enabled: bool,
     send_transport: bool,
     offset_ms: f32,
+    rtp_midi: bool,
 }
 
 /// What an active instance holds of the network side.
@@ -171,6 +172,7 @@ impl Plugin for Lockstep {
                 enabled: self.params.clock_enabled.value(),
                 send_transport: self.params.clock_send_transport.value(),
                 offset_ms: self.params.clock_offset_ms.value(),
+                rtp_midi: self.params.rtp_midi_enabled.value(),
             };
             if self.reported_clock_params != Some(params) {
                 let output = ring.push(BridgeEvent::ClockOutput {
@@ -178,7 +180,8 @@ impl Plugin for Lockstep {
                     send_transport: params.send_transport,
                 });
                 let offset = ring.push(BridgeEvent::ClockOffset(params.offset_ms));
-                if output.is_ok() && offset.is_ok() {
+                let rtp = ring.push(BridgeEvent::RtpMidiEnabled(params.rtp_midi));
+                if output.is_ok() && offset.is_ok() && rtp.is_ok() {
                     self.reported_clock_params = Some(params);
                 }
             }

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use lockstep_host::bundle::Build;
-use lockstep_host::harness::{exclusive, peer_script, peers_python, wait_for};
+use lockstep_host::harness::{clap_param_id, exclusive, peer_script, peers_python, wait_for};
 use lockstep_host::host::{Bundle, Layout};
-use lockstep_host::processor::Processor;
+use lockstep_host::processor::{ParamChange, Processor};
 use lockstep_host::status::StatusProbe;
 use lockstep_host::transport::HostTransport;
 use lockstep_net::settings::{AccessMode, PeerSettings};
@@ -400,5 +400,79 @@ fn a_pymidi_initiator_invites_lockstep_and_receives_the_clock() -> Result<()> {
         })?;
         instance.deactivate(p);
     }
+    Ok(())
+}
+
+/// The RTP-MIDI parameter works live: switched off while connected, Lockstep leaves the session
+/// (pymidi sees BY) and closes its ports; switched back on, it invites again.
+#[test]
+fn switching_rtp_midi_off_and_on_while_active() -> Result<()> {
+    let _guard = exclusive();
+    let peer = Peer::start(60)?;
+    let path = Build::Release.clap_path();
+    let bundle = Bundle::load(&path)?;
+    let probe = StatusProbe::open(&path)?;
+    let mut instance = bundle.instantiate()?;
+    let mut settings = instance.net_settings()?;
+    settings.peers = vec![PeerSettings {
+        name: "pymidi".into(),
+        host: "127.0.0.1".into(),
+        port: PEER_PORT,
+        ..PeerSettings::default()
+    }];
+    instance.set_net_settings(&settings)?;
+    let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
+    let mut t = HostTransport::new(120.0, (4, 4));
+    let connected = |s: &lockstep_net::status::ExportedStatus| {
+        s.worker.instances[0]
+            .rtpmidi
+            .as_ref()
+            .is_some_and(|r| r.peers.iter().any(|p| p.connected))
+    };
+    play(&mut p, &mut t, 5)?;
+    wait_for(&probe, "the session", connected)?;
+    let rtp_on = clap_param_id("rtp_on");
+    let off = [ParamChange {
+        offset: 0,
+        id: rtp_on,
+        value: 0.0,
+    }];
+    p.process(BLOCK, Some(&t.event()), &off)?;
+    peer.wait("pymidi to see the BY", |l| {
+        l.iter().any(|v| v["event"] == "disconnected")
+    })?;
+    let status = wait_for(&probe, "RTP-MIDI to close", |s| {
+        s.worker.instances[0]
+            .rtpmidi
+            .as_ref()
+            .is_some_and(|r| r.control_port.is_none())
+    })?;
+    let rtp = status.worker.instances[0]
+        .rtpmidi
+        .clone()
+        .context("status")?;
+    ensure!(
+        rtp.errors.iter().any(|e| e.contains("switched off")),
+        "{rtp:?}"
+    );
+    let on = [ParamChange {
+        offset: 0,
+        id: rtp_on,
+        value: 1.0,
+    }];
+    p.process(BLOCK, Some(&t.event()), &on)?;
+    play(&mut p, &mut t, 5)?;
+    wait_for(&probe, "the session to come back", connected)?;
+    let lines = peer.wait("pymidi's second connection", |l| {
+        l.iter().filter(|v| v["event"] == "connected").count() >= 2
+    })?;
+    ensure!(
+        lines
+            .iter()
+            .filter(|v| v["event"] == "disconnected")
+            .count()
+            == 1
+    );
+    instance.deactivate(p);
     Ok(())
 }
