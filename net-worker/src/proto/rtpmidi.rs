@@ -16,6 +16,8 @@
 
 use thiserror::Error;
 
+pub mod journal;
+
 /// RTP version 2, no padding, no extension, no CSRC.
 const RTP_V2: u8 = 0x80;
 /// AppleMIDI's dynamic payload type.
