@@ -336,6 +336,15 @@ fn run(inbox: Receiver<Command>) {
         drain(&mut rings);
         let due = transmit(&mut rings);
         timeout = wait_before(due);
+        // A CK answer's arrival time is the latency measurement: while one is due, look at
+        // the sockets every 50 µs (sleeping, not spinning).
+        let now = bridge::host_time_ns();
+        if rings
+            .values()
+            .any(|a| a.rtpmidi.as_ref().is_some_and(|r| r.awaiting_ck(now)))
+        {
+            timeout = timeout.min(CK_POLL);
+        }
     }
 }
 
@@ -383,6 +392,9 @@ fn configure(id: u64, attached: &mut Attached, settings: &NetSettings, enabled: 
     }
     attached.published_at = 0;
 }
+
+/// Socket poll period while a CK answer is due.
+const CK_POLL: Duration = Duration::from_micros(50);
 
 /// The last this much before a send is spent spinning instead of sleeping: the kernel's timer
 /// slack and wake-up latency are tens to hundreds of microseconds, a spin is a few.

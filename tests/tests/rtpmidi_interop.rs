@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use lockstep_host::bundle::Build;
 use lockstep_host::harness::{clap_param_id, exclusive, peer_script, peers_python, wait_for};
-use lockstep_host::host::{Bundle, Layout};
+use lockstep_host::host::{Bundle, Instance, Layout};
 use lockstep_host::processor::{ParamChange, Processor};
 use lockstep_host::status::StatusProbe;
 use lockstep_host::transport::HostTransport;
@@ -166,6 +166,28 @@ fn decoded(pcap: &std::path::Path) -> Result<Vec<(String, String, String)>> {
         .collect())
 }
 
+/// The pymidi responder as a peer in Lockstep's settings.
+fn pymidi() -> PeerSettings {
+    PeerSettings {
+        name: "pymidi".into(),
+        host: "127.0.0.1".into(),
+        port: PEER_PORT,
+        ..PeerSettings::default()
+    }
+}
+
+/// A Lockstep instance on RTP-MIDI port 5004 with `peers` and `access` in its saved settings,
+/// restored the way a DAW restores a project.
+fn lockstep(bundle: &Bundle, peers: Vec<PeerSettings>, access: AccessMode) -> Result<Instance> {
+    let mut instance = bundle.instantiate()?;
+    let mut settings = instance.net_settings()?;
+    settings.rtp_midi_port = 5004;
+    settings.peers = peers;
+    settings.rtp_midi_access = access;
+    instance.set_net_settings(&settings)?;
+    Ok(instance)
+}
+
 /// Process `blocks` blocks paced in real time.
 fn play(p: &mut Processor, t: &mut HostTransport, blocks: u32) -> Result<()> {
     let period = Duration::from_secs_f64(f64::from(BLOCK) / RATE);
@@ -196,16 +218,7 @@ fn pymidi_receives_every_clock_and_transport_message_in_order() -> Result<()> {
     let path = Build::Release.clap_path();
     let bundle = Bundle::load(&path)?;
     let probe = StatusProbe::open(&path)?;
-    let mut instance = bundle.instantiate()?;
-    let mut settings = instance.net_settings()?;
-    settings.rtp_midi_port = 5004;
-    settings.peers = vec![PeerSettings {
-        name: "pymidi".into(),
-        host: "127.0.0.1".into(),
-        port: PEER_PORT,
-        ..PeerSettings::default()
-    }];
-    instance.set_net_settings(&settings)?;
+    let mut instance = lockstep(&bundle, vec![pymidi()], AccessMode::Anyone)?;
     let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
     let mut t = HostTransport::new(120.0, (4, 4));
     // Idle blocks until the session is up (invitations on both ports).
@@ -326,11 +339,7 @@ fn a_pymidi_initiator_invites_lockstep_and_receives_the_clock() -> Result<()> {
     let bundle = Bundle::load(&path)?;
     let probe = StatusProbe::open(&path)?;
     for access in [AccessMode::Anyone, AccessMode::Nobody] {
-        let mut instance = bundle.instantiate()?;
-        let mut settings = instance.net_settings()?;
-        settings.rtp_midi_port = 5004;
-        settings.rtp_midi_access = access;
-        instance.set_net_settings(&settings)?;
+        let mut instance = lockstep(&bundle, Vec::new(), access)?;
         let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
         let mut t = HostTransport::new(150.0, (4, 4));
         play(&mut p, &mut t, 10)?;
@@ -412,15 +421,7 @@ fn switching_rtp_midi_off_and_on_while_active() -> Result<()> {
     let path = Build::Release.clap_path();
     let bundle = Bundle::load(&path)?;
     let probe = StatusProbe::open(&path)?;
-    let mut instance = bundle.instantiate()?;
-    let mut settings = instance.net_settings()?;
-    settings.peers = vec![PeerSettings {
-        name: "pymidi".into(),
-        host: "127.0.0.1".into(),
-        port: PEER_PORT,
-        ..PeerSettings::default()
-    }];
-    instance.set_net_settings(&settings)?;
+    let mut instance = lockstep(&bundle, vec![pymidi()], AccessMode::Anyone)?;
     let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
     let mut t = HostTransport::new(120.0, (4, 4));
     let connected = |s: &lockstep_net::status::ExportedStatus| {

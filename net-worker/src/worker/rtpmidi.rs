@@ -15,11 +15,8 @@ use crate::clock::scheduler::{Scheduler, SchedulerConfig};
 use crate::clock::{ClockEvent, ClockKind};
 use crate::proto::applemidi::endpoint::{Access, Endpoint, EndpointEvent};
 use crate::proto::applemidi::session::{Nanos, Port};
-use crate::proto::rtpmidi::{MidiCommand, TimedCommand};
+use crate::proto::rtpmidi::TimedCommand;
 use crate::settings::{AccessMode, NetSettings};
-
-/// Socket poll period while a CK answer is expected, ns.
-const CK_POLL: Nanos = 50_000;
 
 /// What the status shows about the RTP-MIDI side of an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -229,21 +226,22 @@ impl RtpMidi {
 
     /// Receive, run timers, send what is due. Returns the next deadline (ns), if any.
     pub fn poll(&mut self, now: Nanos) -> Option<Nanos> {
-        for port in [Port::Control, Port::Data] {
+        let Self {
+            control,
+            data,
+            endpoint,
+            status,
+            buf,
+            ..
+        } = self;
+        for (port, socket) in [(Port::Control, &*control), (Port::Data, &*data)] {
             loop {
-                let socket = match port {
-                    Port::Control => &self.control,
-                    Port::Data => &self.data,
-                };
-                match socket.recv_from(&mut self.buf) {
-                    Ok((len, from)) => {
-                        let bytes = self.buf[..len].to_vec();
-                        self.endpoint.handle_datagram(now, port, from, &bytes);
-                    }
+                match socket.recv_from(buf) {
+                    Ok((len, from)) => endpoint.handle_datagram(now, port, from, &buf[..len]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     // ICMP port-unreachable from a dead peer shows up here on Linux: count it.
                     Err(_) => {
-                        self.status.send_errors += 1;
+                        status.send_errors += 1;
                         break;
                     }
                 }
@@ -252,36 +250,26 @@ impl RtpMidi {
         self.endpoint.handle_timeout(now);
         self.handle_events();
         let mut next = self.endpoint.poll_timeout();
-        let peers: Vec<SocketAddr> = self.destinations.keys().copied().collect();
-        for peer in peers {
-            let Some(d) = self.destinations.get_mut(&peer) else {
-                continue;
-            };
-            let mut due = Vec::new();
+        for (peer, d) in &mut self.destinations {
             while let Some(t) = d.scheduler.poll_transmit(now as f64) {
-                due.push(t);
+                let command = TimedCommand {
+                    offset: 0,
+                    command: t.message.kind.into(),
+                };
+                let at = t.send_at_ns.max(0.0) as Nanos;
+                self.endpoint.send_midi_to(*peer, at, &[command]);
             }
             let timeout = d.scheduler.poll_timeout().map(|t| t.max(0.0) as Nanos);
             next = [next, timeout].into_iter().flatten().min();
-            for t in due {
-                let command = match t.message.kind {
-                    ClockKind::Tick => MidiCommand::RealTime(0xF8),
-                    ClockKind::Start => MidiCommand::RealTime(0xFA),
-                    ClockKind::Continue => MidiCommand::RealTime(0xFB),
-                    ClockKind::Stop => MidiCommand::RealTime(0xFC),
-                    ClockKind::SongPosition(v) => MidiCommand::SongPosition(v),
-                };
-                let at = t.send_at_ns.max(0.0) as Nanos;
-                self.endpoint
-                    .send_midi_to(peer, at, &[TimedCommand { offset: 0, command }]);
-            }
         }
         self.flush();
-        if self.endpoint.awaiting_ck(now) {
-            // The CK answer's arrival time is the measurement: look for it every 50 µs.
-            next = Some(next.map_or(now + CK_POLL, |n| n.min(now + CK_POLL)));
-        }
         next
+    }
+
+    /// True while a CK answer is due: the worker then looks at the sockets more often, since
+    /// the answer's arrival time is the measurement.
+    pub fn awaiting_ck(&self, now: Nanos) -> bool {
+        self.endpoint.awaiting_ck(now)
     }
 
     fn handle_events(&mut self) {
@@ -324,20 +312,16 @@ impl RtpMidi {
     /// Stop every running destination (a Stop now, not at its scheduled time) and leave every
     /// session (BY), e.g. when the instance goes away.
     pub fn shutdown(&mut self, now: Nanos) {
-        let peers: Vec<SocketAddr> = self.destinations.keys().copied().collect();
-        for peer in peers {
-            let Some(d) = self.destinations.get_mut(&peer) else {
-                continue;
-            };
+        for (peer, d) in &mut self.destinations {
             let mut stop = false;
             d.follower
                 .set_output(false, true, &mut |out| stop |= out.kind == ClockKind::Stop);
             if stop {
                 let command = TimedCommand {
                     offset: 0,
-                    command: MidiCommand::RealTime(0xFC),
+                    command: ClockKind::Stop.into(),
                 };
-                self.endpoint.send_midi_to(peer, now, &[command]);
+                self.endpoint.send_midi_to(*peer, now, &[command]);
             }
         }
         self.destinations.clear();

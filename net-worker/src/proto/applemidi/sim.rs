@@ -207,6 +207,12 @@ mod tests {
     use crate::proto::applemidi::session::CK_DEAD;
     use crate::proto::rtpmidi::{MidiCommand, TimedCommand};
 
+    /// One MIDI clock at the packet's timestamp.
+    const CLOCK: TimedCommand = TimedCommand {
+        offset: 0,
+        command: MidiCommand::RealTime(0xF8),
+    };
+
     fn start(conditions: Conditions, seed: u64) -> Net {
         let mut net = Net::new(conditions, seed);
         let b = net.addrs[1];
@@ -234,13 +240,7 @@ mod tests {
         assert_eq!(net.disconnects(0) + net.disconnects(1), 0);
         // Clock packets flow and are recognised by SSRC on the other side.
         let at = net.now;
-        net.endpoints[0].send_midi(
-            at,
-            &[TimedCommand {
-                offset: 0,
-                command: MidiCommand::RealTime(0xF8),
-            }],
-        );
+        net.endpoints[0].send_midi(at, &[CLOCK]);
         net.run_until(net.now + 50 * MS);
         assert_eq!(net.endpoints[1].counters().rtp_received, 1);
         assert_eq!(net.endpoints[1].counters().unknown_ssrc, 0);
@@ -324,13 +324,7 @@ mod tests {
             15
         );
         let at = net.now;
-        net.endpoints[0].send_midi(
-            at,
-            &[TimedCommand {
-                offset: 0,
-                command: MidiCommand::RealTime(0xF8),
-            }],
-        );
+        net.endpoints[0].send_midi(at, &[CLOCK]);
         net.run_until(at + 20 * MS);
         for i in 1..=14 {
             assert_eq!(
