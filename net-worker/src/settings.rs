@@ -5,6 +5,9 @@
 //! parameter list. Field names are the saved-state format: add fields with `#[serde(default)]`,
 //! never rename them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
+
 use serde::{Deserialize, Serialize};
 
 /// Conventional AppleMIDI control port; the data port is this + 1.
@@ -29,6 +32,9 @@ pub struct NetSettings {
     pub peers: Vec<PeerSettings>,
     /// Who may invite us into an AppleMIDI session.
     pub rtp_midi_access: AccessMode,
+    /// Send the recovery journal to peers that invite us (directory peers have their own
+    /// switch).
+    pub rtp_midi_journal: bool,
     /// User names of the macro parameters, index 0 = macro 1. Empty = default name.
     pub macro_names: Vec<String>,
 }
@@ -60,6 +66,9 @@ pub struct PeerSettings {
     pub offset_ms: f32,
     /// Whether Lockstep sends to this peer.
     pub enabled: bool,
+    /// Send the recovery journal (Chapter Q: a receiver that lost a Start, Stop, SPP or
+    /// clocks recovers from the next packet). On by default; off for a peer that chokes on it.
+    pub journal: bool,
 }
 
 impl Default for NetSettings {
@@ -70,6 +79,7 @@ impl Default for NetSettings {
             osc_port: DEFAULT_OSC_PORT,
             peers: Vec::new(),
             rtp_midi_access: AccessMode::Anyone,
+            rtp_midi_journal: true,
             macro_names: vec![String::new(); MACRO_COUNT],
         }
     }
@@ -83,7 +93,66 @@ impl Default for PeerSettings {
             port: DEFAULT_RTP_MIDI_PORT,
             offset_ms: 0.0,
             enabled: true,
+            journal: true,
         }
+    }
+}
+
+/// An instance's settings shared between the plugin (state load, later the editor) and the
+/// worker, which applies every new version while the plugin is active. Never touched by the
+/// audio thread.
+#[derive(Debug, Default)]
+pub struct SharedSettings {
+    settings: RwLock<NetSettings>,
+    generation: AtomicU64,
+}
+
+impl SharedSettings {
+    /// Shared settings starting as `settings`.
+    pub fn new(settings: NetSettings) -> Self {
+        Self {
+            settings: RwLock::new(settings),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// A copy of the current settings.
+    pub fn get(&self) -> NetSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Apply `f` to the current settings without copying them.
+    pub fn with<R>(&self, f: impl FnOnce(&NetSettings) -> R) -> R {
+        f(&self.settings.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replace the settings (a state load, an edit); the worker picks the change up.
+    pub fn replace(&self, settings: NetSettings) {
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = settings;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Bumped by every [`SharedSettings::replace`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+impl NetSettings {
+    /// True if `other` differs in anything the RTP-MIDI side uses (a change of macro names
+    /// alone must not drop sessions).
+    pub fn rtp_midi_differs(&self, other: &NetSettings) -> bool {
+        self.session_name != other.session_name
+            || self.rtp_midi_port != other.rtp_midi_port
+            || self.peers != other.peers
+            || self.rtp_midi_access != other.rtp_midi_access
+            || self.rtp_midi_journal != other.rtp_midi_journal
     }
 }
 

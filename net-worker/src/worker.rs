@@ -20,7 +20,7 @@ use crate::bridge::{self, AudioSide, BridgeEvent, RingCounters, TransportSnapsho
 use crate::clock::follower::ClockFollower;
 use crate::clock::scheduler::{Scheduler, SchedulerConfig, SchedulerStats, Transmit};
 use crate::clock::{ClockEvent, ClockKind, ClockState};
-use crate::settings::NetSettings;
+use crate::settings::{NetSettings, SharedSettings};
 use crate::status::{InstanceStatus, WorkerStatus};
 use rtpmidi::{RtpMidi, RtpMidiStatus};
 
@@ -55,14 +55,15 @@ impl Lease {
     }
 
     /// Apply the instance's network settings (ports, peers): reopens its RTP-MIDI sockets and
-    /// invites its peers, or closes them if `rtp_midi` is false (the `rtp_on` parameter).
-    /// Thread-safe; never call it from the audio thread (it allocates).
-    pub fn configure(&self, settings: NetSettings, rtp_midi: bool) {
+    /// invites its peers, or closes them if `rtp_midi` is false (the `rtp_on` parameter). From
+    /// then on the worker watches `settings` and applies every later change while the instance
+    /// is attached. Thread-safe; never call it from the audio thread (it allocates).
+    pub fn configure(&self, settings: Arc<SharedSettings>, rtp_midi: bool) {
         let registry = lock(&REGISTRY);
         if let Some(running) = registry.running.as_ref() {
             let _ = running.commands.send(Command::Configure {
                 id: self.id,
-                settings: Box::new(settings),
+                settings,
                 rtp_midi,
             });
         }
@@ -79,7 +80,7 @@ enum Command {
     },
     Configure {
         id: u64,
-        settings: Box<NetSettings>,
+        settings: Arc<SharedSettings>,
         rtp_midi: bool,
     },
     Detach {
@@ -164,6 +165,8 @@ struct Attached {
     output: (bool, bool),
     /// The settings from the last configuration, to reopen RTP-MIDI when it is switched back on.
     settings: Option<NetSettings>,
+    /// The plugin's settings, watched for changes, and the generation last applied.
+    shared: Option<(Arc<SharedSettings>, u64)>,
     /// RTP-MIDI switched on (the `rtp_on` parameter).
     rtp_enabled: bool,
 }
@@ -303,6 +306,7 @@ fn run(inbox: Receiver<Command>) {
                     published_at: 0,
                     output: (true, true),
                     settings: None,
+                    shared: None,
                     rtp_enabled: true,
                 };
                 rings.insert(id, attached);
@@ -313,7 +317,10 @@ fn run(inbox: Receiver<Command>) {
                 rtp_midi,
             }) => {
                 if let Some(attached) = rings.get_mut(&id) {
-                    configure(id, attached, &settings, rtp_midi);
+                    let generation = settings.generation();
+                    let current = settings.get();
+                    attached.shared = Some((settings, generation));
+                    configure(id, attached, &current, rtp_midi);
                 }
             }
             Ok(Command::Detach { id }) => {
@@ -333,6 +340,7 @@ fn run(inbox: Receiver<Command>) {
             }
             Err(RecvTimeoutError::Timeout) => {}
         }
+        watch_settings(&mut rings);
         drain(&mut rings);
         let due = transmit(&mut rings);
         timeout = wait_before(due);
@@ -364,6 +372,32 @@ fn publish_rtpmidi(id: u64, attached: &mut Attached, now: u64) {
     };
     if let Some(published) = lock(&BOARD).get_mut(&id) {
         published.rtpmidi = status;
+    }
+}
+
+/// Apply settings that changed since they were last applied (a state load into an active
+/// instance): RTP-MIDI reopens only if something it uses changed.
+fn watch_settings(rings: &mut BTreeMap<u64, Attached>) {
+    for (id, attached) in rings.iter_mut() {
+        let Some((shared, applied)) = &mut attached.shared else {
+            continue;
+        };
+        let generation = shared.generation();
+        if generation == *applied {
+            continue;
+        }
+        *applied = generation;
+        let new = shared.get();
+        let differs = attached
+            .settings
+            .as_ref()
+            .is_none_or(|old| old.rtp_midi_differs(&new));
+        if differs {
+            let enabled = attached.rtp_enabled;
+            configure(*id, attached, &new, enabled);
+        } else {
+            attached.settings = Some(new);
+        }
     }
 }
 

@@ -128,7 +128,7 @@ impl Plugin for Lockstep {
         if let Some(spine) = &mut self.spine {
             // Ports and peers as saved with the project (RTP-MIDI sockets open in the worker).
             spine.lease.configure(
-                self.params.net_settings(),
+                Arc::clone(&self.params.net.0),
                 self.params.rtp_midi_enabled.value(),
             );
             // Main thread, before processing starts. If the ring is somehow full the worker

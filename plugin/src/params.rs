@@ -21,9 +21,9 @@
 //! Ports, session name, peers and the users' macro names are persistent state
 //! ([`lockstep_net::settings::NetSettings`]), not parameters: they describe the studio, not the song.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use lockstep_net::settings::{MACRO_COUNT, NetSettings};
+use lockstep_net::settings::{MACRO_COUNT, NetSettings, SharedSettings};
 use nice_plug::params::persist::PersistentField;
 use nice_plug::prelude::*;
 
@@ -79,7 +79,24 @@ pub struct LockstepParams {
     pub macros: MacroBank,
     /// Ports, peers, session and macro names.
     #[persist = "net"]
-    pub net: Arc<RwLock<NetSettings>>,
+    pub net: NetSettingsField,
+}
+
+/// The `net` persistent field: [`SharedSettings`] that the worker watches, so settings loaded
+/// into an active instance (a DAW loading a project or preset) take effect at once.
+pub struct NetSettingsField(pub Arc<SharedSettings>);
+
+impl<'a> PersistentField<'a, NetSettings> for NetSettingsField {
+    fn set(&self, new_value: NetSettings) {
+        self.0.replace(new_value);
+    }
+
+    fn map<F, R>(&self, f: F) -> R
+    where
+        F: Fn(&NetSettings) -> R,
+    {
+        self.0.with(|s| f(s))
+    }
 }
 
 /// The 16 macro parameters, ids `mac_1`..`mac_16`, all in one "Macros" group.
@@ -114,7 +131,7 @@ impl Default for LockstepParams {
                 .with_unit(" beats"),
             link_start_stop: on_off("Link Start/Stop", true),
             macros: MacroBank::default(),
-            net: Arc::new(RwLock::new(NetSettings::default())),
+            net: NetSettingsField(Arc::new(SharedSettings::default())),
         }
     }
 }
@@ -152,6 +169,6 @@ unsafe impl Params for MacroBank {
 impl LockstepParams {
     /// A copy of the persistent network settings.
     pub fn net_settings(&self) -> NetSettings {
-        self.net.map(Clone::clone)
+        self.net.0.get()
     }
 }

@@ -24,8 +24,10 @@ usage: cargo xtask run -- [options]
   --for SECONDS        exit after this long (default: run until Ctrl+C)
   --status-json        print one JSON status object per second instead of a status line
   --peer [NAME@]HOST:PORT
-                       an AppleMIDI peer to invite (repeatable; HOST an IP address, PORT
-                       its control port); saved in the plugin's settings like a DAW would
+                       an AppleMIDI peer to invite (repeatable; HOST an IP address or a
+                       host name, resolved in the background; PORT its control port);
+                       saved in the plugin's settings like a DAW would
+  --no-journal         send no recovery journal (to --peer peers and to guests)
   --rtpmidi-port N     our AppleMIDI control port (data = N + 1; default 5004)
   --rtpmidi-access anyone|directory|nobody
                        who may invite Lockstep (default anyone)
@@ -94,18 +96,33 @@ fn peer(value: &str) -> Result<PeerSettings, CliError> {
     let invalid = || CliError::Invalid {
         flag: "--peer",
         value: value.to_owned(),
-        why: "expected [NAME@]HOST:PORT with HOST an IP address",
+        why: "expected [NAME@]HOST:PORT with HOST an IP address or host name",
     };
     let (name, address) = value.rsplit_once('@').unwrap_or(("", value));
-    let address: std::net::SocketAddr = address.parse().map_err(|_| invalid())?;
+    let (host, port) = match address.parse::<std::net::SocketAddr>() {
+        Ok(a) => (a.ip().to_string(), a.port()),
+        Err(_) => {
+            let (host, port) = address.rsplit_once(':').ok_or_else(invalid)?;
+            let port: u16 = port.parse().map_err(|_| invalid())?;
+            let valid_name = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !valid_name || port == 0 {
+                return Err(invalid());
+            }
+            (host.to_owned(), port)
+        }
+    };
     Ok(PeerSettings {
         name: if name.is_empty() {
-            address.to_string()
+            address.to_owned()
         } else {
             name.to_owned()
         },
-        host: address.ip().to_string(),
-        port: address.port(),
+        host,
+        port,
         ..PeerSettings::default()
     })
 }
@@ -124,6 +141,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
         peers: Vec::new(),
         rtpmidi_port: None,
         rtpmidi_access: None,
+        journal: true,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -171,6 +189,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
             }
             "--status-json" => config.status_json = true,
             "--peer" => config.peers.push(peer(&value("--peer")?)?),
+            "--no-journal" => config.journal = false,
             "--rtpmidi-access" => {
                 let v = value("--rtpmidi-access")?;
                 config.rtpmidi_access = Some(match v.as_str() {
@@ -260,6 +279,24 @@ mod tests {
             parse(args(&["--peer", "nohost"])),
             Err(CliError::Invalid { flag: "--peer", .. })
         ));
+        // Host names are kept for the worker to resolve; IPv6 works in brackets.
+        let c = parse(args(&[
+            "--peer",
+            "B@studio-b.local:5004",
+            "--peer",
+            "[::1]:5008",
+            "--no-journal",
+        ]))
+        .expect("valid");
+        assert_eq!(
+            (c.peers[0].host.as_str(), c.peers[0].port),
+            ("studio-b.local", 5004)
+        );
+        assert_eq!((c.peers[1].host.as_str(), c.peers[1].port), ("::1", 5008));
+        assert!(!c.journal);
+        for bad in ["bad host:5004", "host:0", ":5004", "host:99999"] {
+            assert!(parse(args(&["--peer", bad])).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct RunConfig {
     pub rtpmidi_port: Option<u16>,
     /// Who may invite us (`--rtpmidi-access`).
     pub rtpmidi_access: Option<AccessMode>,
+    /// Send the recovery journal (`--no-journal` clears it).
+    pub journal: bool,
 }
 
 /// What the audio thread reports to the main thread.
@@ -110,10 +112,19 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
     let bundle = Bundle::load(&config.plugin)?;
     let probe = StatusProbe::open(&config.plugin)?;
     let mut instance = bundle.instantiate()?;
-    if !config.peers.is_empty() || config.rtpmidi_port.is_some() || config.rtpmidi_access.is_some()
+    if !config.peers.is_empty()
+        || config.rtpmidi_port.is_some()
+        || config.rtpmidi_access.is_some()
+        || !config.journal
     {
         let mut settings = instance.net_settings()?;
-        settings.peers.extend(config.peers.iter().cloned());
+        settings
+            .peers
+            .extend(config.peers.iter().cloned().map(|mut p| {
+                p.journal = config.journal;
+                p
+            }));
+        settings.rtp_midi_journal = config.journal;
         if let Some(port) = config.rtpmidi_port {
             settings.rtp_midi_port = port;
         }

@@ -17,6 +17,8 @@ use lockstep_host::host::{Bundle, Instance, Layout};
 use lockstep_host::processor::{ParamChange, Processor};
 use lockstep_host::status::StatusProbe;
 use lockstep_host::transport::HostTransport;
+use lockstep_net::proto::rtpmidi::MidiCommand;
+use lockstep_net::proto::rtpmidi::journal::SequencerState;
 use lockstep_net::settings::{AccessMode, PeerSettings};
 use serde_json::Value;
 
@@ -151,17 +153,33 @@ impl Capture {
     }
 }
 
-/// (protocols, expert severity, malformed) of every frame in `pcap`.
-fn decoded(pcap: &std::path::Path) -> Result<Vec<(String, String, String)>> {
+/// (protocols, expert severity, malformed) of every frame in `pcap`, plus tshark's reading of Chapter Q as (N, D, C, CLOCK) when the frame has one.
+#[allow(clippy::type_complexity)]
+fn decoded_with_journal(
+    pcap: &std::path::Path,
+) -> Result<Vec<(String, String, String, Option<(bool, bool, bool, u32)>)>> {
     let rows = lockstep_host::pcap::tshark_fields(
         pcap,
-        &["frame.protocols", "_ws.expert.severity", "_ws.malformed"],
+        &[
+            "frame.protocols",
+            "_ws.expert.severity",
+            "_ws.malformed",
+            "rtpmidi.sj_chapter_q_nflag",
+            "rtpmidi.sj_chapter_q_dflag",
+            "rtpmidi.sj_chapter_q_cflag",
+            "rtpmidi.sj_chapter_q_top",
+            "rtpmidi.sj_chapter_q_clock",
+        ],
     )?;
     Ok(rows
         .into_iter()
         .map(|r| {
             let field = |i: usize| r.get(i).cloned().unwrap_or_default();
-            (field(0), field(1), field(2))
+            let flag = |i: usize| matches!(field(i).as_str(), "1" | "True" | "true");
+            let number = |i: usize| field(i).parse::<u32>().unwrap_or(0);
+            let q = (!field(3).is_empty())
+                .then(|| (flag(3), flag(4), flag(5), (number(6) << 16) | number(7)));
+            (field(0), field(1), field(2), q)
         })
         .collect())
 }
@@ -267,10 +285,10 @@ fn pymidi_receives_every_clock_and_transport_message_in_order() -> Result<()> {
     expected.push((0xFC, vec![]));
 
     let status = wait_for(&probe, "every RTP-MIDI packet to leave", |s| {
-        s.worker.instances[0]
-            .rtpmidi
-            .as_ref()
-            .is_some_and(|r| r.rtp_sent as usize >= expected.len())
+        s.worker.instances[0].rtpmidi.as_ref().is_some_and(|r| {
+            let guards = r.peers.first().map_or(0, |p| p.guard_packets);
+            r.rtp_sent >= expected.len() as u64 + guards
+        })
     })?;
     let rtp = status.worker.instances[0]
         .rtpmidi
@@ -287,13 +305,18 @@ fn pymidi_receives_every_clock_and_transport_message_in_order() -> Result<()> {
         expected.len(),
         &got[..got.len().min(12)]
     );
+    let me = &rtp.peers[0];
+    // One packet per message, plus the journal's guard packets after the last changes.
     ensure!(
-        rtp.rtp_sent as usize == expected.len(),
+        rtp.rtp_sent == expected.len() as u64 + me.guard_packets,
         "sent {} packets: {rtp:?}",
         rtp.rtp_sent
     );
+    ensure!(
+        me.journal && me.guard_packets > 0,
+        "journal on by default: {me:?}"
+    );
     ensure!(rtp.malformed == 0 && rtp.send_errors == 0, "{rtp:?}");
-    let me = &rtp.peers[0];
     ensure!(me.connected && me.connects == 1, "{me:?}");
     ensure!(
         me.rtt_us.is_some_and(|r| r < 5_000.0),
@@ -306,9 +329,44 @@ fn pymidi_receives_every_clock_and_transport_message_in_order() -> Result<()> {
         l.iter().any(|v| v["event"] == "disconnected")
     })?;
 
-    let frames = decoded(&capture.finish()?)?;
+    let frames = decoded_with_journal(&capture.finish()?)?;
     ensure!(!frames.is_empty(), "nothing captured");
-    for (i, (protocols, expert, malformed)) in frames.iter().enumerate() {
+    // The journal as tshark reads it: every RTP-MIDI packet after the first carries Chapter
+    // Q with the state after the packets before it; in order, the distinct states are those
+    // the expected messages pass through.
+    let mut want = Vec::new();
+    let mut state = SequencerState::new();
+    for (status, data) in &expected {
+        let command = match status {
+            0xF2 => MidiCommand::SongPosition((data[0] | data[1] << 7) as u16),
+            s => MidiCommand::RealTime(*s as u8),
+        };
+        state.apply(&command);
+        let q = state.chapter_q(false);
+        let seen = (
+            q.running,
+            q.downbeat,
+            q.position.is_some(),
+            q.position.unwrap_or(0),
+        );
+        if want.last() != Some(&seen) {
+            want.push(seen);
+        }
+    }
+    let mut seen = Vec::new();
+    for (_, _, _, q) in frames.iter().filter(|f| f.0.ends_with("rtpmidi")).skip(1) {
+        let q = q.context("an RTP-MIDI packet without Chapter Q")?;
+        if seen.last() != Some(&q) {
+            seen.push(q);
+        }
+    }
+    ensure!(
+        seen == want,
+        "tshark's Chapter Q sequence differs:\n{:?}\n{:?}",
+        &seen[..seen.len().min(8)],
+        &want[..want.len().min(8)]
+    );
+    for (i, (protocols, expert, malformed, _)) in frames.iter().enumerate() {
         ensure!(
             protocols.ends_with("applemidi") || protocols.ends_with("rtp:rtpmidi"),
             "frame {} is {protocols}",
@@ -321,8 +379,9 @@ fn pymidi_receives_every_clock_and_transport_message_in_order() -> Result<()> {
         );
     }
     let rtp_frames = frames.iter().filter(|f| f.0.ends_with("rtpmidi")).count();
+    // Guard packets go on until the session ends, after the status was read.
     ensure!(
-        rtp_frames as u64 == rtp.rtp_sent,
+        rtp_frames as u64 >= rtp.rtp_sent,
         "{rtp_frames} RTP-MIDI frames captured, {} sent",
         rtp.rtp_sent
     );
@@ -474,6 +533,93 @@ fn switching_rtp_midi_off_and_on_while_active() -> Result<()> {
             .count()
             == 1
     );
+    instance.deactivate(p);
+    Ok(())
+}
+
+/// Peers can be given by host name (looked up off the worker thread; a name that does not
+/// resolve is reported and retried) and the peer list can change while the plugin is active,
+/// as when a DAW loads a project or preset into a running instance.
+#[test]
+fn peers_by_host_name_and_changed_while_active() -> Result<()> {
+    let _guard = exclusive();
+    let peer = Peer::start(60)?;
+    let path = Build::Release.clap_path();
+    let bundle = Bundle::load(&path)?;
+    let probe = StatusProbe::open(&path)?;
+    let mut instance = lockstep(&bundle, Vec::new(), AccessMode::Anyone)?;
+    let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
+    let mut t = HostTransport::new(120.0, (4, 4));
+    play(&mut p, &mut t, 5)?;
+    let status = wait_for(&probe, "RTP-MIDI to open", |s| {
+        s.worker.instances[0]
+            .rtpmidi
+            .as_ref()
+            .is_some_and(|r| r.control_port == Some(5004))
+    })?;
+    ensure!(
+        status.worker.instances[0]
+            .rtpmidi
+            .as_ref()
+            .is_some_and(|r| r.peers.is_empty()),
+        "no peers yet: {status:?}"
+    );
+
+    // New settings while active: pymidi by name, and a name that cannot resolve.
+    let mut settings = instance.net_settings()?;
+    settings.peers = vec![
+        PeerSettings {
+            host: "localhost".into(),
+            ..pymidi()
+        },
+        PeerSettings {
+            name: "nowhere".into(),
+            host: "no-such-studio.invalid".into(),
+            port: 5004,
+            ..PeerSettings::default()
+        },
+    ];
+    instance.set_net_settings(&settings)?;
+    play(&mut p, &mut t, 5)?;
+    let status = wait_for(&probe, "the session with pymidi found by name", |s| {
+        s.worker.instances[0].rtpmidi.as_ref().is_some_and(|r| {
+            r.peers
+                .iter()
+                .any(|p| p.connected && p.address == format!("127.0.0.1:{PEER_PORT}"))
+        })
+    })?;
+    peer.wait("pymidi's connected event", |l| {
+        l.iter().any(|v| v["event"] == "connected")
+    })?;
+    let status = if status.worker.instances[0]
+        .rtpmidi
+        .as_ref()
+        .is_some_and(|r| r.errors.is_empty())
+    {
+        wait_for(&probe, "the failed lookup to be reported", |s| {
+            s.worker.instances[0]
+                .rtpmidi
+                .as_ref()
+                .is_some_and(|r| !r.errors.is_empty())
+        })?
+    } else {
+        status
+    };
+    let rtp = status.worker.instances[0]
+        .rtpmidi
+        .clone()
+        .context("status")?;
+    ensure!(
+        rtp.errors
+            .iter()
+            .any(|e| e.contains("cannot find host no-such-studio.invalid")),
+        "{rtp:?}"
+    );
+    ensure!(
+        rtp.resolving == ["no-such-studio.invalid"],
+        "still trying: {rtp:?}"
+    );
+    ensure!(rtp.peers.len() == 1, "{rtp:?}");
     instance.deactivate(p);
     Ok(())
 }

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+
+use crossbeam_channel::{Receiver, TryRecvError};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +18,7 @@ use crate::clock::{ClockEvent, ClockKind};
 use crate::proto::applemidi::endpoint::{Access, Endpoint, EndpointEvent};
 use crate::proto::applemidi::session::{Nanos, Port};
 use crate::proto::rtpmidi::TimedCommand;
-use crate::settings::{AccessMode, NetSettings};
+use crate::settings::{AccessMode, NetSettings, PeerSettings};
 
 /// What the status shows about the RTP-MIDI side of an instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -27,6 +29,9 @@ pub struct RtpMidiStatus {
     pub errors: Vec<String>,
     /// Every known peer.
     pub peers: Vec<PeerReport>,
+    /// Directory peers' host names still being looked up (or failing: see `errors`).
+    #[serde(default)]
+    pub resolving: Vec<String>,
     /// Datagrams that did not decode.
     pub malformed: u64,
     /// Invitations refused.
@@ -62,12 +67,61 @@ pub struct PeerReport {
     pub last_close: Option<String>,
     /// Connections so far.
     pub connects: u64,
+    /// Our packets to it carry the recovery journal.
+    pub journal: bool,
+    /// Guard packets sent in this session (journal protection of the last change).
+    pub guard_packets: u64,
+    /// Packets the peer sent us that were lost or reordered (sequence gaps).
+    pub rx_lost: u64,
+    /// Of those gaps, repaired from the peer's journal.
+    pub rx_repaired: u64,
 }
 
 /// One connected peer's clock stream.
 struct Destination {
     follower: ClockFollower,
     scheduler: Scheduler,
+}
+
+/// How long after a failed lookup a host name is tried again.
+const RESOLVE_RETRY: Nanos = 30_000_000_000;
+
+/// A directory peer given by host name, waiting for its address.
+struct Pending {
+    peer: PeerSettings,
+    /// The lookup under way, or when to start the next one.
+    lookup: Result<Receiver<Result<SocketAddr, String>>, Nanos>,
+}
+
+/// Look `host:port` up on a short-lived helper thread (name lookups block for as long as the
+/// resolver likes; the worker thread never waits for one).
+fn resolve(host: &str, port: u16) -> Receiver<Result<SocketAddr, String>> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let host = host.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("lockstep-resolve".into())
+        .spawn(move || {
+            let result = (host.as_str(), port)
+                .to_socket_addrs()
+                .map_err(|e| e.to_string())
+                .and_then(|addrs| {
+                    let addrs: Vec<SocketAddr> = addrs.collect();
+                    // Our sockets are IPv4: prefer an IPv4 address.
+                    addrs
+                        .iter()
+                        .find(|a| a.is_ipv4())
+                        .or(addrs.first())
+                        .copied()
+                        .ok_or_else(|| "no address".to_owned())
+                });
+            let _ = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let _ = tx.send(Err(format!("cannot start a lookup: {e}")));
+        return rx;
+    }
+    rx
 }
 
 /// The driver.
@@ -84,6 +138,10 @@ pub struct RtpMidi {
     output: (bool, bool),
     tempo: Option<f64>,
     status: RtpMidiStatus,
+    /// Directory peers given by host name, until their lookup succeeds.
+    pending: Vec<Pending>,
+    /// The latest lookup failure per host.
+    resolve_errors: BTreeMap<String, String>,
     buf: Vec<u8>,
 }
 
@@ -157,24 +215,77 @@ impl RtpMidi {
                 control_port: Some(port),
                 ..RtpMidiStatus::default()
             },
+            pending: Vec::new(),
+            resolve_errors: BTreeMap::new(),
             buf: vec![0; 2048],
         };
+        driver
+            .endpoint
+            .set_journal_default(settings.rtp_midi_journal);
         for peer in settings.peers.iter().filter(|p| p.enabled) {
-            match format!("{}:{}", peer.host, peer.port).parse::<SocketAddr>() {
-                Ok(address) => {
-                    driver
-                        .offsets
-                        .insert(address, f64::from(peer.offset_ms) * 1e6);
-                    driver.endpoint.add_peer(now, address);
-                }
-                Err(_) => driver.status.errors.push(format!(
-                    "peer {:?} at {}:{}: only IP addresses are supported yet",
-                    peer.name, peer.host, peer.port
-                )),
+            let ip = peer
+                .host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>();
+            match ip {
+                Ok(ip) => driver.add_peer(now, peer, SocketAddr::new(ip, peer.port)),
+                Err(_) => driver.pending.push(Pending {
+                    peer: peer.clone(),
+                    lookup: Ok(resolve(&peer.host, peer.port)),
+                }),
             }
         }
         driver.flush();
         Ok(driver)
+    }
+
+    fn add_peer(&mut self, now: Nanos, peer: &PeerSettings, address: SocketAddr) {
+        self.offsets
+            .insert(address, f64::from(peer.offset_ms) * 1e6);
+        self.endpoint.add_peer(now, address);
+        self.endpoint.set_peer_journal(address, peer.journal);
+    }
+
+    /// Collect finished host-name lookups; retry failed ones.
+    fn poll_lookups(&mut self, now: Nanos) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let host = self.pending[i].peer.host.clone();
+            let port = self.pending[i].peer.port;
+            let outcome = match &self.pending[i].lookup {
+                Ok(rx) => match rx.try_recv() {
+                    Ok(result) => Some(result),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => Some(Err("lookup failed".to_owned())),
+                },
+                Err(retry_at) => {
+                    if now >= *retry_at {
+                        self.pending[i].lookup = Ok(resolve(&host, port));
+                    }
+                    None
+                }
+            };
+            match outcome {
+                Some(Ok(address)) => {
+                    let pending = self.pending.swap_remove(i);
+                    self.resolve_errors.remove(&host);
+                    self.add_peer(now, &pending.peer, address);
+                    continue;
+                }
+                Some(Err(why)) => {
+                    self.resolve_errors.insert(
+                        host.clone(),
+                        format!(
+                            "peer {:?}: cannot find host {host}: {why} (retrying every 30 s)",
+                            self.pending[i].peer.name
+                        ),
+                    );
+                    self.pending[i].lookup = Err(now + RESOLVE_RETRY);
+                }
+                None => {}
+            }
+            i += 1;
+        }
     }
 
     fn schedule_for(&self, peer: SocketAddr) -> SchedulerConfig {
@@ -226,6 +337,9 @@ impl RtpMidi {
 
     /// Receive, run timers, send what is due. Returns the next deadline (ns), if any.
     pub fn poll(&mut self, now: Nanos) -> Option<Nanos> {
+        if !self.pending.is_empty() {
+            self.poll_lookups(now);
+        }
         let Self {
             control,
             data,
@@ -334,7 +448,14 @@ impl RtpMidi {
         let c = self.endpoint.counters();
         RtpMidiStatus {
             control_port: Some(self.port),
-            errors: self.status.errors.clone(),
+            errors: self
+                .status
+                .errors
+                .iter()
+                .chain(self.resolve_errors.values())
+                .cloned()
+                .collect(),
+            resolving: self.pending.iter().map(|p| p.peer.host.clone()).collect(),
             peers: self
                 .endpoint
                 .peers()
@@ -348,6 +469,10 @@ impl RtpMidi {
                     jitter_us: p.latency.map(|l| l.jitter_us),
                     last_close: p.last_close.map(|r| format!("{r:?}")),
                     connects: p.connects,
+                    journal: p.journal,
+                    guard_packets: p.guards,
+                    rx_lost: p.received.lost,
+                    rx_repaired: p.received.repairs,
                 })
                 .collect(),
             malformed: c.malformed,

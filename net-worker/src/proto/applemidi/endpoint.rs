@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use super::session::{CloseReason, Event, Latency, Nanos, Port, Session, Transmit};
 use super::{Command, Exchange};
+use crate::proto::rtpmidi::journal::ReceiverStats;
 use crate::proto::rtpmidi::{self, TimedCommand};
 
 const SECOND: Nanos = 1_000_000_000;
@@ -68,6 +69,12 @@ pub struct PeerStatus {
     pub connects: u64,
     /// When the next invitation goes out, if one is scheduled.
     pub retry_at: Option<Nanos>,
+    /// Our packets to this peer carry the recovery journal.
+    pub journal: bool,
+    /// Guard packets sent in the current session.
+    pub guards: u64,
+    /// The peer's RTP-MIDI stream to us in the current session (loss, repairs).
+    pub received: ReceiverStats,
 }
 
 /// Events for the owner.
@@ -88,11 +95,21 @@ struct Slot {
     backoff: Nanos,
 }
 
+/// Queue a session's datagram, counting the RTP-MIDI ones (clock and guard packets alike).
+fn forward(transmits: &mut VecDeque<Transmit>, counters: &mut Counters, t: Transmit) {
+    if t.from == Port::Data && !super::is_command(&t.bytes) {
+        counters.rtp_sent += 1;
+    }
+    transmits.push_back(t);
+}
+
 /// The endpoint.
 #[derive(Debug)]
 pub struct Endpoint {
     name: String,
     access: Access,
+    /// Journal setting for peers that invite us (and directory peers by default).
+    journal_default: bool,
     slots: Vec<Slot>,
     rng: u64,
     counters: Counters,
@@ -106,6 +123,7 @@ impl Endpoint {
         Self {
             name: name.to_owned(),
             access,
+            journal_default: true,
             slots: Vec::new(),
             rng: seed | 1,
             counters: Counters::default(),
@@ -131,6 +149,30 @@ impl Endpoint {
         self.access = access;
     }
 
+    /// Whether new peers get the recovery journal (guests, and directory peers added later
+    /// without their own setting).
+    pub fn set_journal_default(&mut self, enabled: bool) {
+        self.journal_default = enabled;
+    }
+
+    /// Switch the journal for one peer (now, and for its later sessions).
+    pub fn set_peer_journal(&mut self, peer: SocketAddr, enabled: bool) {
+        if let Some(slot) = self.slots.iter_mut().find(|s| s.status.address == peer) {
+            slot.status.journal = enabled;
+            if let Some(session) = &mut slot.session {
+                session.set_journal(enabled);
+            }
+        }
+    }
+
+    /// The current session with the peer whose control address is `peer`.
+    pub fn session(&self, peer: SocketAddr) -> Option<&Session> {
+        self.slots
+            .iter()
+            .find(|s| s.status.address == peer)
+            .and_then(|s| s.session.as_ref())
+    }
+
     /// Every known peer.
     pub fn peers(&self) -> Vec<PeerStatus> {
         self.slots.iter().map(|s| s.status.clone()).collect()
@@ -152,6 +194,9 @@ impl Endpoint {
                 last_close: None,
                 connects: 0,
                 retry_at: Some(now),
+                journal: self.journal_default,
+                guards: 0,
+                received: ReceiverStats::default(),
             },
             session: None,
             backoff: BACKOFF_MIN,
@@ -182,15 +227,13 @@ impl Endpoint {
         } else if on == Port::Data {
             match rtpmidi::decode(bytes) {
                 Ok(packet) => {
-                    let known = self.slots.iter().any(|s| {
-                        s.session.as_ref().is_some_and(|x| {
-                            x.is_connected() && x.peer_ssrc() == Some(packet.header.ssrc)
-                        })
-                    });
-                    if known {
-                        self.counters.rtp_received += 1;
-                    } else {
-                        self.counters.unknown_ssrc += 1;
+                    let ssrc = packet.header.ssrc;
+                    match self.find(|x| x.is_connected() && x.is_peer_ssrc(ssrc)) {
+                        Some(session) => {
+                            session.handle_rtp(now, &packet);
+                            self.counters.rtp_received += 1;
+                        }
+                        None => self.counters.unknown_ssrc += 1,
                     }
                 }
                 Err(_) => self.counters.malformed += 1,
@@ -228,8 +271,9 @@ impl Endpoint {
                 None => self.counters.unknown_session += 1,
             },
             Command::ReceiverFeedback { ssrc, .. } | Command::BitrateLimit { ssrc, .. } => {
-                if self.find(|s| s.is_peer_ssrc(*ssrc)).is_none() {
-                    self.counters.unknown_session += 1;
+                match self.find(|s| s.is_peer_ssrc(*ssrc)) {
+                    Some(session) => session.handle_command(now, on, command),
+                    None => self.counters.unknown_session += 1,
                 }
             }
         }
@@ -274,7 +318,13 @@ impl Endpoint {
             return;
         }
         let (ssrc, seq) = (self.random(), self.random() as u16);
-        let session = Session::accept(now, &self.name, ssrc, seq, on, from, e);
+        let mut session = Session::accept(now, &self.name, ssrc, seq, on, from, e);
+        let journal = self
+            .slots
+            .iter()
+            .find(|s| s.status.address == control)
+            .map_or(self.journal_default, |s| s.status.journal);
+        session.set_journal(journal);
         let status = PeerStatus {
             address: control,
             in_directory: listed,
@@ -284,6 +334,9 @@ impl Endpoint {
             last_close: None,
             connects: 0,
             retry_at: None,
+            journal,
+            guards: 0,
+            received: ReceiverStats::default(),
         };
         match self.slots.iter_mut().find(|s| s.status.address == control) {
             Some(slot) => {
@@ -317,14 +370,10 @@ impl Endpoint {
                 let (token, ssrc, seq) = (self.random(), self.random(), self.random() as u16);
                 let slot = &mut self.slots[i];
                 slot.status.retry_at = None;
-                slot.session = Some(Session::invite(
-                    now,
-                    &self.name,
-                    token,
-                    ssrc,
-                    seq,
-                    slot.status.address,
-                ));
+                let mut session =
+                    Session::invite(now, &self.name, token, ssrc, seq, slot.status.address);
+                session.set_journal(slot.status.journal);
+                slot.session = Some(session);
             }
         }
         self.collect(now);
@@ -337,8 +386,10 @@ impl Endpoint {
                 continue;
             };
             while let Some(t) = session.poll_transmit() {
-                self.transmits.push_back(t);
+                forward(&mut self.transmits, &mut self.counters, t);
             }
+            slot.status.guards = session.journal().guards();
+            slot.status.received = session.received();
             while let Some(event) = session.poll_event() {
                 match event {
                     Event::Connected { name, .. } => {
@@ -395,10 +446,9 @@ impl Endpoint {
                 && session.is_connected()
             {
                 let ts = session.session_ticks(at);
-                session.send_midi(ts, commands);
+                session.send_midi(at, ts, commands);
                 while let Some(t) = session.poll_transmit() {
-                    self.transmits.push_back(t);
-                    self.counters.rtp_sent += 1;
+                    forward(&mut self.transmits, &mut self.counters, t);
                 }
             }
         }

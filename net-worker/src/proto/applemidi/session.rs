@@ -8,7 +8,8 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use super::{Ck, Command, Exchange};
-use crate::proto::rtpmidi::{self, RtpHeader, TimedCommand};
+use crate::proto::rtpmidi::journal::{JournalSender, ReceiverStats, SequencerReceiver};
+use crate::proto::rtpmidi::{self, Packet, RtpHeader, TimedCommand};
 
 /// Nanoseconds on the worker's monotonic clock.
 pub type Nanos = u64;
@@ -36,6 +37,9 @@ pub const HALF_OPEN_TIMEOUT: Nanos = 5 * SECOND;
 pub const CK_REPLY_WINDOW: Nanos = 100_000_000;
 /// CK samples kept for the latency estimate.
 pub const CK_HISTORY: usize = 8;
+/// RS feedback goes out this long after RTP-MIDI arrives (at most one per period; lathoub's
+/// threshold).
+pub const RS_DELAY: Nanos = SECOND;
 
 /// Which of our two sockets a datagram uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +141,14 @@ pub struct Session {
     rtts: VecDeque<(f64, f64)>,
     samples: u64,
     rtp_seq: u16,
+    /// What our packets' journals say, and guard packets.
+    journal: JournalSender,
+    /// What the peer's packets did to its sequencer state (and loss counters).
+    receiver: SequencerReceiver,
+    /// When the next RS feedback goes out.
+    rs_at: Option<Nanos>,
+    /// Scratch for guard packets.
+    guard_commands: Vec<TimedCommand>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
@@ -231,6 +243,10 @@ impl Session {
             rtts: VecDeque::new(),
             samples: 0,
             rtp_seq,
+            journal: JournalSender::new(false),
+            receiver: SequencerReceiver::new(),
+            rs_at: None,
+            guard_commands: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -268,6 +284,26 @@ impl Session {
     /// the driver then polls its sockets more often, since the arrival time is the measurement.
     pub fn awaiting_ck(&self, now: Nanos) -> bool {
         self.ck_pending_since.is_some() && now < self.ck_sent_at + CK_REPLY_WINDOW
+    }
+
+    /// Send the recovery journal (Chapter Q) in our packets, or not.
+    pub fn set_journal(&mut self, enabled: bool) {
+        self.journal.set_enabled(enabled);
+    }
+
+    /// Our outgoing stream's journal state.
+    pub fn journal(&self) -> &JournalSender {
+        &self.journal
+    }
+
+    /// The peer's incoming stream as we received it.
+    pub fn receiver(&self) -> &SequencerReceiver {
+        &self.receiver
+    }
+
+    /// Counters of the incoming stream.
+    pub fn received(&self) -> ReceiverStats {
+        self.receiver.stats()
     }
 
     /// Our SSRC.
@@ -391,6 +427,9 @@ impl Session {
                 self.close(CloseReason::PeerLeft, false)
             }
             (State::Connected, Command::Ck(ck)) => self.handle_ck(now, ck),
+            (State::Connected, Command::ReceiverFeedback { seq, .. }) => {
+                self.journal.acknowledge(*seq)
+            }
             _ => {}
         }
     }
@@ -455,8 +494,25 @@ impl Session {
         }));
     }
 
-    /// Advance timers: resend invitations, send CK, detect a dead peer.
+    /// Advance timers: resend invitations, send CK, detect a dead peer, guard packets, RS.
     pub fn handle_timeout(&mut self, now: Nanos) {
+        if self.state == State::Connected {
+            let mut commands = std::mem::take(&mut self.guard_commands);
+            if self.journal.guard_due(now, &mut commands) {
+                self.send_midi(now, ticks(self.epoch, now), &commands);
+            }
+            self.guard_commands = commands;
+            if self.rs_at.is_some_and(|t| now >= t) {
+                self.rs_at = None;
+                if let Some(seq) = self.receiver.highest() {
+                    let rs = Command::ReceiverFeedback {
+                        ssrc: self.local_ssrc,
+                        seq,
+                    };
+                    self.push(Port::Control, &rs);
+                }
+            }
+        }
         match self.state {
             State::InvitingControl { attempt, next } | State::InvitingData { attempt, next }
                 if now >= next =>
@@ -507,6 +563,17 @@ impl Session {
 
     /// When [`Session::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Nanos> {
+        let session = self.session_timeout();
+        if self.state != State::Connected {
+            return session;
+        }
+        [session, self.journal.poll_timeout(), self.rs_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn session_timeout(&self) -> Option<Nanos> {
         match self.state {
             State::InvitingControl { next, .. } | State::InvitingData { next, .. } => Some(next),
             State::HalfOpen { deadline } => Some(deadline),
@@ -519,9 +586,19 @@ impl Session {
         }
     }
 
+    /// An RTP-MIDI packet from the peer (the caller matched its SSRC).
+    pub fn handle_rtp(&mut self, now: Nanos, packet: &Packet) {
+        if self.state != State::Connected {
+            return;
+        }
+        self.receiver.receive(packet);
+        self.rs_at.get_or_insert(now + RS_DELAY);
+    }
+
     /// Queue an RTP-MIDI packet with `commands`, the first at session time `timestamp`
-    /// (10 kHz ticks; later commands' `offset`s are relative to it). Ignored unless connected.
-    pub fn send_midi(&mut self, timestamp: u64, commands: &[TimedCommand]) {
+    /// (10 kHz ticks; later commands' `offset`s are relative to it), sent at `now`; it carries
+    /// the journal if that is on. Ignored unless connected.
+    pub fn send_midi(&mut self, now: Nanos, timestamp: u64, commands: &[TimedCommand]) {
         if self.state != State::Connected {
             return;
         }
@@ -534,7 +611,8 @@ impl Session {
         };
         self.rtp_seq = self.rtp_seq.wrapping_add(1);
         let mut bytes = Vec::with_capacity(16 + commands.len() * 4);
-        rtpmidi::encode(&header, commands, None, &mut bytes);
+        rtpmidi::encode(&header, commands, self.journal.journal(), &mut bytes);
+        self.journal.sent(now, header.seq, commands);
         let to = self.peer_data();
         self.transmits.push_back(Transmit {
             from: Port::Data,

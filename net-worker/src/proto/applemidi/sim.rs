@@ -298,6 +298,8 @@ mod tests {
     #[test]
     fn sixteen_peers_at_once_and_a_dead_or_slow_one_delays_no_other() {
         let mut net = Net::with_peers(CLEAN, 11, 16);
+        // Exact packet counts below: no guard packets (the journal has its own tests).
+        net.endpoints[0].set_journal_default(false);
         net.dead[16] = true; // never answers
         net.extra_delay[15] = 400 * MS; // slow
         let now = net.now;
@@ -428,6 +430,227 @@ mod tests {
         assert_eq!(c.unknown_ssrc, 1, "{c:?}");
         net.run_until(net.now + 30 * SECOND);
         assert!(net.connected(0) && net.connected(1));
+    }
+}
+
+/// The convergence requirement: a receiver's transport state (playing or stopped,
+/// song position) converges within 1 s of the loss ending, with and without the journal.
+mod convergence {
+    use super::*;
+    use crate::proto::rtpmidi::journal::SequencerState;
+    use crate::proto::rtpmidi::{MidiCommand, TimedCommand};
+
+    /// 120 BPM, 24 ppq.
+    const TICK: Nanos = 20_833_333;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Action {
+        Start,
+        Stop,
+        /// SPP while stopped.
+        Locate(u16),
+        Continue,
+    }
+
+    struct Run {
+        /// (sent at, sender state after it) for every packet A sent to B.
+        sent: Vec<(Nanos, SequencerState)>,
+        receiver: SequencerState,
+        loss_end: Nanos,
+        /// The transport commands sent before the loss ended, last one first.
+        last_action: Option<Action>,
+        stats: crate::proto::rtpmidi::journal::ReceiverStats,
+        guards: u64,
+    }
+
+    fn rand(rng: &mut u64) -> u64 {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng >> 11
+    }
+
+    /// A (sender) plays a random transport script to B through `loss` during a random window,
+    /// with 20 ms delay, 30 ms jitter (reordering) and 5 % duplication throughout.
+    fn run(seed: u64, loss: f64, journal: bool, end_playing: bool) -> Run {
+        let clean = Conditions {
+            delay: 20 * MS,
+            jitter: 30 * MS,
+            loss: 0.0,
+            duplicate: 0.05,
+        };
+        let mut net = Net::new(clean, seed);
+        let (b, now) = (net.addrs[1], net.now);
+        net.endpoints[0].add_peer(now, b);
+        net.endpoints[0].set_peer_journal(b, journal);
+        net.run_until(now + 2 * SECOND);
+        assert!(net.connected(0), "seed {seed}: connected");
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let t0 = net.now;
+        let loss_start = t0 + SECOND + rand(&mut rng) % (2 * SECOND);
+        let loss_end = loss_start + SECOND + rand(&mut rng) % (6 * SECOND);
+        // Transport actions every 0.3–2 s, some inside the loss, the last one just before it
+        // ends decides whether the song plays on after it.
+        let mut actions = vec![(t0 + 200 * MS, Action::Start)];
+        let mut playing = true;
+        let mut at = t0 + 200 * MS;
+        loop {
+            at += 300 * MS + rand(&mut rng) % (1700 * MS);
+            if at >= loss_end - 100 * MS {
+                break;
+            }
+            let action = if playing {
+                Action::Stop
+            } else {
+                match rand(&mut rng) % 3 {
+                    0 => Action::Locate((rand(&mut rng) % 512) as u16),
+                    1 => Action::Continue,
+                    _ => Action::Start,
+                }
+            };
+            playing = matches!(action, Action::Start | Action::Continue);
+            actions.push((at, action));
+        }
+        if playing != end_playing {
+            let action = if playing {
+                Action::Stop
+            } else {
+                Action::Continue
+            };
+            actions.push((loss_end - 50 * MS, action));
+        }
+        if !end_playing && rand(&mut rng).is_multiple_of(2) {
+            actions.push((loss_end - 30 * MS, Action::Locate(64)));
+        }
+        let last_action = actions.last().map(|a| a.1);
+        let end = loss_end + SECOND;
+        let mut sent = Vec::new();
+        let mut next = actions.into_iter().peekable();
+        let mut running = false;
+        let mut t = t0;
+        while t <= end {
+            net.conditions.loss = if (loss_start..loss_end).contains(&t) {
+                loss
+            } else {
+                0.0
+            };
+            net.run_until(t);
+            let mut commands = Vec::new();
+            while let Some(&(when, action)) = next.peek()
+                && when <= t
+            {
+                next.next();
+                let command = match action {
+                    Action::Start => MidiCommand::RealTime(0xFA),
+                    Action::Stop => MidiCommand::RealTime(0xFC),
+                    Action::Continue => MidiCommand::RealTime(0xFB),
+                    Action::Locate(p) => MidiCommand::SongPosition(p),
+                };
+                running = match action {
+                    Action::Start | Action::Continue => true,
+                    Action::Stop => false,
+                    Action::Locate(_) => running,
+                };
+                commands.push(TimedCommand { offset: 0, command });
+            }
+            if running {
+                commands.push(TimedCommand {
+                    offset: 0,
+                    command: MidiCommand::RealTime(0xF8),
+                });
+            }
+            if !commands.is_empty() {
+                net.endpoints[0].send_midi_to(b, t, &commands);
+                let session = net.endpoints[0].session(b).expect("session");
+                sent.push((t, *session.journal().state()));
+            }
+            t += TICK;
+        }
+        net.run_until(end);
+        let a = net.addrs[0];
+        let session_b = net.endpoints[1].session(a).expect("B's session with A");
+        let session_a = net.endpoints[0].session(b).expect("A's session with B");
+        assert!(
+            session_a.is_connected() && session_b.is_connected(),
+            "seed {seed}: the session survived"
+        );
+        Run {
+            sent,
+            receiver: *session_b.receiver().state(),
+            loss_end,
+            last_action,
+            stats: session_b.received(),
+            guards: session_a.journal().guards(),
+        }
+    }
+
+    /// True if the receiver holds a state the sender had in the last 100 ms (what is still in
+    /// flight: 20 ms delay + up to 30 ms jitter).
+    fn converged(run: &Run) -> bool {
+        let now = run.loss_end + SECOND;
+        let got = run.receiver.transport();
+        run.sent
+            .iter()
+            .rev()
+            .take_while(|(t, _)| *t + 100 * MS >= now)
+            .any(|(_, s)| s.transport() == got)
+            || run
+                .sent
+                .last()
+                .is_some_and(|(t, s)| *t + 100 * MS < now && s.transport() == got)
+    }
+
+    #[test]
+    fn with_the_journal_the_receiver_converges_within_a_second_of_the_loss_ending() {
+        let mut repairs = 0;
+        for loss in [0.0, 0.1, 0.2, 0.3] {
+            for seed in 1..=12 {
+                for end_playing in [false, true] {
+                    let run = run(seed, loss, true, end_playing);
+                    assert!(
+                        converged(&run),
+                        "loss {loss} seed {seed} playing {end_playing}: receiver {:?}, sender {:?}, {:?}",
+                        run.receiver,
+                        run.sent.last(),
+                        run.stats
+                    );
+                    // Reordering alone opens gaps too (a packet overtaken is "lost" until it
+                    // shows up late); every gap found a journal to repair from.
+                    assert_eq!(run.stats.unrepaired, 0, "{:?}", run.stats);
+                    repairs += run.stats.repairs;
+                }
+            }
+        }
+        assert!(repairs > 50, "the journal did the repairing: {repairs}");
+    }
+
+    #[test]
+    fn without_the_journal_a_stopped_receiver_still_converges() {
+        for loss in [0.1, 0.3] {
+            for seed in 1..=12 {
+                let run = run(seed, loss, false, false);
+                // Stop (and an SPP after it) are restated by guard packets: running state
+                // always converges, the position when the last command located it.
+                let (running, position, _) = run.receiver.transport();
+                let sender = run.sent.last().expect("sent").1;
+                assert!(!running, "loss {loss} seed {seed}: still running");
+                if matches!(run.last_action, Some(Action::Locate(_))) {
+                    assert_eq!(position, sender.position(), "loss {loss} seed {seed}");
+                }
+                assert!(run.guards > 0);
+                assert_eq!(run.stats.repairs, 0, "no journal, nothing to repair from");
+            }
+        }
+    }
+
+    #[test]
+    fn without_the_journal_lost_clocks_stay_lost_while_playing() {
+        // Why the journal is on by default: a journal-less receiver that lost clocks keeps a
+        // wrong song position until the next transport change.
+        let diverged = (1..=12)
+            .filter(|&seed| !converged(&run(seed, 0.3, false, true)))
+            .count();
+        assert!(diverged > 6, "{diverged} of 12 runs diverged");
     }
 }
 
