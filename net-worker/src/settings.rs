@@ -32,6 +32,8 @@ pub struct NetSettings {
     pub peers: Vec<PeerSettings>,
     /// Who may invite us into an AppleMIDI session.
     pub rtp_midi_access: AccessMode,
+    /// Advertise our AppleMIDI session over mDNS (Bonjour) and list the peers found.
+    pub mdns: bool,
     /// Send the recovery journal to peers that invite us (directory peers have their own
     /// switch).
     pub rtp_midi_journal: bool,
@@ -80,6 +82,7 @@ impl Default for NetSettings {
             peers: Vec::new(),
             rtp_midi_access: AccessMode::Anyone,
             rtp_midi_journal: true,
+            mdns: true,
             macro_names: vec![String::new(); MACRO_COUNT],
         }
     }
@@ -153,6 +156,7 @@ impl NetSettings {
             || self.peers != other.peers
             || self.rtp_midi_access != other.rtp_midi_access
             || self.rtp_midi_journal != other.rtp_midi_journal
+            || self.mdns != other.mdns
     }
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::bridge::TransportSnapshot;
 use crate::clock::scheduler::{SchedulerConfig, SchedulerStats};
 use crate::clock::{ClockEvent, ClockState};
+use crate::worker::discovery::DiscoveryStatus;
 use crate::worker::rtpmidi::RtpMidiStatus;
 
 /// The whole worker, one snapshot in time.
@@ -25,6 +26,9 @@ pub struct WorkerStatus {
     pub uptime_ms: u64,
     /// One entry per activated instance, in attach order.
     pub instances: Vec<InstanceStatus>,
+    /// mDNS: what we advertise and the AppleMIDI peers found on the network.
+    #[serde(default)]
+    pub discovery: DiscoveryStatus,
 }
 
 /// One activated plugin instance, as the worker sees it.

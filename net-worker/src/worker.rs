@@ -22,6 +22,7 @@ use crate::clock::scheduler::{Scheduler, SchedulerConfig, SchedulerStats, Transm
 use crate::clock::{ClockEvent, ClockKind, ClockState};
 use crate::settings::{NetSettings, SharedSettings};
 use crate::status::{InstanceStatus, WorkerStatus};
+use discovery::{Discovery, DiscoveryStatus};
 use rtpmidi::{RtpMidi, RtpMidiStatus};
 
 /// Name of the worker thread.
@@ -70,6 +71,7 @@ impl Lease {
     }
 }
 
+pub mod discovery;
 pub mod rtpmidi;
 
 /// Commands from instances (main thread) to the worker.
@@ -197,6 +199,8 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 });
 
 static BOARD: Mutex<BTreeMap<u64, Published>> = Mutex::new(BTreeMap::new());
+/// The process's mDNS state as last published by the worker.
+static DISCOVERY: Mutex<Option<DiscoveryStatus>> = Mutex::new(None);
 
 static CLOCK_LOG: Mutex<Option<ClockLog>> = Mutex::new(None);
 
@@ -292,6 +296,8 @@ fn spawn() -> Result<Running, AttachError> {
 /// The worker's loop: wait for a command or the drain period, then drain every ring.
 fn run(inbox: Receiver<Command>) {
     let mut rings: BTreeMap<u64, Attached> = BTreeMap::new();
+    let mut discovery = Discovery::new();
+    let mut discovery_published = Instant::now();
     let mut timeout = DRAIN_PERIOD;
     loop {
         match inbox.recv_timeout(timeout) {
@@ -320,10 +326,11 @@ fn run(inbox: Receiver<Command>) {
                     let generation = settings.generation();
                     let current = settings.get();
                     attached.shared = Some((settings, generation));
-                    configure(id, attached, &current, rtp_midi);
+                    configure(id, attached, &current, rtp_midi, &mut discovery);
                 }
             }
             Ok(Command::Detach { id }) => {
+                discovery.withdraw(id);
                 if let Some(mut attached) = rings.remove(&id)
                     && let Some(rtpmidi) = &mut attached.rtpmidi
                 {
@@ -336,12 +343,19 @@ fn run(inbox: Receiver<Command>) {
                         rtpmidi.shutdown(bridge::host_time_ns());
                     }
                 }
+                discovery.shutdown();
+                *lock(&DISCOVERY) = None;
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {}
         }
-        watch_settings(&mut rings);
-        drain(&mut rings);
+        watch_settings(&mut rings, &mut discovery);
+        drain(&mut rings, &mut discovery);
+        if discovery_published.elapsed() >= DISCOVERY_PUBLISH {
+            discovery_published = Instant::now();
+            discovery.poll();
+            *lock(&DISCOVERY) = Some(discovery.status());
+        }
         let due = transmit(&mut rings);
         timeout = wait_before(due);
         // A CK answer's arrival time is the latency measurement: while one is due, look at
@@ -377,7 +391,7 @@ fn publish_rtpmidi(id: u64, attached: &mut Attached, now: u64) {
 
 /// Apply settings that changed since they were last applied (a state load into an active
 /// instance): RTP-MIDI reopens only if something it uses changed.
-fn watch_settings(rings: &mut BTreeMap<u64, Attached>) {
+fn watch_settings(rings: &mut BTreeMap<u64, Attached>, discovery: &mut Discovery) {
     for (id, attached) in rings.iter_mut() {
         let Some((shared, applied)) = &mut attached.shared else {
             continue;
@@ -394,7 +408,7 @@ fn watch_settings(rings: &mut BTreeMap<u64, Attached>) {
             .is_none_or(|old| old.rtp_midi_differs(&new));
         if differs {
             let enabled = attached.rtp_enabled;
-            configure(*id, attached, &new, enabled);
+            configure(*id, attached, &new, enabled, discovery);
         } else {
             attached.settings = Some(new);
         }
@@ -402,7 +416,14 @@ fn watch_settings(rings: &mut BTreeMap<u64, Attached>) {
 }
 
 /// (Re)open an instance's RTP-MIDI side from its settings.
-fn configure(id: u64, attached: &mut Attached, settings: &NetSettings, enabled: bool) {
+fn configure(
+    id: u64,
+    attached: &mut Attached,
+    settings: &NetSettings,
+    enabled: bool,
+    discovery: &mut Discovery,
+) {
+    discovery.withdraw(id);
     attached.settings = Some(settings.clone());
     attached.rtp_enabled = enabled;
     if let Some(old) = &mut attached.rtpmidi {
@@ -419,6 +440,9 @@ fn configure(id: u64, attached: &mut Attached, settings: &NetSettings, enabled: 
     match RtpMidi::open(now, settings, attached.scheduler.config(), seed) {
         Ok(mut rtpmidi) => {
             rtpmidi.set_output(now, attached.output.0, attached.output.1);
+            if settings.mdns {
+                discovery.advertise_rtp_midi(id, &settings.session_name, settings.rtp_midi_port);
+            }
             attached.rtpmidi = Some(rtpmidi);
             attached.rtpmidi_error = None;
         }
@@ -426,6 +450,9 @@ fn configure(id: u64, attached: &mut Attached, settings: &NetSettings, enabled: 
     }
     attached.published_at = 0;
 }
+
+/// How often the mDNS browse results are taken in and published.
+const DISCOVERY_PUBLISH: Duration = Duration::from_millis(250);
 
 /// Socket poll period while a CK answer is due.
 const CK_POLL: Duration = Duration::from_micros(50);
@@ -495,7 +522,7 @@ fn transmit(rings: &mut BTreeMap<u64, Attached>) -> f64 {
     next
 }
 
-fn drain(rings: &mut BTreeMap<u64, Attached>) {
+fn drain(rings: &mut BTreeMap<u64, Attached>, discovery: &mut Discovery) {
     let now = bridge::host_time_ns() as f64;
     for (id, attached) in rings.iter_mut() {
         let mut latest = None;
@@ -532,7 +559,7 @@ fn drain(rings: &mut BTreeMap<u64, Attached>) {
                     if enabled != attached.rtp_enabled
                         && let Some(settings) = attached.settings.clone()
                     {
-                        configure(*id, attached, &settings, enabled);
+                        configure(*id, attached, &settings, enabled, discovery);
                     }
                 }
                 BridgeEvent::ClockOutput {
@@ -629,6 +656,7 @@ pub fn status() -> WorkerStatus {
             u64::try_from(r.started.elapsed().as_millis()).unwrap_or(u64::MAX)
         }),
         instances,
+        discovery: lock(&DISCOVERY).clone().unwrap_or_default(),
     }
 }
 

@@ -28,6 +28,7 @@ usage: cargo xtask run -- [options]
                        host name, resolved in the background; PORT its control port);
                        saved in the plugin's settings like a DAW would
   --no-journal         send no recovery journal (to --peer peers and to guests)
+  --no-mdns            do not advertise over mDNS (Bonjour) or browse for peers
   --rtpmidi-port N     our AppleMIDI control port (data = N + 1; default 5004)
   --rtpmidi-access anyone|directory|nobody
                        who may invite Lockstep (default anyone)
@@ -142,6 +143,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
         rtpmidi_port: None,
         rtpmidi_access: None,
         journal: true,
+        mdns: true,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -190,6 +192,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
             "--status-json" => config.status_json = true,
             "--peer" => config.peers.push(peer(&value("--peer")?)?),
             "--no-journal" => config.journal = false,
+            "--no-mdns" => config.mdns = false,
             "--rtpmidi-access" => {
                 let v = value("--rtpmidi-access")?;
                 config.rtpmidi_access = Some(match v.as_str() {
@@ -286,6 +289,7 @@ mod tests {
             "--peer",
             "[::1]:5008",
             "--no-journal",
+            "--no-mdns",
         ]))
         .expect("valid");
         assert_eq!(
@@ -293,7 +297,7 @@ mod tests {
             ("studio-b.local", 5004)
         );
         assert_eq!((c.peers[1].host.as_str(), c.peers[1].port), ("::1", 5008));
-        assert!(!c.journal);
+        assert!(!c.journal && !c.mdns);
         for bad in ["bad host:5004", "host:0", ":5004", "host:99999"] {
             assert!(parse(args(&["--peer", bad])).is_err(), "{bad}");
         }

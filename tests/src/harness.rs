@@ -121,3 +121,77 @@ pub fn peer_script(name: &str) -> std::path::PathBuf {
         .join("peers")
         .join(name)
 }
+
+/// A real peer: a Python script from `tests/peers/` run with the peers' virtualenv, printing
+/// one JSON object per line; every line is kept. Killed when dropped.
+pub struct ScriptPeer {
+    child: std::process::Child,
+    name: String,
+    lines: std::sync::Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl ScriptPeer {
+    /// Start `script` with `args`.
+    pub fn spawn(script: &str, args: &[String]) -> Result<Self> {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(peers_python())
+            .arg(peer_script(script))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| {
+                format!("starting {script} (run `cargo xtask test` to install the peers)")
+            })?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Ok(mut lines) = sink.lock()
+                {
+                    lines.push(value);
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            name: script.to_owned(),
+            lines,
+        })
+    }
+
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Wait up to 10 s until `done` holds for the lines printed so far; returns them.
+    pub fn wait(
+        &self,
+        what: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Result<Vec<serde_json::Value>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = self.lines();
+            if done(&lines) {
+                return Ok(lines);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {what}; {} printed {lines:?}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ScriptPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -48,6 +48,8 @@ pub struct RunConfig {
     pub rtpmidi_access: Option<AccessMode>,
     /// Send the recovery journal (`--no-journal` clears it).
     pub journal: bool,
+    /// Advertise and browse over mDNS (`--no-mdns` clears it).
+    pub mdns: bool,
 }
 
 /// What the audio thread reports to the main thread.
@@ -116,6 +118,7 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
         || config.rtpmidi_port.is_some()
         || config.rtpmidi_access.is_some()
         || !config.journal
+        || !config.mdns
     {
         let mut settings = instance.net_settings()?;
         settings
@@ -125,6 +128,7 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
                 p
             }));
         settings.rtp_midi_journal = config.journal;
+        settings.mdns = config.mdns;
         if let Some(port) = config.rtpmidi_port {
             settings.rtp_midi_port = port;
         }

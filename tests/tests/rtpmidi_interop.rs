@@ -7,12 +7,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use lockstep_host::bundle::Build;
-use lockstep_host::harness::{clap_param_id, exclusive, peer_script, peers_python, wait_for};
+use lockstep_host::harness::{ScriptPeer, clap_param_id, exclusive, wait_for};
 use lockstep_host::host::{Bundle, Instance, Layout};
 use lockstep_host::processor::{ParamChange, Processor};
 use lockstep_host::status::StatusProbe;
@@ -27,9 +26,13 @@ const BLOCK: u32 = 512;
 const PEER_PORT: u16 = 6004;
 
 /// The pymidi process and the lines it printed so far.
-struct Peer {
-    child: Child,
-    lines: Arc<Mutex<Vec<Value>>>,
+struct Peer(ScriptPeer);
+
+impl std::ops::Deref for Peer {
+    type Target = ScriptPeer;
+    fn deref(&self) -> &ScriptPeer {
+        &self.0
+    }
 }
 
 impl Peer {
@@ -43,25 +46,7 @@ impl Peer {
     }
 
     fn spawn(script: &str, args: &[String]) -> Result<Self> {
-        let mut child = Command::new(peers_python())
-            .arg(peer_script(script))
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting pymidi (run `cargo xtask test` to install the peers)")?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(value) = serde_json::from_str::<Value>(&line)
-                    && let Ok(mut lines) = sink.lock()
-                {
-                    lines.push(value);
-                }
-            }
-        });
-        Ok(Self { child, lines })
+        Ok(Self(ScriptPeer::spawn(script, args)?))
     }
 
     /// The MIDI messages received so far: (status, data bytes).
@@ -77,27 +62,6 @@ impl Peer {
                 (v["status"].as_u64().unwrap_or(0), data)
             })
             .collect()
-    }
-
-    fn wait(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let lines = self.lines.lock().map(|l| l.clone()).unwrap_or_default();
-            if done(&lines) {
-                return Ok(lines);
-            }
-            if Instant::now() > deadline {
-                bail!("timed out waiting for {what}; pymidi printed {lines:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

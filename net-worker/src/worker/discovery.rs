@@ -1,0 +1,245 @@
+//! mDNS / DNS-SD for the whole process (one responder shared by every instance, like the
+//! worker): each instance's RTP-MIDI session is advertised as `_apple-midi._udp` under
+//! "Lockstep (host)" (the session name and this computer's name), and AppleMIDI peers on the
+//! network are browsed and listed in the status, so users can pick a studio instead of typing
+//! an address.
+//!
+//! `mdns-sd` runs its own daemon thread (its API is channels and non-blocking sends); the
+//! worker only sends it commands and drains its events, never waits on it. The daemon starts
+//! with the first advertisement and stops with the worker.
+
+use std::collections::BTreeMap;
+
+use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
+use serde::{Deserialize, Serialize};
+
+/// AppleMIDI's DNS-SD service type.
+pub const APPLE_MIDI: &str = "_apple-midi._udp.local.";
+
+/// One service found on the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FoundService {
+    /// Instance name as advertised ("Studio B").
+    pub name: String,
+    /// Service type (`_apple-midi._udp.local.`).
+    pub service: String,
+    /// Host name it gave (`studio-b.local.`).
+    pub host: String,
+    /// Its port (the AppleMIDI control port).
+    pub port: u16,
+    /// Its addresses.
+    pub addresses: Vec<String>,
+}
+
+/// What the status shows about discovery.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveryStatus {
+    /// The names we advertise, as full DNS-SD names.
+    pub advertised: Vec<String>,
+    /// Services found on the network (our own excluded).
+    pub found: Vec<FoundService>,
+    /// Why discovery is not working, if it is not.
+    pub error: Option<String>,
+}
+
+/// The process's mDNS responder and browser.
+#[derive(Default)]
+pub struct Discovery {
+    daemon: Option<ServiceDaemon>,
+    error: Option<String>,
+    browsing: Option<mdns_sd::Receiver<ServiceEvent>>,
+    found: BTreeMap<String, FoundService>,
+    /// Our advertisements: instance id → full names.
+    ours: BTreeMap<u64, Vec<String>>,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("running", &self.daemon.is_some())
+            .field("ours", &self.ours)
+            .finish_non_exhaustive()
+    }
+}
+
+/// This computer's name, for "Lockstep (host)" and `host.local.`.
+pub fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    if name.is_empty() {
+        "lockstep".to_owned()
+    } else {
+        name
+    }
+}
+
+impl Discovery {
+    /// Not started; nothing is sent until the first advertisement.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn daemon(&mut self) -> Option<&ServiceDaemon> {
+        if self.daemon.is_none() {
+            match ServiceDaemon::new() {
+                Ok(daemon) => {
+                    match daemon.browse(APPLE_MIDI) {
+                        Ok(rx) => self.browsing = Some(rx),
+                        Err(e) => self.error = Some(format!("mDNS browse failed: {e}")),
+                    }
+                    self.daemon = Some(daemon);
+                }
+                Err(e) => self.error = Some(format!("mDNS is unavailable: {e}")),
+            }
+        }
+        self.daemon.as_ref()
+    }
+
+    /// Advertise instance `id`'s AppleMIDI session `session` on control port `port` as
+    /// "`session` (host)" (with " 2", " 3", … if another instance here has that name).
+    pub fn advertise_rtp_midi(&mut self, id: u64, session: &str, port: u16) {
+        self.withdraw(id);
+        let host = host_name();
+        let base = format!("{session} ({host})");
+        let taken = |name: &str| {
+            let full = format!("{name}.{APPLE_MIDI}");
+            self.ours.values().flatten().any(|n| *n == full)
+        };
+        let name = (1..)
+            .map(|i| {
+                if i == 1 {
+                    base.clone()
+                } else {
+                    format!("{base} {i}")
+                }
+            })
+            .find(|n| !taken(n))
+            .unwrap_or(base);
+        let info = match ServiceInfo::new(
+            APPLE_MIDI,
+            &name,
+            &format!("{host}.local."),
+            "",
+            port,
+            None::<std::collections::HashMap<String, String>>,
+        ) {
+            Ok(info) => info.enable_addr_auto(),
+            Err(e) => {
+                self.error = Some(format!("cannot advertise {name:?}: {e}"));
+                return;
+            }
+        };
+        let full = info.get_fullname().to_owned();
+        let Some(daemon) = self.daemon() else { return };
+        match daemon.register(info) {
+            Ok(()) => self.ours.entry(id).or_default().push(full),
+            Err(e) => self.error = Some(format!("cannot advertise {name:?}: {e}")),
+        }
+    }
+
+    /// Stop advertising instance `id`.
+    pub fn withdraw(&mut self, id: u64) {
+        let Some(names) = self.ours.remove(&id) else {
+            return;
+        };
+        if let Some(daemon) = &self.daemon {
+            for name in names {
+                // The goodbye packets go out from the daemon thread; no need to wait.
+                let _ = daemon.unregister(&name);
+            }
+        }
+    }
+
+    /// Take in what the browser found (never blocks).
+    pub fn poll(&mut self) {
+        let Some(rx) = &self.browsing else { return };
+        while let Ok(event) = rx.try_recv() {
+            match event {
+                ServiceEvent::ServiceResolved(service) => {
+                    let mut addresses: Vec<String> = service
+                        .get_addresses()
+                        .iter()
+                        .map(|a| a.to_ip_addr().to_string())
+                        .collect();
+                    addresses.sort();
+                    let name = service
+                        .fullname
+                        .strip_suffix(&format!(".{}", service.ty_domain))
+                        .unwrap_or(&service.fullname)
+                        .replace("\\", "");
+                    self.found.insert(
+                        service.fullname.clone(),
+                        FoundService {
+                            name,
+                            service: service.ty_domain.clone(),
+                            host: service.host.clone(),
+                            port: service.port,
+                            addresses,
+                        },
+                    );
+                }
+                ServiceEvent::ServiceRemoved(_, fullname) => {
+                    self.found.remove(&fullname);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The status.
+    pub fn status(&self) -> DiscoveryStatus {
+        let ours: Vec<String> = self.ours.values().flatten().cloned().collect();
+        DiscoveryStatus {
+            found: self
+                .found
+                .iter()
+                .filter(|(full, _)| !ours.contains(full))
+                .map(|(_, s)| s.clone())
+                .collect(),
+            advertised: ours,
+            error: self.error.clone(),
+        }
+    }
+
+    /// Withdraw everything and stop the daemon (goodbyes are sent).
+    pub fn shutdown(&mut self) {
+        let ids: Vec<u64> = self.ours.keys().copied().collect();
+        for id in ids {
+            self.withdraw(id);
+        }
+        if let Some(daemon) = self.daemon.take()
+            && let Ok(done) = daemon.shutdown()
+        {
+            // Bounded: the daemon answers within milliseconds; never hang the worker's exit.
+            let _ = done.recv_timeout(std::time::Duration::from_secs(1));
+        }
+        self.browsing = None;
+        self.found.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_name_is_a_dns_label() {
+        let name = host_name();
+        assert!(!name.is_empty());
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "{name}"
+        );
+    }
+}
