@@ -29,6 +29,9 @@ pub struct WorkerStatus {
     /// mDNS: what we advertise and the AppleMIDI peers found on the network.
     #[serde(default)]
     pub discovery: DiscoveryStatus,
+    /// How the worker thread is scheduled ("realtime (SCHED_FIFO, priority 10)", or why not).
+    #[serde(default)]
+    pub scheduling: String,
 }
 
 /// One activated plugin instance, as the worker sees it.

@@ -199,6 +199,8 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 });
 
 static BOARD: Mutex<BTreeMap<u64, Published>> = Mutex::new(BTreeMap::new());
+/// How the worker thread is scheduled (see [`raise_priority`]).
+static SCHEDULING: Mutex<String> = Mutex::new(String::new());
 /// The process's mDNS state as last published by the worker.
 static DISCOVERY: Mutex<Option<DiscoveryStatus>> = Mutex::new(None);
 
@@ -295,6 +297,7 @@ fn spawn() -> Result<Running, AttachError> {
 
 /// The worker's loop: wait for a command or the drain period, then drain every ring.
 fn run(inbox: Receiver<Command>) {
+    *lock(&SCHEDULING) = raise_priority();
     let mut rings: BTreeMap<u64, Attached> = BTreeMap::new();
     let mut discovery = Discovery::new();
     let mut discovery_published = Instant::now();
@@ -449,6 +452,45 @@ fn configure(
         Err(why) => attached.rtpmidi_error = Some(why),
     }
     attached.published_at = 0;
+}
+
+/// Realtime priority asked for on Linux (SCHED_FIFO, on the 1..99 scale): above every normal
+/// thread, so a busy machine does not delay clock packets, and well below the audio threads
+/// DAWs and JACK run at (typically 70 and up).
+const REALTIME_PRIORITY: u8 = 10;
+
+/// Ask for realtime scheduling for the worker thread; returns what we got, for the status.
+/// Refusal (no `CAP_SYS_NICE` or rtprio limit) is normal and harmless: timing is then only as
+/// good as the normal scheduler allows. `LOCKSTEP_NO_REALTIME` in the environment skips it.
+fn raise_priority() -> String {
+    use thread_priority::{ThreadPriority, ThreadPriorityValue};
+    if std::env::var_os("LOCKSTEP_NO_REALTIME").is_some() {
+        return "normal (LOCKSTEP_NO_REALTIME is set)".to_owned();
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::{
+            RealtimeThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id,
+        };
+        let value = ThreadPriorityValue::try_from(REALTIME_PRIORITY).unwrap_or_default();
+        match set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Crossplatform(value),
+            ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+        ) {
+            Ok(()) => format!("realtime (SCHED_FIFO, priority {REALTIME_PRIORITY})"),
+            Err(e) => format!("normal (realtime refused: {e:?})"),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = ThreadPriorityValue::MAX;
+        match thread_priority::set_current_thread_priority(ThreadPriority::Max) {
+            Ok(()) => "highest normal priority".to_owned(),
+            Err(e) => format!("normal (raising refused: {e:?})"),
+        }
+    }
 }
 
 /// How often the mDNS browse results are taken in and published.
@@ -657,6 +699,7 @@ pub fn status() -> WorkerStatus {
         }),
         instances,
         discovery: lock(&DISCOVERY).clone().unwrap_or_default(),
+        scheduling: lock(&SCHEDULING).clone(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! Departure jitter of RTP-MIDI clock packets on loopback (run by `cargo xtask bench` inside a
 //! private network namespace). The built plugin plays 60 s in real time through the headless
 //! host at 120 and then 300 BPM; a minimal AppleMIDI responder in this process accepts the
-//! session, answers CK and timestamps every clock packet on arrival. With the tempo constant,
+//! session, answers CK and takes every clock packet's kernel receive timestamp (SO_TIMESTAMPNS,
+//! so the responder thread's own wake-up delays are not counted). With the tempo constant,
 //! every tick interval should be exactly 60 / (BPM × 24) s: the deviation of each arrival
 //! interval from that is the departure jitter (loopback adds microseconds at most).
 //!
@@ -62,7 +63,7 @@ fn run(bpm: f64, seconds: f64) -> String {
     let mut dev: Vec<f64> = arrivals
         .windows(2)
         .skip(skip)
-        .map(|w| ((w[1] - w[0]).as_secs_f64() * 1e6 - ideal).abs())
+        .map(|w| ((w[1] - w[0]) / 1e3 - ideal).abs())
         .collect();
     dev.sort_by(f64::total_cmp);
     let pct = |p: f64| {
