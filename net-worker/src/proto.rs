@@ -5,6 +5,8 @@
 //!   ports.
 //! - [`rtpmidi`]: RTP-MIDI packets (RFC 6295): RTP header, MIDI command section with delta times,
 //!   journal skipping and the system journal's Chapter Q.
+//! - [`osc`]: OSC 1.0/1.1 messages, bundles, time tags, stream framings and pattern matching.
 
 pub mod applemidi;
+pub mod osc;
 pub mod rtpmidi;
