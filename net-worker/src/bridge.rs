@@ -131,6 +131,13 @@ pub enum BridgeEvent {
     ClockOffset(f32),
     /// The `rtp_on` parameter changed: open or close the instance's RTP-MIDI side.
     RtpMidiEnabled(bool),
+    /// Parameter `index` (in the order the instance described them) is now `normalized`.
+    Param {
+        /// Index into the instance's parameter list.
+        index: u16,
+        /// New value, 0..1.
+        normalized: f32,
+    },
     /// Clock output switched on/off, or transport messages switched on/off.
     ClockOutput {
         /// `clk_on`: send clock at all.

@@ -6,7 +6,8 @@
 //!   ring-buffer pair constructor whose audio end never allocates, locks or blocks.
 //! - [`clock`]: the clock engine (transport → MIDI clock, Start/Stop/Continue, SPP, stamped
 //!   with sample position and smoothed host time), its estimator and its reference model.
-//! - [`proto`]: sans-IO protocol cores (AppleMIDI, RTP-MIDI).
+//! - [`proto`]: sans-IO protocol cores (AppleMIDI, RTP-MIDI, OSC).
+//! - [`params`]: the plugin's parameters as remote control sees them (ids, ranges, host values).
 //! - [`worker`]: the one network worker per process. A named thread, started by the first plugin
 //!   instance that activates and joined when the last one goes; it drains every instance's ring.
 //! - [`settings`]: the persistent (saved-with-the-project) network settings.
@@ -20,6 +21,7 @@
 
 pub mod bridge;
 pub mod clock;
+pub mod params;
 pub mod proto;
 pub mod settings;
 pub mod status;

@@ -12,9 +12,8 @@ use serde::{Deserialize, Serialize};
 
 /// Conventional AppleMIDI control port; the data port is this + 1.
 pub const DEFAULT_RTP_MIDI_PORT: u16 = 5004;
-/// Lockstep's default OSC receive port (clear of TouchOSC's 8000/9000 defaults so both can run
-/// on one machine).
-pub const DEFAULT_OSC_PORT: u16 = 9020;
+/// Lockstep's default OSC receive port: 8000, where TouchOSC sends by default.
+pub const DEFAULT_OSC_PORT: u16 = 8000;
 /// Number of user macro parameters.
 pub const MACRO_COUNT: usize = 16;
 

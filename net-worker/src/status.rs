@@ -32,6 +32,10 @@ pub struct WorkerStatus {
     /// How the worker thread is scheduled ("realtime (SCHED_FIFO, priority 10)", or why not).
     #[serde(default)]
     pub scheduling: String,
+    /// OSC control: port, counters, subscribers, recent messages (None before the first
+    /// instance describes its parameters).
+    #[serde(default)]
+    pub osc: Option<crate::worker::osc::OscStatus>,
 }
 
 /// One activated plugin instance, as the worker sees it.

@@ -20,7 +20,8 @@ use crate::bridge::{self, AudioSide, BridgeEvent, RingCounters, TransportSnapsho
 use crate::clock::follower::ClockFollower;
 use crate::clock::scheduler::{Scheduler, SchedulerConfig, SchedulerStats, Transmit};
 use crate::clock::{ClockEvent, ClockKind, ClockState};
-use crate::settings::{NetSettings, SharedSettings};
+use crate::params::{HostParamChange, ParamSpec};
+use crate::settings::{DEFAULT_OSC_PORT, NetSettings, SharedSettings};
 use crate::status::{InstanceStatus, WorkerStatus};
 use discovery::{Discovery, DiscoveryStatus};
 use rtpmidi::{RtpMidi, RtpMidiStatus};
@@ -72,7 +73,28 @@ impl Lease {
 }
 
 pub mod discovery;
+pub mod osc;
 pub mod rtpmidi;
+
+/// The worker's end of an instance's parameter-change queue (shared with the plugin, which
+/// keeps it across re-activations; the lock is only ever taken off the audio thread).
+pub type Inbox = Arc<Mutex<rtrb::Producer<HostParamChange>>>;
+
+impl Lease {
+    /// Describe the instance's parameters for remote control, with the producer end of the
+    /// queue its host-facing layer (the CLAP shim) takes parameter changes from (`None` when
+    /// there is no such layer: changes are then counted as dropped). Main thread.
+    pub fn set_params(&self, specs: Vec<ParamSpec>, inbox: Option<Inbox>) {
+        let registry = lock(&REGISTRY);
+        if let Some(running) = registry.running.as_ref() {
+            let _ = running.commands.send(Command::Params {
+                id: self.id,
+                specs,
+                inbox,
+            });
+        }
+    }
+}
 
 /// Commands from instances (main thread) to the worker.
 enum Command {
@@ -87,6 +109,11 @@ enum Command {
     },
     Detach {
         id: u64,
+    },
+    Params {
+        id: u64,
+        specs: Vec<ParamSpec>,
+        inbox: Option<Inbox>,
     },
     Shutdown,
 }
@@ -167,6 +194,8 @@ struct Attached {
     output: (bool, bool),
     /// The settings from the last configuration, to reopen RTP-MIDI when it is switched back on.
     settings: Option<NetSettings>,
+    /// Where OSC-driven parameter changes go (the plugin's CLAP shim takes them out).
+    inbox: Option<Inbox>,
     /// The plugin's settings, watched for changes, and the generation last applied.
     shared: Option<(Arc<SharedSettings>, u64)>,
     /// RTP-MIDI switched on (the `rtp_on` parameter).
@@ -201,6 +230,8 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 static BOARD: Mutex<BTreeMap<u64, Published>> = Mutex::new(BTreeMap::new());
 /// How the worker thread is scheduled (see [`raise_priority`]).
 static SCHEDULING: Mutex<String> = Mutex::new(String::new());
+/// The process's OSC state as last published by the worker.
+static OSC: Mutex<Option<osc::OscStatus>> = Mutex::new(None);
 /// The process's mDNS state as last published by the worker.
 static DISCOVERY: Mutex<Option<DiscoveryStatus>> = Mutex::new(None);
 
@@ -300,6 +331,8 @@ fn run(inbox: Receiver<Command>) {
     *lock(&SCHEDULING) = raise_priority();
     let mut rings: BTreeMap<u64, Attached> = BTreeMap::new();
     let mut discovery = Discovery::new();
+    let mut osc_server: Option<osc::OscServer> = None;
+    let mut osc_error: Option<String> = None;
     let mut discovery_published = Instant::now();
     let mut timeout = DRAIN_PERIOD;
     loop {
@@ -316,6 +349,7 @@ fn run(inbox: Receiver<Command>) {
                     output: (true, true),
                     settings: None,
                     shared: None,
+                    inbox: None,
                     rtp_enabled: true,
                 };
                 rings.insert(id, attached);
@@ -332,8 +366,36 @@ fn run(inbox: Receiver<Command>) {
                     configure(id, attached, &current, rtp_midi, &mut discovery);
                 }
             }
+            Ok(Command::Params { id, specs, inbox }) => {
+                if let Some(attached) = rings.get_mut(&id) {
+                    attached.inbox = inbox;
+                    let (port, name) = attached.settings.as_ref().map_or_else(
+                        || (DEFAULT_OSC_PORT, "Lockstep".to_owned()),
+                        |s| (s.osc_port, s.session_name.clone()),
+                    );
+                    if osc_server.is_none() {
+                        match osc::OscServer::open(port) {
+                            Ok(server) => {
+                                osc_server = Some(server);
+                                osc_error = None;
+                            }
+                            Err(why) => osc_error = Some(why),
+                        }
+                    }
+                    if let Some(server) = &mut osc_server {
+                        server.core.add_instance(id, &name, specs);
+                    }
+                }
+            }
             Ok(Command::Detach { id }) => {
                 discovery.withdraw(id);
+                if let Some(server) = &mut osc_server {
+                    server.core.remove_instance(id);
+                    if server.core.is_empty() {
+                        osc_server = None;
+                        *lock(&OSC) = None;
+                    }
+                }
                 if let Some(mut attached) = rings.remove(&id)
                     && let Some(rtpmidi) = &mut attached.rtpmidi
                 {
@@ -348,12 +410,31 @@ fn run(inbox: Receiver<Command>) {
                 }
                 discovery.shutdown();
                 *lock(&DISCOVERY) = None;
+                *lock(&OSC) = None;
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {}
         }
         watch_settings(&mut rings, &mut discovery);
-        drain(&mut rings, &mut discovery);
+        drain(&mut rings, &mut discovery, osc_server.as_mut());
+        if let Some(server) = &mut osc_server {
+            let now = bridge::host_time_ns();
+            for (id, change) in server.poll(now) {
+                let pushed = rings
+                    .get_mut(&id)
+                    .and_then(|a| a.inbox.as_ref())
+                    .is_some_and(|inbox| lock(inbox).push(change).is_ok());
+                if !pushed {
+                    server.core.dropped(1);
+                }
+            }
+            *lock(&OSC) = Some(server.status());
+        } else if let Some(why) = &osc_error {
+            *lock(&OSC) = Some(osc::OscStatus {
+                errors: vec![why.clone()],
+                ..osc::OscStatus::default()
+            });
+        }
         if discovery_published.elapsed() >= DISCOVERY_PUBLISH {
             discovery_published = Instant::now();
             discovery.poll();
@@ -564,7 +645,11 @@ fn transmit(rings: &mut BTreeMap<u64, Attached>) -> f64 {
     next
 }
 
-fn drain(rings: &mut BTreeMap<u64, Attached>, discovery: &mut Discovery) {
+fn drain(
+    rings: &mut BTreeMap<u64, Attached>,
+    discovery: &mut Discovery,
+    mut osc: Option<&mut osc::OscServer>,
+) {
     let now = bridge::host_time_ns() as f64;
     for (id, attached) in rings.iter_mut() {
         let mut latest = None;
@@ -631,6 +716,13 @@ fn drain(rings: &mut BTreeMap<u64, Attached>, discovery: &mut Discovery) {
                     }
                 }
                 BridgeEvent::ClockState(state) => attached.clock.state = state,
+                BridgeEvent::Param { index, normalized } => {
+                    if let Some(server) = osc.as_deref_mut() {
+                        server
+                            .core
+                            .set_current(*id, usize::from(index), f64::from(normalized));
+                    }
+                }
                 BridgeEvent::Clock(clock) => {
                     let summary = &mut attached.clock;
                     summary.messages += 1;
@@ -700,6 +792,7 @@ pub fn status() -> WorkerStatus {
         instances,
         discovery: lock(&DISCOVERY).clone().unwrap_or_default(),
         scheduling: lock(&SCHEDULING).clone(),
+        osc: lock(&OSC).clone(),
     }
 }
 

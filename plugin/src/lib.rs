@@ -13,10 +13,11 @@
 #![warn(missing_docs)]
 
 pub mod audio;
+mod clap_shim;
 pub mod params;
 pub mod status_export;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use lockstep_net::bridge::{AudioSide, BridgeEvent, DEFAULT_RING_CAPACITY, host_time_ns};
 use lockstep_net::clock::ClockState;
@@ -24,7 +25,8 @@ use lockstep_net::clock::engine::ClockEngine;
 use lockstep_net::worker::{self, Lease};
 use nice_plug::prelude::*;
 
-use crate::params::LockstepParams;
+use crate::params::{LockstepParams, PARAM_COUNT};
+use lockstep_net::params::HostParamChange;
 
 /// Stable CLAP plugin id. Frozen: hosts store projects by it.
 pub const CLAP_ID: &str = "dev.lockstep.lockstep";
@@ -48,6 +50,11 @@ pub struct Lockstep {
     reported_clock_state: Option<ClockState>,
     /// The clock parameters the worker was last told about.
     reported_clock_params: Option<ClockParams>,
+    /// Parameter values (normalized) the worker was last told about, for OSC feedback.
+    reported_params: [f32; PARAM_COUNT],
+    /// Producer end of the queue from the worker (remote control) to this instance's CLAP
+    /// shim; shared with the worker while attached. Never touched by the audio thread.
+    param_inbox: Arc<Mutex<rtrb::Producer<HostParamChange>>>,
 }
 
 /// The clock parameters the worker needs, compared each block to notice changes.
@@ -69,6 +76,8 @@ struct Spine {
 
 impl Default for Lockstep {
     fn default() -> Self {
+        let (producer, consumer) = rtrb::RingBuffer::new(clap_shim::INBOX_CAPACITY);
+        clap_shim::offer_inbox(consumer);
         Self {
             params: Arc::new(LockstepParams::default()),
             spine: None,
@@ -77,6 +86,8 @@ impl Default for Lockstep {
             clock: ClockEngine::new(48_000.0),
             reported_clock_state: None,
             reported_clock_params: None,
+            reported_params: [f32::NAN; PARAM_COUNT],
+            param_inbox: Arc::new(Mutex::new(producer)),
         }
     }
 }
@@ -113,11 +124,12 @@ impl Plugin for Lockstep {
         &mut self,
         _audio_io_layout: &AudioIOLayout,
         buffer_config: &BufferConfig,
-        _context: &mut impl ActivateContext<Self>,
+        context: &mut impl ActivateContext<Self>,
     ) -> bool {
         self.sample_rate = buffer_config.sample_rate;
         // activate() may run several times without deactivate(): keep an existing spine.
-        if self.spine.is_none() {
+        let fresh = self.spine.is_none();
+        if fresh {
             match worker::attach(DEFAULT_RING_CAPACITY) {
                 Ok((ring, lease)) => self.spine = Some(Spine { ring, lease }),
                 // Audio must pass through whatever the network side does; the status export
@@ -131,6 +143,15 @@ impl Plugin for Lockstep {
                 Arc::clone(&self.params.net.0),
                 self.params.rtp_midi_enabled.value(),
             );
+            if fresh {
+                // After the settings (the OSC port comes from them). Remote control reaches
+                // the host only through the CLAP shim; under VST3 the worker knows the
+                // parameters (for feedback) but cannot set them.
+                let inbox = (context.plugin_api() == PluginApi::Clap)
+                    .then(|| Arc::clone(&self.param_inbox));
+                spine.lease.set_params(self.params.specs(), inbox);
+                self.reported_params = [f32::NAN; PARAM_COUNT];
+            }
             // Main thread, before processing starts. If the ring is somehow full the worker
             // keeps its default latency assumption (2 × 512 samples at 48 kHz).
             let _ = spine.ring.push(BridgeEvent::Activated {
@@ -185,6 +206,22 @@ impl Plugin for Lockstep {
                     self.reported_clock_params = Some(params);
                 }
             }
+            let mut now = [0.0f32; PARAM_COUNT];
+            self.params.normalized(&mut now);
+            for (index, (value, reported)) in
+                now.iter().zip(self.reported_params.iter_mut()).enumerate()
+            {
+                if value != reported
+                    && ring
+                        .push(BridgeEvent::Param {
+                            index: index as u16,
+                            normalized: *value,
+                        })
+                        .is_ok()
+                {
+                    *reported = *value;
+                }
+            }
             let state = self.clock.state();
             if self.reported_clock_state != Some(state)
                 && ring.push(BridgeEvent::ClockState(state)).is_ok()
@@ -222,5 +259,5 @@ impl Vst3Plugin for Lockstep {
         &[Vst3SubCategory::Fx, Vst3SubCategory::Tools];
 }
 
-nice_export_clap!(Lockstep);
+// The CLAP entry point is `clap_shim::clap_entry` (nice-plug's wrapper inside our shim).
 nice_export_vst3!(Lockstep);

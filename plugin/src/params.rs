@@ -23,6 +23,7 @@
 
 use std::sync::Arc;
 
+use lockstep_net::params::{ParamKind, ParamSpec};
 use lockstep_net::settings::{MACRO_COUNT, NetSettings, SharedSettings};
 use nice_plug::params::persist::PersistentField;
 use nice_plug::prelude::*;
@@ -166,7 +167,91 @@ unsafe impl Params for MacroBank {
     }
 }
 
+/// Parameters remote control can reach: the nine fixed ones, then the macros.
+pub const PARAM_COUNT: usize = 9 + MACRO_COUNT;
+
+/// nice-plug's CLAP id for a parameter id (31 × h + byte, top bit cleared).
+pub fn clap_id(id: &str) -> u32 {
+    id.bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        & 0x7fff_ffff
+}
+
 impl LockstepParams {
+    /// Every parameter as remote control sees it, in the order of [`LockstepParams::normalized`].
+    pub fn specs(&self) -> Vec<ParamSpec> {
+        let float = |id: &str, p: &FloatParam, min: f64, max: f64, unit: &str| ParamSpec {
+            id: id.into(),
+            name: p.name().into(),
+            kind: ParamKind::Float {
+                min,
+                max,
+                unit: unit.into(),
+            },
+            clap_id: clap_id(id),
+            default: f64::from(p.default_normalized_value()),
+        };
+        let boolean = |id: &str, p: &BoolParam| ParamSpec {
+            id: id.into(),
+            name: p.name().into(),
+            kind: ParamKind::Bool,
+            clap_id: clap_id(id),
+            default: f64::from(p.default_normalized_value()),
+        };
+        let mut specs = vec![
+            boolean("clk_on", &self.clock_enabled),
+            float(
+                "clk_ofs",
+                &self.clock_offset_ms,
+                f64::from(CLOCK_OFFSET_RANGE_MS.0),
+                f64::from(CLOCK_OFFSET_RANGE_MS.1),
+                "ms",
+            ),
+            boolean("clk_tr", &self.clock_send_transport),
+            boolean("rtp_on", &self.rtp_midi_enabled),
+            boolean("osc_on", &self.osc_enabled),
+            boolean("osc_fb", &self.osc_feedback),
+            ParamSpec {
+                id: "lnk_md".into(),
+                name: self.link_mode.name().into(),
+                kind: ParamKind::Enum {
+                    names: LinkMode::variants().iter().map(|v| (*v).into()).collect(),
+                },
+                clap_id: clap_id("lnk_md"),
+                default: f64::from(self.link_mode.default_normalized_value()),
+            },
+            ParamSpec {
+                id: "lnk_q".into(),
+                name: self.link_quantum.name().into(),
+                kind: ParamKind::Int { min: 1, max: 16 },
+                clap_id: clap_id("lnk_q"),
+                default: f64::from(self.link_quantum.default_normalized_value()),
+            },
+            boolean("lnk_ss", &self.link_start_stop),
+        ];
+        for (id, p) in self.macros.ids.iter().zip(&self.macros.values) {
+            specs.push(float(id, p, 0.0, 1.0, ""));
+        }
+        specs
+    }
+
+    /// Current normalized values, in the order of [`LockstepParams::specs`]. Allocation-free
+    /// (audio thread).
+    pub fn normalized(&self, out: &mut [f32; PARAM_COUNT]) {
+        out[0] = self.clock_enabled.modulated_normalized_value();
+        out[1] = self.clock_offset_ms.modulated_normalized_value();
+        out[2] = self.clock_send_transport.modulated_normalized_value();
+        out[3] = self.rtp_midi_enabled.modulated_normalized_value();
+        out[4] = self.osc_enabled.modulated_normalized_value();
+        out[5] = self.osc_feedback.modulated_normalized_value();
+        out[6] = self.link_mode.modulated_normalized_value();
+        out[7] = self.link_quantum.modulated_normalized_value();
+        out[8] = self.link_start_stop.modulated_normalized_value();
+        for (slot, p) in out[9..].iter_mut().zip(&self.macros.values) {
+            *slot = p.modulated_normalized_value();
+        }
+    }
+
     /// A copy of the persistent network settings.
     pub fn net_settings(&self) -> NetSettings {
         self.net.0.get()

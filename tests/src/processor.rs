@@ -20,6 +20,17 @@ pub struct ParamChange {
     pub value: f64,
 }
 
+/// A parameter event from the plugin to the host.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OutParamEvent {
+    /// Gesture begin (CLAP id).
+    Begin(u32),
+    /// New value (CLAP id, value).
+    Value(u32, f64),
+    /// Gesture end (CLAP id).
+    End(u32),
+}
+
 /// An instance's audio processor plus its buffers.
 pub struct Processor {
     inner: StartedPluginAudioProcessor<Host>,
@@ -78,6 +89,24 @@ impl Processor {
     /// Largest block the instance accepts.
     pub fn max_block(&self) -> u32 {
         self.max_block
+    }
+
+    /// Parameter events the plugin sent the host in the last block, in order.
+    pub fn out_param_events(&self) -> Vec<OutParamEvent> {
+        use clack_host::events::spaces::CoreEventSpace;
+        self.out_events
+            .iter()
+            .filter_map(|e| match e.as_core_event()? {
+                CoreEventSpace::ParamGestureBegin(g) => {
+                    Some(OutParamEvent::Begin(g.param_id()?.get()))
+                }
+                CoreEventSpace::ParamValue(v) => {
+                    Some(OutParamEvent::Value(v.param_id()?.get(), v.value()))
+                }
+                CoreEventSpace::ParamGestureEnd(g) => Some(OutParamEvent::End(g.param_id()?.get())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Samples processed since activation (the CLAP steady time of the next block).

@@ -1,0 +1,214 @@
+//! What the worker knows about the plugin's parameters, so remote control (OSC) can address
+//! them by id, in their real units, and hand the host values in the form the plugin format
+//! expects. The plugin describes its parameters once at activation; values flow as
+//! normalized 0..1 numbers.
+
+use serde::{Deserialize, Serialize};
+
+/// The kind and range of one parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ParamKind {
+    /// Continuous, linear from `min` to `max` in `unit`.
+    Float {
+        /// Lowest value.
+        min: f64,
+        /// Highest value.
+        max: f64,
+        /// Unit text (" ms"), may be empty.
+        unit: String,
+    },
+    /// Whole numbers from `min` to `max`.
+    Int {
+        /// Lowest value.
+        min: i64,
+        /// Highest value.
+        max: i64,
+    },
+    /// Off / on.
+    Bool,
+    /// One of `names` (index 0 first).
+    Enum {
+        /// Variant names as the host shows them.
+        names: Vec<String>,
+    },
+}
+
+/// One parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamSpec {
+    /// Stable id (`mac_1`, `clk_ofs`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Kind and range.
+    pub kind: ParamKind,
+    /// The CLAP parameter id the host knows it by.
+    pub clap_id: u32,
+    /// Default, normalized.
+    pub default: f64,
+}
+
+/// Why a value cannot be set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueError {
+    /// Outside the parameter's range (the text says which).
+    OutOfRange(String),
+    /// Not a value of this parameter's type.
+    WrongType(String),
+}
+
+impl ParamSpec {
+    /// Number of steps for discrete parameters (`None` for continuous ones).
+    pub fn steps(&self) -> Option<u32> {
+        match &self.kind {
+            ParamKind::Float { .. } => None,
+            ParamKind::Int { min, max } => Some((max - min).max(0) as u32),
+            ParamKind::Bool => Some(1),
+            ParamKind::Enum { names } => Some(names.len().saturating_sub(1) as u32),
+        }
+    }
+
+    /// Normalized 0..1 for a value in real units (rounded to a step for discrete kinds).
+    pub fn normalize(&self, plain: f64) -> Result<f64, ValueError> {
+        if !plain.is_finite() {
+            return Err(ValueError::OutOfRange(format!("{plain} is not a number")));
+        }
+        let (lo, hi) = self.plain_range();
+        if plain < lo - 1e-9 || plain > hi + 1e-9 {
+            return Err(ValueError::OutOfRange(format!(
+                "{plain} is outside {lo}..{hi}"
+            )));
+        }
+        let plain = match self.steps() {
+            Some(_) => plain.round(),
+            None => plain,
+        };
+        Ok(if hi > lo {
+            ((plain - lo) / (hi - lo)).clamp(0.0, 1.0)
+        } else {
+            0.0
+        })
+    }
+
+    /// Real units for a normalized value.
+    pub fn plain(&self, normalized: f64) -> f64 {
+        let (lo, hi) = self.plain_range();
+        let v = lo + normalized.clamp(0.0, 1.0) * (hi - lo);
+        match self.steps() {
+            Some(_) => v.round(),
+            None => v,
+        }
+    }
+
+    /// Normalized value for an enum variant's name (case-insensitive).
+    pub fn normalize_name(&self, name: &str) -> Result<f64, ValueError> {
+        match &self.kind {
+            ParamKind::Enum { names } => names
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(name))
+                .map(|i| self.normalize(i as f64))
+                .unwrap_or_else(|| {
+                    Err(ValueError::OutOfRange(format!(
+                        "{name:?} is not one of {}",
+                        names.join(", ")
+                    )))
+                }),
+            ParamKind::Bool => match name.to_ascii_lowercase().as_str() {
+                "on" | "true" | "1" => Ok(1.0),
+                "off" | "false" | "0" => Ok(0.0),
+                _ => Err(ValueError::WrongType(format!("{name:?} is not on/off"))),
+            },
+            _ => Err(ValueError::WrongType(format!(
+                "{} takes a number, not the text {name:?}",
+                self.id
+            ))),
+        }
+    }
+
+    /// The value the CLAP host uses for this parameter: nice-plug exposes continuous
+    /// parameters as 0..1 and discrete ones as steps from 0.
+    pub fn clap_value(&self, normalized: f64) -> f64 {
+        match self.steps() {
+            None => normalized.clamp(0.0, 1.0),
+            Some(steps) => (normalized.clamp(0.0, 1.0) * f64::from(steps)).round(),
+        }
+    }
+
+    /// The inverse of [`ParamSpec::clap_value`].
+    pub fn from_clap_value(&self, value: f64) -> f64 {
+        match self.steps() {
+            None | Some(0) => value.clamp(0.0, 1.0),
+            Some(steps) => (value / f64::from(steps)).clamp(0.0, 1.0),
+        }
+    }
+
+    fn plain_range(&self) -> (f64, f64) {
+        match &self.kind {
+            ParamKind::Float { min, max, .. } => (*min, *max),
+            ParamKind::Int { min, max } => (*min as f64, *max as f64),
+            ParamKind::Bool => (0.0, 1.0),
+            ParamKind::Enum { names } => (0.0, names.len().saturating_sub(1) as f64),
+        }
+    }
+}
+
+/// A value for the host: the plugin's CLAP layer turns it into gesture + value events.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HostParamChange {
+    /// CLAP parameter id.
+    pub clap_id: u32,
+    /// The value in the host's terms ([`ParamSpec::clap_value`]).
+    pub value: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: ParamKind) -> ParamSpec {
+        ParamSpec {
+            id: "p".into(),
+            name: "P".into(),
+            kind,
+            clap_id: 1,
+            default: 0.0,
+        }
+    }
+
+    #[test]
+    fn conversions() {
+        let ofs = spec(ParamKind::Float {
+            min: -250.0,
+            max: 250.0,
+            unit: " ms".into(),
+        });
+        assert_eq!(ofs.normalize(0.0), Ok(0.5));
+        assert_eq!(ofs.plain(0.75), 125.0);
+        assert!(matches!(
+            ofs.normalize(251.0),
+            Err(ValueError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            ofs.normalize(f64::NAN),
+            Err(ValueError::OutOfRange(_))
+        ));
+        assert_eq!(ofs.clap_value(0.25), 0.25);
+        let q = spec(ParamKind::Int { min: 1, max: 16 });
+        assert_eq!(q.normalize(4.4), Ok(3.0 / 15.0));
+        assert_eq!(q.plain(3.0 / 15.0), 4.0);
+        assert_eq!(q.clap_value(3.0 / 15.0), 3.0);
+        assert_eq!(q.from_clap_value(3.0), 3.0 / 15.0);
+        let mode = spec(ParamKind::Enum {
+            names: vec!["Off".into(), "Lead".into(), "Follow".into()],
+        });
+        assert_eq!(mode.normalize_name("follow"), Ok(1.0));
+        assert!(mode.normalize_name("chase").is_err());
+        assert_eq!(mode.clap_value(0.5), 1.0);
+        let on = spec(ParamKind::Bool);
+        assert_eq!(on.normalize_name("On"), Ok(1.0));
+        assert!(matches!(
+            ofs.normalize_name("x"),
+            Err(ValueError::WrongType(_))
+        ));
+    }
+}

@@ -1,0 +1,861 @@
+//! OSC control for every instance in the process, on one UDP port: controllers set parameters
+//! by id (real units or normalized), get errors back on `/lockstep/error`, ask for a `dump`,
+//! `subscribe` to feedback, and see every change (change-only, rate-limited, never echoed to
+//! the controller that is moving the parameter).
+//!
+//! [`OscCore`] is sans-IO (datagrams and time in, datagrams and host parameter changes out);
+//! [`OscServer`] owns the socket. Address space, one instance: `/lockstep/param/<id>` (real
+//! units) and `/lockstep/param/<id>/normalized`; several instances: the same under
+//! `/lockstep/<name>/…` (the long form always works). `/lockstep/dump`,
+//! `/lockstep/subscribe [port]`, `/lockstep/unsubscribe`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use serde::{Deserialize, Serialize};
+
+use crate::params::{HostParamChange, ParamSpec, ValueError};
+use crate::proto::osc::{self, Arg, Message, Packet, pattern};
+
+/// Nanoseconds on the worker's clock.
+pub type Nanos = u64;
+
+const MS: Nanos = 1_000_000;
+/// Largest datagram we accept (bigger ones are refused and counted).
+pub const MAX_PACKET: usize = 8192;
+/// Messages per second one source may send (burst twice that).
+pub const RATE_PER_SOURCE: f64 = 500.0;
+/// Feedback for one parameter goes out at most this often.
+pub const FEEDBACK_INTERVAL: Nanos = 20 * MS;
+/// A controller that moved a parameter this recently gets no feedback for it (no echo).
+pub const NO_ECHO: Nanos = 500 * MS;
+/// Senders heard this recently get feedback without subscribing.
+pub const RECENT_SENDER: Nanos = 30_000 * MS;
+/// Most feedback destinations kept.
+pub const MAX_SUBSCRIBERS: usize = 32;
+
+/// Counters and recent activity for the status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OscStatus {
+    /// The UDP port we listen on, when open.
+    pub port: Option<u16>,
+    /// Why the port is not what the settings asked for, or not open.
+    pub errors: Vec<String>,
+    /// Packets received (before any check).
+    pub received: u64,
+    /// Messages that set a parameter.
+    pub applied: u64,
+    /// Packets that did not decode.
+    pub malformed: u64,
+    /// Messages whose address matched nothing.
+    pub unknown_address: u64,
+    /// Messages with an argument of the wrong type.
+    pub wrong_type: u64,
+    /// Values outside a parameter's range.
+    pub out_of_range: u64,
+    /// Packets from addresses outside the allow-list.
+    pub refused_source: u64,
+    /// Packets over the per-source rate limit.
+    pub rate_limited: u64,
+    /// Datagrams over [`MAX_PACKET`].
+    pub too_large: u64,
+    /// Changes the plugin could not take (its inbox was full).
+    pub dropped_full: u64,
+    /// Feedback messages sent.
+    pub feedback_sent: u64,
+    /// Where feedback goes (subscribers and recent senders).
+    pub subscribers: Vec<String>,
+    /// The last few messages received, as text.
+    pub last_messages: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Instance {
+    name: String,
+    specs: Vec<ParamSpec>,
+    /// Current values (normalized) as the plugin last reported them.
+    values: Vec<f64>,
+    /// Values last sent as feedback, and when.
+    fed_back: Vec<(f64, Nanos)>,
+    /// Who moved each parameter last, and when (no echo).
+    moved_by: Vec<Option<(SocketAddr, Nanos)>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Nanos,
+}
+
+/// The sans-IO OSC bridge.
+#[derive(Debug)]
+pub struct OscCore {
+    instances: BTreeMap<u64, Instance>,
+    cache: pattern::Cache,
+    /// Subscribers (explicit) with their feedback address.
+    subscribers: Vec<SocketAddr>,
+    /// Recent senders and when they were heard.
+    recent: Vec<(SocketAddr, Nanos)>,
+    buckets: BTreeMap<IpAddr, Bucket>,
+    status: OscStatus,
+    last_messages: VecDeque<String>,
+}
+
+/// What [`OscCore`] wants done.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Datagrams to send.
+    pub datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    /// Parameter changes for instances' hosts.
+    pub changes: Vec<(u64, HostParamChange)>,
+}
+
+/// Loopback, private, link-local and unique-local addresses: the default allow-list.
+pub fn allowed_by_default(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local())
+        }
+    }
+}
+
+fn slug(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let s = s.trim_matches('-').to_owned();
+    if s.is_empty() { "lockstep".into() } else { s }
+}
+
+impl Default for OscCore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OscCore {
+    /// No instances yet.
+    pub fn new() -> Self {
+        Self {
+            instances: BTreeMap::new(),
+            cache: pattern::Cache::new(64),
+            subscribers: Vec::new(),
+            recent: Vec::new(),
+            buckets: BTreeMap::new(),
+            status: OscStatus::default(),
+            last_messages: VecDeque::new(),
+        }
+    }
+
+    /// Register instance `id` called `name` with its parameters (at their defaults until it
+    /// reports values).
+    pub fn add_instance(&mut self, id: u64, name: &str, specs: Vec<ParamSpec>) {
+        let base = slug(name);
+        let taken = |n: &str, me: &BTreeMap<u64, Instance>| {
+            me.iter().any(|(other, i)| *other != id && i.name == n)
+        };
+        let name = (1..)
+            .map(|k| {
+                if k == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}-{k}")
+                }
+            })
+            .find(|n| !taken(n, &self.instances))
+            .unwrap_or(base);
+        let n = specs.len();
+        let values = specs.iter().map(|s| s.default).collect();
+        self.instances.insert(
+            id,
+            Instance {
+                name,
+                specs,
+                values,
+                fed_back: vec![(f64::NAN, 0); n],
+                moved_by: vec![None; n],
+            },
+        );
+    }
+
+    /// Forget instance `id`.
+    pub fn remove_instance(&mut self, id: u64) {
+        self.instances.remove(&id);
+    }
+
+    /// True if no instance is registered.
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+
+    /// The plugin reports parameter `index` of instance `id` is now `normalized`.
+    pub fn set_current(&mut self, id: u64, index: usize, normalized: f64) {
+        if let Some(v) = self
+            .instances
+            .get_mut(&id)
+            .and_then(|i| i.values.get_mut(index))
+        {
+            *v = normalized;
+        }
+    }
+
+    /// The address prefix of an instance: short form when it is the only one.
+    fn prefix(&self, id: u64) -> String {
+        match self.instances.get(&id) {
+            Some(_) if self.instances.len() == 1 => "/lockstep".into(),
+            Some(i) => format!("/lockstep/{}", i.name),
+            None => String::new(),
+        }
+    }
+
+    /// Status with counters.
+    pub fn status(&self) -> OscStatus {
+        let mut s = self.status.clone();
+        s.subscribers = self
+            .subscribers
+            .iter()
+            .map(ToString::to_string)
+            .chain(
+                self.recent
+                    .iter()
+                    .map(|(a, _)| format!("{a} (recent sender)")),
+            )
+            .collect();
+        s.last_messages = self.last_messages.iter().cloned().collect();
+        s
+    }
+
+    fn error(&mut self, to: SocketAddr, address: &str, why: &str, out: &mut Output) {
+        let mut bytes = Vec::new();
+        osc::encode_message(
+            &Message::new(
+                "/lockstep/error",
+                vec![Arg::Str(address.to_owned()), Arg::Str(why.to_owned())],
+            ),
+            &mut bytes,
+        );
+        out.datagrams.push((to, bytes));
+    }
+
+    fn allow_rate(&mut self, now: Nanos, ip: IpAddr) -> bool {
+        let bucket = self.buckets.entry(ip).or_insert(Bucket {
+            tokens: 2.0 * RATE_PER_SOURCE,
+            at: now,
+        });
+        let elapsed = now.saturating_sub(bucket.at) as f64 / 1e9;
+        bucket.tokens = (bucket.tokens + elapsed * RATE_PER_SOURCE).min(2.0 * RATE_PER_SOURCE);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A datagram from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Nanos,
+        from: SocketAddr,
+        bytes: &[u8],
+        out: &mut Output,
+    ) {
+        self.status.received += 1;
+        if !allowed_by_default(from.ip()) {
+            self.status.refused_source += 1;
+            return;
+        }
+        if bytes.len() > MAX_PACKET {
+            self.status.too_large += 1;
+            return;
+        }
+        if !self.allow_rate(now, from.ip()) {
+            self.status.rate_limited += 1;
+            return;
+        }
+        match osc::decode(bytes) {
+            Ok(packet) => {
+                self.remember_sender(now, from);
+                self.handle_packet(now, from, &packet, out);
+            }
+            Err(e) => {
+                self.status.malformed += 1;
+                self.error(from, "", &format!("malformed packet: {e}"), out);
+            }
+        }
+    }
+
+    fn remember_sender(&mut self, now: Nanos, from: SocketAddr) {
+        self.recent
+            .retain(|(a, t)| *a != from && now < t + RECENT_SENDER);
+        if self.recent.len() < MAX_SUBSCRIBERS {
+            self.recent.push((from, now));
+        }
+    }
+
+    fn handle_packet(&mut self, now: Nanos, from: SocketAddr, packet: &Packet, out: &mut Output) {
+        match packet {
+            // Bundles apply their messages at once and in order (timed application comes with
+            // the sample-accurate scheduler).
+            Packet::Bundle { elements, .. } => {
+                for e in elements {
+                    self.handle_packet(now, from, e, out);
+                }
+            }
+            Packet::Message(m) => self.handle_message(now, from, m, out),
+        }
+    }
+
+    fn handle_message(&mut self, now: Nanos, from: SocketAddr, m: &Message, out: &mut Output) {
+        if self.last_messages.len() == 8 {
+            self.last_messages.pop_front();
+        }
+        let args: Vec<String> = m.args.iter().map(|a| format!("{a:?}")).collect();
+        self.last_messages
+            .push_back(format!("{} {} from {from}", m.address, args.join(" ")));
+        match m.address.as_str() {
+            "/lockstep/dump" => return self.dump(from, out),
+            "/lockstep/subscribe" => {
+                let port = match m.args.first() {
+                    Some(Arg::Int(p)) if (1..=65535).contains(p) => *p as u16,
+                    _ => from.port(),
+                };
+                let to = SocketAddr::new(from.ip(), port);
+                if !self.subscribers.contains(&to) && self.subscribers.len() < MAX_SUBSCRIBERS {
+                    self.subscribers.push(to);
+                }
+                return self.dump(to, out);
+            }
+            "/lockstep/unsubscribe" => {
+                self.subscribers.retain(|a| a.ip() != from.ip());
+                self.recent.retain(|(a, _)| *a != from);
+                return;
+            }
+            _ => {}
+        }
+        let pattern = match self.cache.get(&m.address) {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                self.status.unknown_address += 1;
+                return self.error(from, &m.address, &format!("bad address pattern: {e}"), out);
+            }
+        };
+        let mut targets = Vec::new();
+        let ids: Vec<u64> = self.instances.keys().copied().collect();
+        for id in ids {
+            let prefixes = [
+                self.prefix(id),
+                format!("/lockstep/{}", self.instances[&id].name),
+            ];
+            for (index, spec) in self.instances[&id].specs.iter().enumerate() {
+                for prefix in &prefixes {
+                    let real = format!("{prefix}/param/{}", spec.id);
+                    let normalized = format!("{real}/normalized");
+                    if pattern.matches(&real) {
+                        targets.push((id, index, false));
+                        break;
+                    }
+                    if pattern.matches(&normalized) {
+                        targets.push((id, index, true));
+                        break;
+                    }
+                }
+            }
+        }
+        if targets.is_empty() {
+            self.status.unknown_address += 1;
+            return self.error(from, &m.address, "no such address", out);
+        }
+        let Some(arg) = m.args.first() else {
+            self.status.wrong_type += 1;
+            return self.error(from, &m.address, "a value is needed", out);
+        };
+        for (id, index, normalized) in targets {
+            let spec = &self.instances[&id].specs[index];
+            let value = match (arg, normalized) {
+                (Arg::Str(s) | Arg::Symbol(s), false) => spec.normalize_name(s),
+                (a, true) => match a.as_f64() {
+                    Some(v) if (0.0..=1.0).contains(&v) => Ok(v),
+                    Some(v) => Err(ValueError::OutOfRange(format!("{v} is outside 0..1"))),
+                    None => Err(ValueError::WrongType(format!(
+                        "type '{}' is not a number",
+                        a.tag()
+                    ))),
+                },
+                (a, false) => match a.as_f64() {
+                    Some(v) => spec.normalize(v),
+                    None => Err(ValueError::WrongType(format!(
+                        "type '{}' is not a number, bool or name",
+                        a.tag()
+                    ))),
+                },
+            };
+            match value {
+                Ok(v) => {
+                    let change = HostParamChange {
+                        clap_id: spec.clap_id,
+                        value: spec.clap_value(v),
+                    };
+                    let instance = self.instances.get_mut(&id).expect("present");
+                    instance.moved_by[index] = Some((from, now));
+                    out.changes.push((id, change));
+                    self.status.applied += 1;
+                }
+                Err(ValueError::OutOfRange(why)) => {
+                    self.status.out_of_range += 1;
+                    self.error(from, &m.address, &why, out);
+                }
+                Err(ValueError::WrongType(why)) => {
+                    self.status.wrong_type += 1;
+                    self.error(from, &m.address, &why, out);
+                }
+            }
+        }
+    }
+
+    /// The plugin's inbox for instance `id` was full: count it.
+    pub fn dropped(&mut self, n: u64) {
+        self.status.dropped_full += n;
+    }
+
+    fn value_messages(&self, id: u64, index: usize) -> [Message; 2] {
+        let instance = &self.instances[&id];
+        let spec = &instance.specs[index];
+        let v = instance.values[index];
+        let real = format!("{}/param/{}", self.prefix(id), spec.id);
+        [
+            Message::new(real.clone(), vec![Arg::Float(spec.plain(v) as f32)]),
+            Message::new(format!("{real}/normalized"), vec![Arg::Float(v as f32)]),
+        ]
+    }
+
+    fn dump(&mut self, to: SocketAddr, out: &mut Output) {
+        let mut elements = Vec::new();
+        for (&id, instance) in &self.instances {
+            for index in 0..instance.specs.len() {
+                elements.extend(self.value_messages(id, index).map(Packet::Message));
+            }
+        }
+        // One bundle per 32 messages keeps datagrams well under the usual MTU-safe size.
+        for chunk in elements.chunks(32) {
+            let mut bytes = Vec::new();
+            osc::encode(
+                &Packet::Bundle {
+                    time: osc::IMMEDIATELY,
+                    elements: chunk.to_vec(),
+                },
+                &mut bytes,
+            );
+            out.datagrams.push((to, bytes));
+        }
+    }
+
+    /// Change-only feedback, at most every [`FEEDBACK_INTERVAL`] per parameter, to subscribers
+    /// and recent senders, except the controller moving that parameter.
+    pub fn feedback(&mut self, now: Nanos, out: &mut Output) {
+        self.recent.retain(|(_, t)| now < t + RECENT_SENDER);
+        let mut destinations: Vec<SocketAddr> = self.subscribers.clone();
+        for (a, _) in &self.recent {
+            if !destinations.contains(a) {
+                destinations.push(*a);
+            }
+        }
+        if destinations.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = self.instances.keys().copied().collect();
+        for id in ids {
+            for index in 0..self.instances[&id].specs.len() {
+                let instance = &self.instances[&id];
+                let (last, at) = instance.fed_back[index];
+                let v = instance.values[index];
+                if last == v || now < at + FEEDBACK_INTERVAL {
+                    continue;
+                }
+                let mover = instance.moved_by[index].filter(|(_, t)| now < t + NO_ECHO);
+                let messages = self.value_messages(id, index);
+                for to in &destinations {
+                    if mover.is_some_and(|(a, _)| a == *to) {
+                        continue;
+                    }
+                    for m in &messages {
+                        let mut bytes = Vec::new();
+                        osc::encode_message(m, &mut bytes);
+                        out.datagrams.push((*to, bytes));
+                        self.status.feedback_sent += 1;
+                    }
+                }
+                if let Some(instance) = self.instances.get_mut(&id) {
+                    instance.fed_back[index] = (v, now);
+                }
+            }
+        }
+    }
+}
+
+/// The socket side: one UDP port for the process.
+#[derive(Debug)]
+pub struct OscServer {
+    socket: UdpSocket,
+    port: u16,
+    /// The bridge.
+    pub core: OscCore,
+    errors: Vec<String>,
+    buf: Vec<u8>,
+}
+
+impl OscServer {
+    /// Listen on `port`, or the next free one of the 16 after it (said in the status).
+    pub fn open(port: u16) -> Result<Self, String> {
+        let mut errors = Vec::new();
+        let mut bound = None;
+        for candidate in port..port.saturating_add(16) {
+            match UdpSocket::bind(("0.0.0.0", candidate)) {
+                Ok(s) => {
+                    bound = Some((s, candidate));
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(format!("cannot open OSC port {candidate}: {e}")),
+            }
+        }
+        let (socket, actual) =
+            bound.ok_or_else(|| format!("OSC ports {port}..{} are all taken", port + 15))?;
+        if actual != port {
+            errors.push(format!(
+                "OSC port {port} is taken (another program or instance); listening on {actual}"
+            ));
+        }
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| format!("OSC socket: {e}"))?;
+        Ok(Self {
+            socket,
+            port: actual,
+            core: OscCore::new(),
+            errors,
+            buf: vec![0; MAX_PACKET + 1],
+        })
+    }
+
+    /// The port we listen on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Receive everything waiting, run feedback, send what is due; return host changes.
+    pub fn poll(&mut self, now: Nanos) -> Vec<(u64, HostParamChange)> {
+        let mut out = Output::default();
+        loop {
+            match self.socket.recv_from(&mut self.buf) {
+                Ok((len, from)) => {
+                    // A datagram that filled the whole buffer was longer than MAX_PACKET.
+                    let bytes = if len > MAX_PACKET {
+                        &self.buf[..MAX_PACKET + 1]
+                    } else {
+                        &self.buf[..len]
+                    };
+                    self.core.handle_datagram(now, from, bytes, &mut out);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // ICMP errors from earlier sends to gone controllers: ignore and go on.
+                Err(_) => continue,
+            }
+        }
+        self.core.feedback(now, &mut out);
+        for (to, bytes) in &out.datagrams {
+            let _ = self.socket.send_to(bytes, to);
+        }
+        out.changes
+    }
+
+    /// Status.
+    pub fn status(&self) -> OscStatus {
+        let mut s = self.core.status();
+        s.port = Some(self.port);
+        s.errors.clone_from(&self.errors);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::ParamKind;
+
+    fn specs() -> Vec<ParamSpec> {
+        vec![
+            ParamSpec {
+                id: "clk_ofs".into(),
+                name: "Clock Offset".into(),
+                kind: ParamKind::Float {
+                    min: -250.0,
+                    max: 250.0,
+                    unit: " ms".into(),
+                },
+                clap_id: 11,
+                default: 0.5,
+            },
+            ParamSpec {
+                id: "lnk_md".into(),
+                name: "Link Mode".into(),
+                kind: ParamKind::Enum {
+                    names: vec!["Off".into(), "Lead".into(), "Follow".into()],
+                },
+                clap_id: 12,
+                default: 0.0,
+            },
+            ParamSpec {
+                id: "mac_1".into(),
+                name: "Macro 1".into(),
+                kind: ParamKind::Float {
+                    min: 0.0,
+                    max: 1.0,
+                    unit: String::new(),
+                },
+                clap_id: 13,
+                default: 0.0,
+            },
+        ]
+    }
+
+    fn send(core: &mut OscCore, from: SocketAddr, m: Message) -> Output {
+        let mut bytes = Vec::new();
+        osc::encode_message(&m, &mut bytes);
+        let mut out = Output::default();
+        core.handle_datagram(1_000 * MS, from, &bytes, &mut out);
+        out
+    }
+
+    fn errors(out: &Output) -> Vec<Message> {
+        out.datagrams
+            .iter()
+            .filter_map(|(_, b)| match osc::decode(b) {
+                Ok(Packet::Message(m)) if m.address == "/lockstep/error" => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const PHONE: ([u8; 4], u16) = ([192, 168, 1, 20], 9000);
+
+    #[test]
+    fn sets_parameters_in_real_units_normalized_and_by_name() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        let phone = SocketAddr::from(PHONE);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/clk_ofs", vec![Arg::Float(-125.0)]),
+        );
+        assert_eq!(
+            out.changes,
+            vec![(
+                1,
+                HostParamChange {
+                    clap_id: 11,
+                    value: 0.25
+                }
+            )]
+        );
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/mac_1/normalized", vec![Arg::Double(0.75)]),
+        );
+        assert_eq!(out.changes[0].1.value, 0.75);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/lnk_md", vec![Arg::Symbol("Follow".into())]),
+        );
+        assert_eq!(
+            out.changes[0].1,
+            HostParamChange {
+                clap_id: 12,
+                value: 2.0
+            }
+        );
+        // Patterns reach several parameters at once.
+        let out = send(
+            &mut core,
+            phone,
+            Message::new(
+                "/lockstep/param/{mac_1,clk_ofs}/normalized",
+                vec![Arg::Int(1)],
+            ),
+        );
+        assert_eq!(out.changes.len(), 2);
+        assert_eq!(core.status().applied, 5);
+    }
+
+    #[test]
+    fn bad_input_is_answered_and_counted() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        let phone = SocketAddr::from(PHONE);
+        let out = send(&mut core, phone, Message::new("/nope", vec![Arg::Int(1)]));
+        assert_eq!(errors(&out)[0].args[1], Arg::Str("no such address".into()));
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/clk_ofs", vec![Arg::Float(300.0)]),
+        );
+        assert!(out.changes.is_empty());
+        assert!(matches!(&errors(&out)[0].args[1], Arg::Str(s) if s.contains("outside")));
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/clk_ofs", vec![Arg::Blob(vec![1])]),
+        );
+        assert!(matches!(&errors(&out)[0].args[1], Arg::Str(s) if s.contains("'b'")));
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/lnk_md", vec![Arg::Str("Chase".into())]),
+        );
+        assert_eq!(errors(&out).len(), 1);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/mac_1", vec![]),
+        );
+        assert_eq!(errors(&out).len(), 1);
+        let mut out = Output::default();
+        core.handle_datagram(0, phone, b"garbage!", &mut out);
+        let s = core.status();
+        assert_eq!(
+            (s.unknown_address, s.out_of_range, s.wrong_type, s.malformed),
+            (1, 2, 2, 1)
+        );
+        // A public address is refused silently (and counted).
+        let mut out = Output::default();
+        core.handle_datagram(
+            0,
+            SocketAddr::from(([203, 0, 113, 9], 9000)),
+            b"/x\0\0",
+            &mut out,
+        );
+        assert!(out.datagrams.is_empty());
+        assert_eq!(core.status().refused_source, 1);
+        // Oversized.
+        core.handle_datagram(0, phone, &vec![b'/'; MAX_PACKET + 4], &mut out);
+        assert_eq!(core.status().too_large, 1);
+    }
+
+    #[test]
+    fn a_flood_is_rate_limited() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        let phone = SocketAddr::from(PHONE);
+        let mut bytes = Vec::new();
+        osc::encode_message(
+            &Message::new("/lockstep/param/mac_1/normalized", vec![Arg::Float(0.5)]),
+            &mut bytes,
+        );
+        let mut out = Output::default();
+        for _ in 0..5_000 {
+            core.handle_datagram(0, phone, &bytes, &mut out);
+        }
+        let s = core.status();
+        assert_eq!(s.applied, 1_000, "the burst");
+        assert_eq!(s.rate_limited, 4_000);
+        // Tokens come back with time.
+        core.handle_datagram(SECOND_NS, phone, &bytes, &mut out);
+        assert_eq!(core.status().applied, 1_001);
+    }
+
+    const SECOND_NS: Nanos = 1_000 * MS;
+
+    #[test]
+    fn feedback_is_change_only_and_never_echoed_to_the_mover() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        let phone = SocketAddr::from(PHONE);
+        let tablet = SocketAddr::from(([192, 168, 1, 30], 9001));
+        send(
+            &mut core,
+            tablet,
+            Message::new("/lockstep/subscribe", vec![]),
+        );
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/mac_1/normalized", vec![Arg::Float(0.5)]),
+        );
+        assert_eq!(out.changes.len(), 1);
+        // The plugin applies it and reports it back.
+        core.set_current(1, 2, 0.5);
+        let mut out = Output::default();
+        core.feedback(1_010 * MS, &mut out);
+        let to: Vec<SocketAddr> = out
+            .datagrams
+            .iter()
+            .filter(|d| String::from_utf8_lossy(&d.1).contains("mac_1"))
+            .map(|d| d.0)
+            .collect();
+        assert!(to.contains(&tablet), "the subscriber hears it");
+        assert!(!to.contains(&phone), "the phone moving the fader does not");
+        // Unchanged: nothing more.
+        let mut out = Output::default();
+        core.feedback(2_000 * MS, &mut out);
+        assert!(
+            out.datagrams
+                .iter()
+                .all(|(_, b)| !String::from_utf8_lossy(b).contains("mac_1")),
+            "change-only"
+        );
+        // Two instances: each under its own name, the long form works.
+        core.add_instance(2, "Lockstep", specs());
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/lockstep-2/param/mac_1", vec![Arg::Float(1.0)]),
+        );
+        assert_eq!(out.changes[0].0, 2);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/*/param/mac_1", vec![Arg::Float(1.0)]),
+        );
+        assert_eq!(out.changes.len(), 2);
+    }
+
+    #[test]
+    fn dump_lists_every_value() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        let out = send(
+            &mut core,
+            SocketAddr::from(PHONE),
+            Message::new("/lockstep/dump", vec![]),
+        );
+        let Ok(Packet::Bundle { elements, .. }) = osc::decode(&out.datagrams[0].1) else {
+            panic!("a bundle");
+        };
+        assert_eq!(elements.len(), 6);
+        assert_eq!(
+            elements[0],
+            Packet::Message(Message::new(
+                "/lockstep/param/clk_ofs",
+                vec![Arg::Float(0.0)]
+            ))
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! OSC control end to end, with real clients on loopback in the private namespace: python-osc
+//! moves parameters of the built plugin in a real CLAP host, the plugin takes the values and
+//! the host receives gesture begin / value / gesture end (what a DAW records as automation),
+//! bad input comes back on `/lockstep/error`, and liblo's `oscdump`, subscribed as a second
+//! controller, gets change-only feedback that is not echoed to the controller moving the fader.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use lockstep_host::bundle::Build;
+use lockstep_host::harness::{ScriptPeer, clap_param_id, exclusive, wait_for};
+use lockstep_host::host::{Bundle, Layout};
+use lockstep_host::processor::OutParamEvent;
+use lockstep_host::status::StatusProbe;
+use lockstep_host::transport::HostTransport;
+use serde_json::Value;
+
+const RATE: f64 = 48_000.0;
+const BLOCK: u32 = 256;
+const OSC_PORT: u16 = 8200;
+const CLIENT_PORT: u16 = 9300;
+const DUMP_PORT: u16 = 9301;
+
+/// liblo's `oscdump`, line-buffered, with its output collected.
+struct OscDump {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl OscDump {
+    fn start(port: u16) -> Result<Self> {
+        let mut child = Command::new("oscdump")
+            .args(["-L", &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting oscdump (run `cargo xtask test` to install liblo-tools)")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        Ok(Self { child, lines })
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for OscDump {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn osc_controllers_move_parameters_and_the_host_sees_every_move() -> Result<()> {
+    let _guard = exclusive();
+    let path = Build::Release.clap_path();
+    let bundle = Bundle::load(&path)?;
+    let probe = StatusProbe::open(&path)?;
+    let mut instance = bundle.instantiate()?;
+    let mut settings = instance.net_settings()?;
+    settings.osc_port = OSC_PORT;
+    instance.set_net_settings(&settings)?;
+    let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
+    let t = HostTransport::new(120.0, (4, 4));
+    p.process(BLOCK, Some(&t.event()), &[])?;
+    wait_for(&probe, "the OSC port", |s| {
+        s.worker
+            .osc
+            .as_ref()
+            .is_some_and(|o| o.port == Some(OSC_PORT))
+    })?;
+    let dump = OscDump::start(DUMP_PORT)?;
+    std::thread::sleep(Duration::from_millis(200));
+
+    let client = ScriptPeer::spawn(
+        "osc_client.py",
+        &[
+            OSC_PORT.to_string(),
+            CLIENT_PORT.to_string(),
+            "3".into(),
+            format!(r#"["/lockstep/subscribe", "i", {DUMP_PORT}]"#),
+            r#"["/lockstep/param/mac_1", "f", 0.75]"#.into(),
+            r#"["/lockstep/param/clk_ofs", "f", 999.0]"#.into(),
+            r#"["/lockstep/param/lnk_md", "s", "Follow"]"#.into(),
+            r#"["/lockstep/param/nothing", "i", 1]"#.into(),
+        ],
+    )?;
+    client.wait("the client to send", |l| {
+        l.iter().any(|v| v["event"] == "sent")
+    })?;
+
+    // Play blocks (paced) until the host has seen the macro's whole gesture.
+    let (mac_1, lnk_md) = (clap_param_id("mac_1"), clap_param_id("lnk_md"));
+    let mut events = Vec::new();
+    let period = Duration::from_secs_f64(f64::from(BLOCK) / RATE);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !events.contains(&OutParamEvent::End(mac_1)) {
+        ensure!(
+            Instant::now() < deadline,
+            "the host never saw the gesture end: {events:?}"
+        );
+        p.process(BLOCK, Some(&t.event()), &[])?;
+        events.extend(p.out_param_events());
+        std::thread::sleep(period);
+    }
+    let of = |id: u32| -> Vec<OutParamEvent> {
+        events
+            .iter()
+            .copied()
+            .filter(|e| match *e {
+                OutParamEvent::Begin(x) | OutParamEvent::End(x) | OutParamEvent::Value(x, _) => {
+                    x == id
+                }
+            })
+            .collect()
+    };
+    ensure!(
+        of(mac_1)
+            == [
+                OutParamEvent::Begin(mac_1),
+                OutParamEvent::Value(mac_1, 0.75),
+                OutParamEvent::End(mac_1)
+            ],
+        "{events:?}"
+    );
+    // The enum by name: "Follow" is step 2 of Off/Lead/Follow.
+    ensure!(
+        of(lnk_md).contains(&OutParamEvent::Value(lnk_md, 2.0)),
+        "{events:?}"
+    );
+    ensure!(
+        !events
+            .iter()
+            .any(|e| matches!(e, OutParamEvent::Value(id, _) if *id == clap_param_id("clk_ofs"))),
+        "an out-of-range value changes nothing: {events:?}"
+    );
+    // The plugin itself took the values (the host reads them back from it).
+    instance.pump_main_thread();
+    ensure!((instance.param_value(mac_1)? - 0.75).abs() < 1e-6);
+
+    // Errors come back to the sender.
+    let lines = client.wait("the error replies", |l| {
+        l.iter()
+            .filter(|v| v["address"] == "/lockstep/error")
+            .count()
+            >= 2
+    })?;
+    let errors: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["address"] == "/lockstep/error")
+        .collect();
+    ensure!(
+        errors
+            .iter()
+            .any(|e| e["args"][0] == "/lockstep/param/clk_ofs"
+                && e["args"][1].as_str().is_some_and(|s| s.contains("outside"))),
+        "{errors:?}"
+    );
+    ensure!(
+        errors
+            .iter()
+            .any(|e| e["args"][0] == "/lockstep/param/nothing"
+                && e["args"][1] == "no such address"),
+        "{errors:?}"
+    );
+
+    // Feedback: oscdump (subscribed) hears the macro at 0.75; the client moving it does not.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        p.process(BLOCK, Some(&t.event()), &[])?;
+        let heard = dump
+            .lines()
+            .iter()
+            .any(|l| l.contains("/lockstep/param/mac_1/normalized") && l.contains("0.75"));
+        if heard {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "oscdump never got the feedback: {:?}",
+            dump.lines()
+        );
+        std::thread::sleep(period);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let echoed = client.lines().into_iter().any(|v| {
+        v["address"] == "/lockstep/param/mac_1/normalized"
+            && v["args"][0]
+                .as_f64()
+                .is_some_and(|x| (x - 0.75).abs() < 1e-6)
+    });
+    ensure!(
+        !echoed,
+        "feedback echoed to the mover: {:?}",
+        client.lines()
+    );
+
+    let status = probe.read()?;
+    let osc = status.worker.osc.context("osc status")?;
+    ensure!(
+        osc.applied == 2 && osc.out_of_range == 1 && osc.unknown_address == 1,
+        "{osc:?}"
+    );
+    ensure!(osc.feedback_sent > 0 && osc.dropped_full == 0, "{osc:?}");
+    instance.deactivate(p);
+    Ok(())
+}
