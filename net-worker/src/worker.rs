@@ -659,6 +659,9 @@ fn drain(
             popped += 1;
             match event {
                 BridgeEvent::Transport(snapshot) => {
+                    if let Some(server) = osc.as_deref_mut() {
+                        server.core.set_transport(*id, snapshot);
+                    }
                     attached.scheduler.handle_tempo(snapshot.tempo_bpm);
                     if let Some(rtpmidi) = &mut attached.rtpmidi {
                         rtpmidi.set_tempo(snapshot.tempo_bpm);

@@ -27,6 +27,7 @@ usage: cargo xtask run -- [options]
                        an AppleMIDI peer to invite (repeatable; HOST an IP address or a
                        host name, resolved in the background; PORT its control port);
                        saved in the plugin's settings like a DAW would
+  --osc-port N         our OSC control port (default 8000)
   --no-journal         send no recovery journal (to --peer peers and to guests)
   --no-mdns            do not advertise over mDNS (Bonjour) or browse for peers
   --rtpmidi-port N     our AppleMIDI control port (data = N + 1; default 5004)
@@ -144,6 +145,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
         rtpmidi_access: None,
         journal: true,
         mdns: true,
+        osc_port: None,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -192,6 +194,15 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
             "--status-json" => config.status_json = true,
             "--peer" => config.peers.push(peer(&value("--peer")?)?),
             "--no-journal" => config.journal = false,
+            "--osc-port" => {
+                config.osc_port = Some(number(
+                    "--osc-port",
+                    &value("--osc-port")?,
+                    1,
+                    65_535,
+                    "port is 1..65535",
+                )?);
+            }
             "--no-mdns" => config.mdns = false,
             "--rtpmidi-access" => {
                 let v = value("--rtpmidi-access")?;
@@ -290,8 +301,11 @@ mod tests {
             "[::1]:5008",
             "--no-journal",
             "--no-mdns",
+            "--osc-port",
+            "8010",
         ]))
         .expect("valid");
+        assert_eq!(c.osc_port, Some(8010));
         assert_eq!(
             (c.peers[0].host.as_str(), c.peers[0].port),
             ("studio-b.local", 5004)

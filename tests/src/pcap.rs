@@ -76,8 +76,17 @@ fn ipv4_checksum(header: &[u8]) -> u16 {
 /// tshark's decoding of `pcap`: one row per frame, one column per field in `fields` (all
 /// occurrences of a field joined by commas).
 pub fn tshark_fields(pcap: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
+    tshark_fields_with(pcap, &[], fields)
+}
+
+/// As [`tshark_fields`], with extra tshark options first (e.g. `-d udp.port==8000,osc`).
+pub fn tshark_fields_with(
+    pcap: &Path,
+    options: &[&str],
+    fields: &[&str],
+) -> Result<Vec<Vec<String>>> {
     let mut cmd = std::process::Command::new("tshark");
-    cmd.arg("-r").arg(pcap).args([
+    cmd.arg("-r").arg(pcap).args(options).args([
         "-T",
         "fields",
         "-E",

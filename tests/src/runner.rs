@@ -50,6 +50,8 @@ pub struct RunConfig {
     pub journal: bool,
     /// Advertise and browse over mDNS (`--no-mdns` clears it).
     pub mdns: bool,
+    /// Our OSC port (`--osc-port`).
+    pub osc_port: Option<u16>,
 }
 
 /// What the audio thread reports to the main thread.
@@ -119,6 +121,7 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
         || config.rtpmidi_access.is_some()
         || !config.journal
         || !config.mdns
+        || config.osc_port.is_some()
     {
         let mut settings = instance.net_settings()?;
         settings
@@ -129,6 +132,9 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
             }));
         settings.rtp_midi_journal = config.journal;
         settings.mdns = config.mdns;
+        if let Some(port) = config.osc_port {
+            settings.osc_port = port;
+        }
         if let Some(port) = config.rtpmidi_port {
             settings.rtp_midi_port = port;
         }
@@ -285,6 +291,25 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
                     (None, None) => "rtp-midi idle".to_owned(),
                 },
             );
+        let osc = plugin.worker.osc.as_ref().map_or_else(
+            || "osc off".to_owned(),
+            |o| match (o.port, o.errors.first()) {
+                (Some(port), _) => format!(
+                    "osc :{port} {} applied {} refused",
+                    o.applied,
+                    o.malformed
+                        + o.unknown_address
+                        + o.wrong_type
+                        + o.out_of_range
+                        + o.refused_source
+                        + o.rate_limited
+                        + o.too_large
+                        + o.disabled
+                ),
+                (None, Some(e)) => format!("osc: {e}"),
+                (None, None) => "osc idle".to_owned(),
+            },
+        );
         let clock = plugin.worker.instances.first().map_or_else(
             || "clock idle".to_owned(),
             |i| {
@@ -316,7 +341,7 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
             );
         writeln!(
             out,
-            "[{:6.1}s] host {} {:.2} BPM {} beat {:.2} | {} | {} | {} | worker {} ({} instance{}) | events {} dropped {} | late blocks {}",
+            "[{:6.1}s] host {} {:.2} BPM {} beat {:.2} | {} | {} | {} | {} | worker {} ({} instance{}) | events {} dropped {} | late blocks {}",
             report.elapsed_s,
             if host.playing { "playing" } else { "stopped" },
             host.tempo_bpm,
@@ -325,6 +350,7 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
             seen,
             clock,
             rtp,
+            osc,
             if plugin.worker.running {
                 "running"
             } else {

@@ -234,3 +234,104 @@ fn tshark_decodes_a_whole_session_cleanly() -> Result<()> {
     ensure!(rows[14][10] == "31250", "RL: {:?}", rows[14]);
     Ok(())
 }
+
+/// Our OSC encoder's output, every type tag and bundle shape, as tshark's OSC dissector reads
+/// it (its UDP heuristic switched on): no malformed packet, no expert warning, paths and values
+/// as sent.
+#[test]
+fn tshark_decodes_our_osc_cleanly() -> Result<()> {
+    use lockstep_net::proto::osc::{self, Arg, IMMEDIATELY, Message, Packet};
+    let m = |address: &str, args: Vec<Arg>| Packet::Message(Message::new(address, args));
+    let packets = [
+        m("/lockstep/param/mac_1", vec![Arg::Float(0.75)]),
+        m(
+            "/lockstep/error",
+            vec![
+                Arg::Str("/lockstep/param/clk_ofs".into()),
+                Arg::Str("999 is outside -250..250".into()),
+            ],
+        ),
+        m(
+            "/all",
+            vec![
+                Arg::Int(-7),
+                Arg::Long(1 << 40),
+                Arg::Double(0.5),
+                Arg::Symbol("sym".into()),
+                Arg::Blob(vec![1, 2, 3, 4, 5]),
+                Arg::True,
+                Arg::False,
+                Arg::Nil,
+                Arg::Impulse,
+                Arg::Time(osc::timetag_from_unix(1_700_000_000.5)),
+                Arg::Char(u32::from('A')),
+                Arg::Color(0xFF00_00FF),
+                Arg::Midi([0, 0x90, 0x3C, 0x7F]),
+            ],
+        ),
+        Packet::Bundle {
+            time: IMMEDIATELY,
+            elements: vec![
+                m("/lockstep/param/clk_ofs", vec![Arg::Float(-125.0)]),
+                m("/lockstep/param/clk_ofs/normalized", vec![Arg::Float(0.25)]),
+                Packet::Bundle {
+                    time: osc::timetag_from_unix(1_700_000_001.0),
+                    elements: vec![m("/x", vec![])],
+                },
+            ],
+        },
+    ];
+    let datagrams: Vec<Datagram> = packets
+        .iter()
+        .map(|p| {
+            let mut payload = Vec::new();
+            osc::encode(p, &mut payload);
+            Datagram {
+                from_port: 9000,
+                to_port: 8000,
+                payload,
+            }
+        })
+        .collect();
+    let path = target_dir().join("tshark-osc.pcap");
+    pcap::write(&path, &datagrams)?;
+    let rows = pcap::tshark_fields_with(
+        &path,
+        &["--enable-heuristic", "osc_udp"],
+        &[
+            "frame.protocols",
+            "_ws.expert.severity",
+            "_ws.malformed",
+            "osc.message.header.path",
+            "osc.message.float",
+            "osc.message.symbol",
+            "osc.message.int64",
+            "osc.bundle.element.size",
+        ],
+    )?;
+    ensure!(rows.len() == datagrams.len(), "{rows:?}");
+    for (i, row) in rows.iter().enumerate() {
+        ensure!(row[0].ends_with("osc"), "frame {} is {}", i + 1, row[0]);
+        ensure!(
+            row[1].is_empty() && row[2].is_empty(),
+            "frame {}: expert/malformed {row:?}",
+            i + 1
+        );
+    }
+    ensure!(
+        rows[0][3] == "/lockstep/param/mac_1" && rows[0][4] == "0.75",
+        "{:?}",
+        rows[0]
+    );
+    ensure!(
+        rows[2][5] == "sym" && rows[2][6] == "1099511627776",
+        "{:?}",
+        rows[2]
+    );
+    ensure!(
+        rows[3][3] == "/lockstep/param/clk_ofs,/lockstep/param/clk_ofs/normalized,/x",
+        "nested bundle paths: {:?}",
+        rows[3]
+    );
+    Ok(())
+}

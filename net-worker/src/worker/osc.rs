@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bridge::TransportSnapshot;
 use crate::params::{HostParamChange, ParamSpec, ValueError};
 use crate::proto::osc::{self, Arg, Message, Packet, pattern};
 
@@ -26,6 +27,8 @@ const MS: Nanos = 1_000_000;
 pub const MAX_PACKET: usize = 8192;
 /// Messages per second one source may send (burst twice that).
 pub const RATE_PER_SOURCE: f64 = 500.0;
+/// Transport feedback (the moving beat position) goes out at most this often.
+pub const TRANSPORT_INTERVAL: Nanos = 33 * MS;
 /// Feedback for one parameter goes out at most this often.
 pub const FEEDBACK_INTERVAL: Nanos = 20 * MS;
 /// A controller that moved a parameter this recently gets no feedback for it (no echo).
@@ -60,8 +63,10 @@ pub struct OscStatus {
     pub rate_limited: u64,
     /// Datagrams over [`MAX_PACKET`].
     pub too_large: u64,
-    /// Changes the plugin could not take (its inbox was full).
+    /// Changes the plugin could not take (its inbox was full, or no CLAP shim under VST3).
     pub dropped_full: u64,
+    /// Messages for an instance whose OSC Control parameter is off.
+    pub disabled: u64,
     /// Feedback messages sent.
     pub feedback_sent: u64,
     /// Where feedback goes (subscribers and recent senders).
@@ -80,6 +85,82 @@ struct Instance {
     fed_back: Vec<(f64, Nanos)>,
     /// Who moved each parameter last, and when (no echo).
     moved_by: Vec<Option<(SocketAddr, Nanos)>>,
+    /// The host transport as last seen, and what was last sent of it (and when).
+    transport: Option<TransportSnapshot>,
+    transport_sent: Option<(TransportFeed, Nanos)>,
+}
+
+/// The transport as controllers see it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TransportFeed {
+    playing: bool,
+    tempo: Option<f32>,
+    /// Beat within the bar (1-based, fractional), and bar (1-based).
+    beat: Option<f32>,
+    bar: Option<i32>,
+    timesig: Option<(i32, i32)>,
+}
+
+impl TransportFeed {
+    fn of(t: &TransportSnapshot) -> Self {
+        let (beat, bar) = match (t.pos_beats, t.time_sig) {
+            (Some(pos), Some(sig)) if sig.numerator > 0 && sig.denominator > 0 => {
+                // Quarter notes → beats of the time signature's note value.
+                let beats = pos * f64::from(sig.denominator) / 4.0;
+                let per_bar = f64::from(sig.numerator);
+                let bar = (beats / per_bar).floor();
+                (
+                    Some((beats - bar * per_bar + 1.0) as f32),
+                    Some(bar as i32 + 1),
+                )
+            }
+            (Some(pos), _) => (Some(pos as f32 + 1.0), None),
+            _ => (None, None),
+        };
+        Self {
+            playing: t.playing,
+            tempo: t.tempo_bpm.map(|x| x as f32),
+            beat,
+            bar: t.bar_number.map(|b| b + 1).or(bar),
+            timesig: t.time_sig.map(|s| (s.numerator, s.denominator)),
+        }
+    }
+
+    /// The messages for the fields that differ from `old` (all of them without one).
+    fn messages(&self, prefix: &str, old: Option<&Self>) -> Vec<Message> {
+        let mut out = Vec::new();
+        let address = |leaf: &str| format!("{prefix}/transport/{leaf}");
+        if old.is_none_or(|o| o.playing != self.playing) {
+            out.push(Message::new(
+                address("playing"),
+                vec![Arg::Int(i32::from(self.playing))],
+            ));
+        }
+        if let Some(tempo) = self.tempo
+            && old.is_none_or(|o| o.tempo != self.tempo)
+        {
+            out.push(Message::new(address("tempo"), vec![Arg::Float(tempo)]));
+        }
+        if let Some(beat) = self.beat
+            && old.is_none_or(|o| o.beat != self.beat)
+        {
+            out.push(Message::new(address("beat"), vec![Arg::Float(beat)]));
+        }
+        if let Some(bar) = self.bar
+            && old.is_none_or(|o| o.bar != self.bar)
+        {
+            out.push(Message::new(address("bar"), vec![Arg::Int(bar)]));
+        }
+        if let Some((n, d)) = self.timesig
+            && old.is_none_or(|o| o.timesig != self.timesig)
+        {
+            out.push(Message::new(
+                address("timesig"),
+                vec![Arg::Int(n), Arg::Int(d)],
+            ));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -188,6 +269,8 @@ impl OscCore {
                 values,
                 fed_back: vec![(f64::NAN, 0); n],
                 moved_by: vec![None; n],
+                transport: None,
+                transport_sent: None,
             },
         );
     }
@@ -210,6 +293,23 @@ impl OscCore {
             .and_then(|i| i.values.get_mut(index))
         {
             *v = normalized;
+        }
+    }
+
+    /// The value of switch parameter `param` (e.g. `osc_on`) of instance `id`, on if unknown.
+    fn switch_on(&self, id: u64, param: &str) -> bool {
+        self.instances.get(&id).is_none_or(|i| {
+            i.specs
+                .iter()
+                .position(|s| s.id == param)
+                .is_none_or(|k| i.values[k] >= 0.5)
+        })
+    }
+
+    /// The host transport instance `id` saw at its latest block.
+    pub fn set_transport(&mut self, id: u64, snapshot: TransportSnapshot) {
+        if let Some(i) = self.instances.get_mut(&id) {
+            i.transport = Some(snapshot);
         }
     }
 
@@ -386,6 +486,16 @@ impl OscCore {
             return self.error(from, &m.address, "a value is needed", out);
         };
         for (id, index, normalized) in targets {
+            if !self.switch_on(id, "osc_on") {
+                self.status.disabled += 1;
+                self.error(
+                    from,
+                    &m.address,
+                    "OSC Control is switched off for this instance",
+                    out,
+                );
+                continue;
+            }
             let spec = &self.instances[&id].specs[index];
             let value = match (arg, normalized) {
                 (Arg::Str(s) | Arg::Symbol(s), false) => spec.normalize_name(s),
@@ -480,6 +590,10 @@ impl OscCore {
         }
         let ids: Vec<u64> = self.instances.keys().copied().collect();
         for id in ids {
+            if !self.switch_on(id, "osc_fb") {
+                continue;
+            }
+            self.transport_feedback(now, id, &destinations, out);
             for index in 0..self.instances[&id].specs.len() {
                 let instance = &self.instances[&id];
                 let (last, at) = instance.fed_back[index];
@@ -504,6 +618,46 @@ impl OscCore {
                     instance.fed_back[index] = (v, now);
                 }
             }
+        }
+    }
+}
+
+impl OscCore {
+    fn transport_feedback(
+        &mut self,
+        now: Nanos,
+        id: u64,
+        destinations: &[SocketAddr],
+        out: &mut Output,
+    ) {
+        let prefix = self.prefix(id);
+        let Some(instance) = self.instances.get_mut(&id) else {
+            return;
+        };
+        let Some(snapshot) = instance.transport else {
+            return;
+        };
+        let feed = TransportFeed::of(&snapshot);
+        let old = instance.transport_sent;
+        if old.is_some_and(|(o, at)| o == feed || now < at + TRANSPORT_INTERVAL) {
+            return;
+        }
+        let messages = feed.messages(&prefix, old.as_ref().map(|(o, _)| o));
+        instance.transport_sent = Some((feed, now));
+        if messages.is_empty() {
+            return;
+        }
+        let mut bytes = Vec::new();
+        osc::encode(
+            &Packet::Bundle {
+                time: osc::IMMEDIATELY,
+                elements: messages.into_iter().map(Packet::Message).collect(),
+            },
+            &mut bytes,
+        );
+        for to in destinations {
+            out.datagrams.push((*to, bytes.clone()));
+            self.status.feedback_sent += 1;
         }
     }
 }
@@ -835,6 +989,110 @@ mod tests {
             Message::new("/lockstep/*/param/mac_1", vec![Arg::Float(1.0)]),
         );
         assert_eq!(out.changes.len(), 2);
+    }
+
+    #[test]
+    fn the_osc_switches_are_honoured() {
+        let mut specs = specs();
+        for id in ["osc_on", "osc_fb"] {
+            specs.push(ParamSpec {
+                id: id.into(),
+                name: id.into(),
+                kind: ParamKind::Bool,
+                clap_id: 20,
+                default: 1.0,
+            });
+        }
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs);
+        let phone = SocketAddr::from(PHONE);
+        send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/subscribe", vec![]),
+        );
+        core.set_current(1, 4, 0.0); // feedback off
+        core.set_current(1, 2, 0.3);
+        let mut out = Output::default();
+        core.feedback(2_000 * MS, &mut out);
+        assert!(out.datagrams.is_empty(), "no feedback while osc_fb is off");
+        core.set_current(1, 3, 0.0); // control off
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/mac_1", vec![Arg::Float(1.0)]),
+        );
+        assert!(out.changes.is_empty());
+        assert_eq!(errors(&out).len(), 1);
+        assert_eq!(core.status().disabled, 1);
+    }
+
+    #[test]
+    fn transport_feedback_is_change_only() {
+        use crate::bridge::TimeSignature;
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        let phone = SocketAddr::from(PHONE);
+        send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/subscribe", vec![]),
+        );
+        let mut t = TransportSnapshot::unreported(0, 256, 48_000.0, 0);
+        t.playing = true;
+        t.tempo_bpm = Some(120.0);
+        t.time_sig = Some(TimeSignature {
+            numerator: 3,
+            denominator: 4,
+        });
+        t.pos_beats = Some(4.5);
+        core.set_transport(1, t);
+        let transport = |out: &Output| -> Vec<Message> {
+            out.datagrams
+                .iter()
+                .filter_map(|(_, b)| match osc::decode(b) {
+                    Ok(Packet::Bundle { elements, .. }) => Some(elements),
+                    _ => None,
+                })
+                .flatten()
+                .filter_map(|p| match p {
+                    Packet::Message(m) if m.address.contains("/transport/") => Some(m),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut out = Output::default();
+        core.feedback(2_000 * MS, &mut out);
+        let first = transport(&out);
+        // 4.5 quarter notes in 3/4: bar 2, beat 2.5.
+        assert_eq!(
+            first,
+            vec![
+                Message::new("/lockstep/transport/playing", vec![Arg::Int(1)]),
+                Message::new("/lockstep/transport/tempo", vec![Arg::Float(120.0)]),
+                Message::new("/lockstep/transport/beat", vec![Arg::Float(2.5)]),
+                Message::new("/lockstep/transport/bar", vec![Arg::Int(2)]),
+                Message::new(
+                    "/lockstep/transport/timesig",
+                    vec![Arg::Int(3), Arg::Int(4)]
+                ),
+            ]
+        );
+        t.pos_beats = Some(4.75);
+        core.set_transport(1, t);
+        let mut out = Output::default();
+        core.feedback(2_010 * MS, &mut out);
+        assert!(transport(&out).is_empty(), "rate-limited");
+        let mut out = Output::default();
+        core.feedback(2_100 * MS, &mut out);
+        assert_eq!(
+            transport(&out),
+            vec![Message::new(
+                "/lockstep/transport/beat",
+                vec![Arg::Float(2.75)]
+            )],
+            "only what changed"
+        );
     }
 
     #[test]
