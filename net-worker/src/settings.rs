@@ -38,6 +38,89 @@ pub struct NetSettings {
     pub rtp_midi_journal: bool,
     /// User names of the macro parameters, index 0 = macro 1. Empty = default name.
     pub macro_names: Vec<String>,
+    /// Controller addresses mapped onto parameters (`/1/fader1` → Macro 1).
+    pub osc_mappings: Vec<OscMapping>,
+}
+
+/// One controller address driving one parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OscMapping {
+    /// The controller's address (an OSC pattern is allowed: `/1/fader*`).
+    pub address: String,
+    /// Which argument of the message carries the value (an XY pad sends two).
+    pub arg: usize,
+    /// Parameter id (`mac_1`).
+    pub param: String,
+    /// The controller's value range (TouchOSC: 0..1).
+    pub input: [f64; 2],
+    /// The part of the parameter's range it covers, normalized (reversed = inverted).
+    pub output: [f64; 2],
+    /// Response curve: the 0..1 position is raised to this power (1 = linear, 2 = finer
+    /// control at the low end).
+    pub curve: f64,
+}
+
+impl Default for OscMapping {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            arg: 0,
+            param: String::new(),
+            input: [0.0, 1.0],
+            output: [0.0, 1.0],
+            curve: 1.0,
+        }
+    }
+}
+
+impl OscMapping {
+    /// The parameter's normalized value for a controller value (clamped to the ranges).
+    pub fn to_normalized(&self, value: f64) -> f64 {
+        let [i0, i1] = self.input;
+        let [o0, o1] = self.output;
+        let x = if i1 == i0 {
+            0.0
+        } else {
+            ((value - i0) / (i1 - i0)).clamp(0.0, 1.0)
+        };
+        let curve = if self.curve.is_finite() && self.curve > 0.0 {
+            self.curve
+        } else {
+            1.0
+        };
+        (o0 + x.powf(curve) * (o1 - o0)).clamp(0.0, 1.0)
+    }
+
+    /// The controller value that shows a parameter's normalized value (for feedback, so the
+    /// controller's fader follows).
+    pub fn to_controller(&self, normalized: f64) -> f64 {
+        let [i0, i1] = self.input;
+        let [o0, o1] = self.output;
+        let y = if o1 == o0 {
+            0.0
+        } else {
+            ((normalized - o0) / (o1 - o0)).clamp(0.0, 1.0)
+        };
+        let curve = if self.curve.is_finite() && self.curve > 0.0 {
+            self.curve
+        } else {
+            1.0
+        };
+        i0 + y.powf(1.0 / curve) * (i1 - i0)
+    }
+}
+
+/// A set of mappings for a controller layout, as shipped in `presets/osc/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OscPreset {
+    /// What it is for.
+    pub name: String,
+    /// What goes where, for people.
+    #[serde(default)]
+    pub description: String,
+    /// The mappings.
+    pub mappings: Vec<OscMapping>,
 }
 
 /// Who may invite Lockstep into an AppleMIDI session (Apple's Network MIDI choices).
@@ -82,6 +165,7 @@ impl Default for NetSettings {
             rtp_midi_access: AccessMode::Anyone,
             rtp_midi_journal: true,
             mdns: true,
+            osc_mappings: Vec::new(),
             macro_names: vec![String::new(); MACRO_COUNT],
         }
     }
@@ -172,6 +256,62 @@ mod tests {
         assert_eq!(example.peers[0].offset_ms, -3.5);
         assert!(!example.peers[1].enabled);
         assert_eq!(example.macro_names.len(), MACRO_COUNT);
+    }
+
+    #[test]
+    fn shipped_osc_presets_parse_and_map_known_parameters() {
+        let preset: OscPreset =
+            serde_json::from_str(include_str!("../../presets/osc/touchosc-simple.json"))
+                .expect("presets/osc/touchosc-simple.json is a valid OscPreset");
+        assert!(preset.mappings.len() >= 16);
+        let known = |p: &str| {
+            [
+                "clk_on", "clk_ofs", "clk_tr", "rtp_on", "osc_on", "osc_fb", "lnk_md", "lnk_q",
+                "lnk_ss",
+            ]
+            .contains(&p)
+                || p.strip_prefix("mac_")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .is_some_and(|n| (1..=MACRO_COUNT).contains(&n))
+        };
+        for m in &preset.mappings {
+            assert!(known(&m.param), "{m:?}");
+            assert!(m.address.starts_with('/'), "{m:?}");
+        }
+        // The Open Stage Control session addresses Lockstep's own parameters.
+        let session: serde_json::Value = serde_json::from_str(include_str!(
+            "../../presets/osc/open-stage-control-lockstep.json"
+        ))
+        .expect("valid JSON");
+        let widgets = session["content"]["widgets"][0]["widgets"]
+            .as_array()
+            .expect("widgets");
+        for w in widgets {
+            let address = w["address"].as_str().expect("address");
+            let id = address.strip_prefix("/lockstep/param/").expect("ours");
+            assert!(known(id), "{address}");
+        }
+        assert_eq!(widgets.len(), 8 + MACRO_COUNT);
+    }
+
+    #[test]
+    fn mapping_ranges_and_curves_round_trip() {
+        let m = OscMapping {
+            input: [0.0, 127.0],
+            output: [1.0, 0.5],
+            curve: 2.0,
+            ..OscMapping::default()
+        };
+        assert_eq!(m.to_normalized(0.0), 1.0);
+        assert_eq!(m.to_normalized(127.0), 0.5);
+        assert!((m.to_normalized(63.5) - 0.875).abs() < 1e-12);
+        assert_eq!(m.to_normalized(500.0), 0.5, "clamped");
+        for v in [0.0, 10.0, 63.5, 127.0] {
+            assert!(
+                (m.to_controller(m.to_normalized(v)) - v).abs() < 1e-9,
+                "{v}"
+            );
+        }
     }
 
     #[test]

@@ -384,6 +384,9 @@ fn run(inbox: Receiver<Command>) {
                     }
                     if let Some(server) = &mut osc_server {
                         server.core.add_instance(id, &name, specs);
+                        if let Some(settings) = &attached.settings {
+                            server.core.set_mappings(id, &settings.osc_mappings);
+                        }
                     }
                 }
             }
@@ -415,7 +418,7 @@ fn run(inbox: Receiver<Command>) {
             }
             Err(RecvTimeoutError::Timeout) => {}
         }
-        watch_settings(&mut rings, &mut discovery);
+        watch_settings(&mut rings, &mut discovery, osc_server.as_mut());
         drain(&mut rings, &mut discovery, osc_server.as_mut());
         if let Some(server) = &mut osc_server {
             let now = bridge::host_time_ns();
@@ -475,7 +478,11 @@ fn publish_rtpmidi(id: u64, attached: &mut Attached, now: u64) {
 
 /// Apply settings that changed since they were last applied (a state load into an active
 /// instance): RTP-MIDI reopens only if something it uses changed.
-fn watch_settings(rings: &mut BTreeMap<u64, Attached>, discovery: &mut Discovery) {
+fn watch_settings(
+    rings: &mut BTreeMap<u64, Attached>,
+    discovery: &mut Discovery,
+    mut osc: Option<&mut osc::OscServer>,
+) {
     for (id, attached) in rings.iter_mut() {
         let Some((shared, applied)) = &mut attached.shared else {
             continue;
@@ -486,6 +493,9 @@ fn watch_settings(rings: &mut BTreeMap<u64, Attached>, discovery: &mut Discovery
         }
         *applied = generation;
         let new = shared.get();
+        if let Some(server) = osc.as_deref_mut() {
+            server.core.set_mappings(*id, &new.osc_mappings);
+        }
         let differs = attached
             .settings
             .as_ref()

@@ -28,6 +28,7 @@ usage: cargo xtask run -- [options]
                        host name, resolved in the background; PORT its control port);
                        saved in the plugin's settings like a DAW would
   --osc-port N         our OSC control port (default 8000)
+  --osc-preset FILE    controller mappings to load (e.g. presets/osc/touchosc-simple.json)
   --no-journal         send no recovery journal (to --peer peers and to guests)
   --no-mdns            do not advertise over mDNS (Bonjour) or browse for peers
   --rtpmidi-port N     our AppleMIDI control port (data = N + 1; default 5004)
@@ -146,6 +147,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
         journal: true,
         mdns: true,
         osc_port: None,
+        osc_mappings: Vec::new(),
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -194,6 +196,25 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
             "--status-json" => config.status_json = true,
             "--peer" => config.peers.push(peer(&value("--peer")?)?),
             "--no-journal" => config.journal = false,
+            "--osc-preset" => {
+                let path = value("--osc-preset")?;
+                let text = std::fs::read_to_string(&path).map_err(|e| CliError::Invalid {
+                    flag: "--osc-preset",
+                    value: path.clone(),
+                    why: if e.kind() == std::io::ErrorKind::NotFound {
+                        "no such file"
+                    } else {
+                        "cannot read it"
+                    },
+                })?;
+                let preset: lockstep_net::settings::OscPreset = serde_json::from_str(&text)
+                    .map_err(|_| CliError::Invalid {
+                        flag: "--osc-preset",
+                        value: path,
+                        why: "not a Lockstep OSC preset (name, mappings: [...])",
+                    })?;
+                config.osc_mappings.extend(preset.mappings);
+            }
             "--osc-port" => {
                 config.osc_port = Some(number(
                     "--osc-port",
@@ -306,6 +327,14 @@ mod tests {
         ]))
         .expect("valid");
         assert_eq!(c.osc_port, Some(8010));
+        let preset = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../presets/osc/touchosc-simple.json"
+        );
+        let p = parse(args(&["--osc-preset", preset])).expect("valid");
+        assert_eq!(p.osc_mappings[0].address, "/1/fader1");
+        assert!(parse(args(&["--osc-preset", "/no/such.json"])).is_err());
+        assert!(parse(args(&["--osc-preset", file!()])).is_err(), "not JSON");
         assert_eq!(
             (c.peers[0].host.as_str(), c.peers[0].port),
             ("studio-b.local", 5004)

@@ -52,6 +52,8 @@ pub struct RunConfig {
     pub mdns: bool,
     /// Our OSC port (`--osc-port`).
     pub osc_port: Option<u16>,
+    /// Controller mappings (`--osc-preset`).
+    pub osc_mappings: Vec<lockstep_net::settings::OscMapping>,
 }
 
 /// What the audio thread reports to the main thread.
@@ -122,6 +124,7 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
         || !config.journal
         || !config.mdns
         || config.osc_port.is_some()
+        || !config.osc_mappings.is_empty()
     {
         let mut settings = instance.net_settings()?;
         settings
@@ -135,6 +138,9 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
         if let Some(port) = config.osc_port {
             settings.osc_port = port;
         }
+        settings
+            .osc_mappings
+            .extend(config.osc_mappings.iter().cloned());
         if let Some(port) = config.rtpmidi_port {
             settings.rtp_midi_port = port;
         }

@@ -217,3 +217,73 @@ fn osc_controllers_move_parameters_and_the_host_sees_every_move() -> Result<()> 
     instance.deactivate(p);
     Ok(())
 }
+
+/// A shipped controller preset in the plugin's saved settings: liblo's `oscsend`, playing
+/// TouchOSC's "Simple" layout, moves fader 1 and the XY pad; Macro 1, 6 and 7 follow and the
+/// host gets the values.
+#[test]
+fn the_touchosc_preset_maps_controller_addresses_onto_macros() -> Result<()> {
+    let _guard = exclusive();
+    let preset: lockstep_net::settings::OscPreset =
+        serde_json::from_str(&std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../presets/osc/touchosc-simple.json"
+        ))?)?;
+    let path = Build::Release.clap_path();
+    let bundle = Bundle::load(&path)?;
+    let probe = StatusProbe::open(&path)?;
+    let mut instance = bundle.instantiate()?;
+    let mut settings = instance.net_settings()?;
+    settings.osc_port = OSC_PORT;
+    settings.osc_mappings = preset.mappings;
+    instance.set_net_settings(&settings)?;
+    let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
+    let t = HostTransport::new(120.0, (4, 4));
+    p.process(BLOCK, Some(&t.event()), &[])?;
+    wait_for(&probe, "the OSC port", |s| {
+        s.worker
+            .osc
+            .as_ref()
+            .is_some_and(|o| o.port == Some(OSC_PORT))
+    })?;
+    let target = format!("osc.udp://127.0.0.1:{OSC_PORT}");
+    for args in [
+        vec!["/1/fader1", "f", "0.25"],
+        vec!["/3/xy", "ff", "0.5", "1.0"],
+    ] {
+        let status = Command::new("oscsend")
+            .arg(&target)
+            .args(&args)
+            .status()
+            .context("oscsend (liblo-tools)")?;
+        ensure!(status.success(), "oscsend {args:?}");
+    }
+    let want = [
+        (clap_param_id("mac_1"), 0.25),
+        (clap_param_id("mac_6"), 0.5),
+        (clap_param_id("mac_7"), 1.0),
+    ];
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let period = Duration::from_secs_f64(f64::from(BLOCK) / RATE);
+    while !want
+        .iter()
+        .all(|(id, v)| events.contains(&OutParamEvent::Value(*id, *v)))
+    {
+        ensure!(Instant::now() < deadline, "{events:?}");
+        p.process(BLOCK, Some(&t.event()), &[])?;
+        events.extend(p.out_param_events());
+        std::thread::sleep(period);
+    }
+    instance.pump_main_thread();
+    for (id, v) in want {
+        ensure!((instance.param_value(id)? - v).abs() < 1e-6, "param {id}");
+    }
+    let osc = probe.read()?.worker.osc.context("osc status")?;
+    ensure!(
+        osc.applied == 3 && osc.mapping_errors.is_empty() && osc.unknown_address == 0,
+        "{osc:?}"
+    );
+    instance.deactivate(p);
+    Ok(())
+}

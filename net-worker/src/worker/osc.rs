@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::bridge::TransportSnapshot;
 use crate::params::{HostParamChange, ParamSpec, ValueError};
 use crate::proto::osc::{self, Arg, Message, Packet, pattern};
+use crate::settings::OscMapping;
 
 /// Nanoseconds on the worker's clock.
 pub type Nanos = u64;
@@ -67,6 +68,8 @@ pub struct OscStatus {
     pub dropped_full: u64,
     /// Messages for an instance whose OSC Control parameter is off.
     pub disabled: u64,
+    /// Mappings that could not be used (unknown parameter, bad address).
+    pub mapping_errors: Vec<String>,
     /// Feedback messages sent.
     pub feedback_sent: u64,
     /// Where feedback goes (subscribers and recent senders).
@@ -85,6 +88,9 @@ struct Instance {
     fed_back: Vec<(f64, Nanos)>,
     /// Who moved each parameter last, and when (no echo).
     moved_by: Vec<Option<(SocketAddr, Nanos)>>,
+    /// User mappings: the mapping, its compiled address, the parameter index, and whether
+    /// feedback can go to its address (a literal address with one single-argument mapping).
+    mappings: Vec<(OscMapping, pattern::Pattern, usize, bool)>,
     /// The host transport as last seen, and what was last sent of it (and when).
     transport: Option<TransportSnapshot>,
     transport_sent: Option<(TransportFeed, Nanos)>,
@@ -269,6 +275,7 @@ impl OscCore {
                 values,
                 fed_back: vec![(f64::NAN, 0); n],
                 moved_by: vec![None; n],
+                mappings: Vec::new(),
                 transport: None,
                 transport_sent: None,
             },
@@ -304,6 +311,37 @@ impl OscCore {
                 .position(|s| s.id == param)
                 .is_none_or(|k| i.values[k] >= 0.5)
         })
+    }
+
+    /// Replace instance `id`'s user mappings.
+    pub fn set_mappings(&mut self, id: u64, mappings: &[OscMapping]) {
+        let Some(instance) = self.instances.get_mut(&id) else {
+            return;
+        };
+        self.status.mapping_errors.clear();
+        instance.mappings.clear();
+        for m in mappings {
+            let Some(index) = instance.specs.iter().position(|s| s.id == m.param) else {
+                self.status
+                    .mapping_errors
+                    .push(format!("{} → {}: no such parameter", m.address, m.param));
+                continue;
+            };
+            match pattern::Pattern::compile(&m.address) {
+                Ok(p) => {
+                    let literal =
+                        !m.address.contains(['*', '?', '[', '{']) && !m.address.contains("//");
+                    let alone = mappings.iter().filter(|o| o.address == m.address).count() == 1;
+                    instance
+                        .mappings
+                        .push((m.clone(), p, index, literal && alone && m.arg == 0));
+                }
+                Err(e) => self
+                    .status
+                    .mapping_errors
+                    .push(format!("{} → {}: {e}", m.address, m.param)),
+            }
+        }
     }
 
     /// The host transport instance `id` saw at its latest block.
@@ -448,6 +486,9 @@ impl OscCore {
             }
             _ => {}
         }
+        if self.handle_mapped(now, from, m, out) {
+            return;
+        }
         let pattern = match self.cache.get(&m.address) {
             Ok(p) => p.clone(),
             Err(e) => {
@@ -538,6 +579,68 @@ impl OscCore {
         }
     }
 
+    /// Apply user mappings matching `m`'s address; true if any did.
+    fn handle_mapped(
+        &mut self,
+        now: Nanos,
+        from: SocketAddr,
+        m: &Message,
+        out: &mut Output,
+    ) -> bool {
+        let mut hits = Vec::new();
+        for (&id, instance) in &self.instances {
+            for (mapping, pattern, index, _) in &instance.mappings {
+                if pattern.matches(&m.address) {
+                    hits.push((id, *index, mapping.clone()));
+                }
+            }
+        }
+        if hits.is_empty() {
+            return false;
+        }
+        for (id, index, mapping) in hits {
+            if !self.switch_on(id, "osc_on") {
+                self.status.disabled += 1;
+                self.error(
+                    from,
+                    &m.address,
+                    "OSC Control is switched off for this instance",
+                    out,
+                );
+                continue;
+            }
+            let Some(value) = m.args.get(mapping.arg).and_then(Arg::as_f64) else {
+                self.status.wrong_type += 1;
+                self.error(
+                    from,
+                    &m.address,
+                    &format!(
+                        "mapped to {}: argument {} is not a number",
+                        mapping.param,
+                        mapping.arg + 1
+                    ),
+                    out,
+                );
+                continue;
+            };
+            let normalized = mapping.to_normalized(value);
+            let instance = self.instances.get_mut(&id).expect("present");
+            let spec = &instance.specs[index];
+            // Discrete parameters land on a step.
+            let normalized = spec.normalize(spec.plain(normalized)).unwrap_or(normalized);
+            out.changes.push((
+                id,
+                HostParamChange {
+                    clap_id: spec.clap_id,
+                    value: spec.clap_value(normalized),
+                },
+            ));
+            instance.moved_by[index] = Some((from, now));
+            self.status.applied += 1;
+        }
+        true
+    }
+
     /// The plugin's inbox for instance `id` was full: count it.
     pub fn dropped(&mut self, n: u64) {
         self.status.dropped_full += n;
@@ -602,7 +705,15 @@ impl OscCore {
                     continue;
                 }
                 let mover = instance.moved_by[index].filter(|(_, t)| now < t + NO_ECHO);
-                let messages = self.value_messages(id, index);
+                let mut messages = self.value_messages(id, index).to_vec();
+                for (mapping, _, mapped, feedback) in &instance.mappings {
+                    if *mapped == index && *feedback {
+                        messages.push(Message::new(
+                            mapping.address.clone(),
+                            vec![Arg::Float(mapping.to_controller(v) as f32)],
+                        ));
+                    }
+                }
                 for to in &destinations {
                     if mover.is_some_and(|(a, _)| a == *to) {
                         continue;
@@ -1093,6 +1204,104 @@ mod tests {
             )],
             "only what changed"
         );
+    }
+
+    #[test]
+    fn user_mappings_drive_parameters_and_get_feedback() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        core.set_mappings(
+            1,
+            &[
+                OscMapping {
+                    address: "/1/fader1".into(),
+                    param: "mac_1".into(),
+                    ..OscMapping::default()
+                },
+                OscMapping {
+                    address: "/3/xy".into(),
+                    arg: 1,
+                    param: "clk_ofs".into(),
+                    output: [0.25, 0.75],
+                    ..OscMapping::default()
+                },
+                OscMapping {
+                    address: "/1/toggle1".into(),
+                    param: "lnk_md".into(),
+                    ..OscMapping::default()
+                },
+                OscMapping {
+                    address: "/x".into(),
+                    param: "nope".into(),
+                    ..OscMapping::default()
+                },
+            ],
+        );
+        assert_eq!(core.status().mapping_errors.len(), 1);
+        let phone = SocketAddr::from(PHONE);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/1/fader1", vec![Arg::Float(0.5)]),
+        );
+        assert_eq!(
+            out.changes[0].1,
+            HostParamChange {
+                clap_id: 13,
+                value: 0.5
+            }
+        );
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/3/xy", vec![Arg::Float(0.1), Arg::Float(0.5)]),
+        );
+        assert_eq!(
+            out.changes[0].1,
+            HostParamChange {
+                clap_id: 11,
+                value: 0.5
+            }
+        );
+        // A toggle on an enum lands on a step (0.6 of Off/Lead/Follow → Lead).
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/1/toggle1", vec![Arg::Float(0.6)]),
+        );
+        assert_eq!(
+            out.changes[0].1,
+            HostParamChange {
+                clap_id: 12,
+                value: 1.0
+            }
+        );
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/1/fader1", vec![Arg::Str("x".into())]),
+        );
+        assert!(out.changes.is_empty());
+        assert_eq!(errors(&out).len(), 1);
+        // Feedback goes to the mapped address too (not to the mover).
+        let tablet = SocketAddr::from(([192, 168, 1, 30], 9001));
+        send(
+            &mut core,
+            tablet,
+            Message::new("/lockstep/subscribe", vec![]),
+        );
+        core.set_current(1, 2, 0.5);
+        let mut out = Output::default();
+        core.feedback(1_100 * MS, &mut out);
+        let fader: Vec<_> = out
+            .datagrams
+            .iter()
+            .filter(|(_, b)| {
+                matches!(osc::decode(b), Ok(Packet::Message(m)) if m.address == "/1/fader1" && m.args == [Arg::Float(0.5)])
+            })
+            .map(|(to, _)| *to)
+            .collect();
+        assert_eq!(fader, vec![tablet]);
     }
 
     #[test]
