@@ -159,6 +159,9 @@ pub struct HostParamChange {
     pub clap_id: u32,
     /// The value in the host's terms ([`ParamSpec::clap_value`]).
     pub value: f64,
+    /// The instance's sample clock position (samples since activation) the change belongs
+    /// at, for OSC bundles with a future time tag; `None` = as soon as possible.
+    pub at_sample: Option<u64>,
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::bridge::{self, AudioSide, BridgeEvent, RingCounters, TransportSnapshot, WorkerSide};
+use crate::clock::estimator::HostTimeEstimator;
 use crate::clock::follower::ClockFollower;
 use crate::clock::scheduler::{Scheduler, SchedulerConfig, SchedulerStats, Transmit};
 use crate::clock::{ClockEvent, ClockKind, ClockState};
@@ -196,6 +197,10 @@ struct Attached {
     settings: Option<NetSettings>,
     /// Where OSC-driven parameter changes go (the plugin's CLAP shim takes them out).
     inbox: Option<Inbox>,
+    /// The instance's sample clock against host time (as its clock engine fits it), to put
+    /// timed OSC changes on their sample.
+    /// Boxed: its 4096-point window is 64 KiB, too big to move around on the stack.
+    estimator: Box<HostTimeEstimator>,
     /// The plugin's settings, watched for changes, and the generation last applied.
     shared: Option<(Arc<SharedSettings>, u64)>,
     /// RTP-MIDI switched on (the `rtp_on` parameter).
@@ -350,6 +355,7 @@ fn run(inbox: Receiver<Command>) {
                     settings: None,
                     shared: None,
                     inbox: None,
+                    estimator: Box::new(HostTimeEstimator::new(48_000.0)),
                     rtp_enabled: true,
                 };
                 rings.insert(id, attached);
@@ -422,7 +428,18 @@ fn run(inbox: Receiver<Command>) {
         drain(&mut rings, &mut discovery, osc_server.as_mut());
         if let Some(server) = &mut osc_server {
             let now = bridge::host_time_ns();
-            for (id, change) in server.poll(now) {
+            let (now_changes, timed) = server.poll(now, OSC_LOOKAHEAD);
+            let timed = timed.into_iter().map(|(due, id, mut change)| {
+                // The sample the due time falls on, through the instance's sample clock
+                // estimate (as the clock engine maps samples to host time).
+                change.at_sample = rings
+                    .get(&id)
+                    .and_then(|a| a.estimator.samples_at(due as f64))
+                    .map(|s| s.max(0.0).round() as u64);
+                (id, change)
+            });
+            let timed: Vec<_> = timed.collect();
+            for (id, change) in now_changes.into_iter().chain(timed) {
                 let pushed = rings
                     .get_mut(&id)
                     .and_then(|a| a.inbox.as_ref())
@@ -584,6 +601,10 @@ fn raise_priority() -> String {
     }
 }
 
+/// Timed OSC changes go to the plugin this long before they are due (covers a block of up
+/// to 2048 samples at 48 kHz); the CLAP shim holds them until their block.
+const OSC_LOOKAHEAD: u64 = 50_000_000;
+
 /// How often the mDNS browse results are taken in and published.
 const DISCOVERY_PUBLISH: Duration = Duration::from_millis(250);
 
@@ -669,6 +690,11 @@ fn drain(
             popped += 1;
             match event {
                 BridgeEvent::Transport(snapshot) => {
+                    attached.estimator.add(
+                        snapshot.block_start_samples,
+                        snapshot.host_time_ns,
+                        f64::from(snapshot.sample_rate),
+                    );
                     if let Some(server) = osc.as_deref_mut() {
                         server.core.set_transport(*id, snapshot);
                     }

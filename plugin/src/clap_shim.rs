@@ -5,16 +5,17 @@
 //! `GuiContext` an editor receives, and has no public way to set a parameter from inside the
 //! plugin. So the layer sits between host and wrapper, in `process()`:
 //!
-//! - changes the worker queued for this instance (lock-free `rtrb`, no allocation) are put in
-//!   front of the host's input events as `CLAP_EVENT_PARAM_VALUE` at time 0, so nice-plug
-//!   applies them exactly as it applies host automation;
+//! - changes the worker queued for this instance (lock-free `rtrb`, no allocation) join the
+//!   host's input events as `CLAP_EVENT_PARAM_VALUE`, so nice-plug applies them exactly as it
+//!   applies host automation: at once, or, for OSC bundles with a future time tag, at the
+//!   sample the worker computed (held here until their block, merged in time order);
 //! - the same changes go to the host's output events as gesture begin / value / gesture end,
 //!   so the DAW moves its own view of the parameter and can record automation, editor open or
 //!   not. A gesture stays open while changes keep coming and ends 250 ms after the last.
 //!
 //! Everything else is nice-plug's own `clap_plugin`: our outer `clap_plugin` is a copy of it
 //! (its `plugin_data` is the wrapper, so every extension nice-plug exposes works unchanged)
-//! with `activate`, `process` and `destroy` replaced. VST3 goes through nice-plug unchanged,
+//! with `activate`, `start_processing`, `reset`, `process` and `destroy` replaced. VST3 goes through nice-plug unchanged,
 //! without this (see the README).
 
 use std::cell::RefCell;
@@ -40,6 +41,13 @@ use crate::Lockstep;
 
 /// Most remote changes taken into one block (the rest wait for the next one).
 const MAX_PER_BLOCK: usize = 64;
+/// Timed changes held for a later block.
+const MAX_PENDING: usize = 64;
+/// Host input events we can interleave our timed ones with (beyond this, ours go first at
+/// time 0).
+const MAX_MERGED: usize = 2048;
+/// Marks an index into our own events in the merged order.
+const OURS: u32 = 1 << 31;
 /// Parameters with an open gesture at once (more are sent as begin/value/end at once).
 const MAX_GESTURES: usize = 16;
 /// A gesture ends this long after the parameter's last remote change.
@@ -78,8 +86,16 @@ struct Shim {
     /// This block's injected changes (preallocated; `process()` never allocates).
     injected: [clap_event_param_value; MAX_PER_BLOCK],
     injected_len: usize,
-    /// The host's input events while the wrapper reads our merged list.
+    /// Timed changes for later blocks: (sample clock position, change).
+    pending: [(u64, HostParamChange); MAX_PENDING],
+    pending_len: usize,
+    /// Samples processed since activation or reset (the plugin's own sample clock).
+    clock: u64,
+    /// The host's input events while the wrapper reads our merged list, and the time-sorted
+    /// order of the merged list (host indices, or ours with [`OURS`] set).
     host_in: *const clap_input_events,
+    order: [u32; MAX_MERGED],
+    order_len: usize,
 }
 
 fn param_value(clap_id: u32, value: f64) -> clap_event_param_value {
@@ -118,13 +134,22 @@ fn gesture(kind: u16, clap_id: u32, time: u32) -> clap_event_param_gesture {
 unsafe extern "C" fn merged_size(list: *const clap_input_events) -> u32 {
     // SAFETY: `ctx` is the `Shim` that built this list for the duration of one process call.
     let shim = unsafe { &*((*list).ctx as *const Shim) };
-    let host = if shim.host_in.is_null() {
-        0
-    } else {
-        // SAFETY: the host's list is valid for the process call.
-        unsafe { (*shim.host_in).size.map_or(0, |f| f(shim.host_in)) }
-    };
-    shim.injected_len as u32 + host
+    shim.order_len as u32
+}
+
+/// The host's event count.
+fn host_len(host: *const clap_input_events) -> usize {
+    if host.is_null() {
+        return 0;
+    }
+    // SAFETY: the host's list is valid for the process call.
+    unsafe { (*host).size.map_or(0, |f| f(host)) as usize }
+}
+
+/// The host's event `i`.
+fn host_event(host: *const clap_input_events, i: usize) -> *const clap_event_header {
+    // SAFETY: the host's list is valid for the process call; `i` < its size.
+    unsafe { (*host).get.map_or(ptr::null(), |f| f(host, i as u32)) }
 }
 
 unsafe extern "C" fn merged_get(
@@ -133,18 +158,101 @@ unsafe extern "C" fn merged_get(
 ) -> *const clap_event_header {
     // SAFETY: as in `merged_size`.
     let shim = unsafe { &*((*list).ctx as *const Shim) };
-    let index = index as usize;
-    if index < shim.injected_len {
-        return &shim.injected[index].header;
+    match shim.order[..shim.order_len].get(index as usize) {
+        Some(&o) if o & OURS != 0 => &shim.injected[(o & !OURS) as usize].header,
+        Some(&o) => host_event(shim.host_in, o as usize),
+        None => ptr::null(),
     }
-    if shim.host_in.is_null() {
-        return ptr::null();
+}
+
+/// Take this block's changes from the queue and the held ones, put each on its sample, sort
+/// them, and build the merged order with the host's events (both time-sorted).
+fn prepare_block(shim: &mut Shim, frames: u32, host: *const clap_input_events) {
+    let (start, end) = (shim.clock, shim.clock + u64::from(frames));
+    let last = frames.saturating_sub(1);
+    shim.injected_len = 0;
+    let take = |shim: &mut Shim, change: HostParamChange| {
+        if shim.injected_len == MAX_PER_BLOCK {
+            return false;
+        }
+        let time = change
+            .at_sample
+            .map_or(0, |at| at.saturating_sub(start).min(u64::from(last)) as u32);
+        let mut event = param_value(change.clap_id, change.value);
+        event.header.time = time;
+        shim.injected[shim.injected_len] = event;
+        shim.injected_len += 1;
+        true
+    };
+    // Held changes whose block this is.
+    let mut i = 0;
+    while i < shim.pending_len {
+        let (at, change) = shim.pending[i];
+        if at < end && take(shim, change) {
+            shim.pending_len -= 1;
+            shim.pending[i] = shim.pending[shim.pending_len];
+        } else {
+            i += 1;
+        }
     }
-    // SAFETY: the host's list is valid for the process call.
-    unsafe {
-        (*shim.host_in).get.map_or(ptr::null(), |f| {
-            f(shim.host_in, (index - shim.injected_len) as u32)
-        })
+    if let Some(mut inbox) = shim.inbox.take() {
+        while shim.injected_len < MAX_PER_BLOCK {
+            let Ok(change) = inbox.pop() else { break };
+            match change.at_sample {
+                Some(at) if at >= end && shim.pending_len < MAX_PENDING => {
+                    shim.pending[shim.pending_len] = (at, change);
+                    shim.pending_len += 1;
+                }
+                _ => {
+                    take(shim, change);
+                }
+            }
+        }
+        shim.inbox = Some(inbox);
+    }
+    // Insertion sort by time (a handful of events).
+    for i in 1..shim.injected_len {
+        let mut j = i;
+        while j > 0 && shim.injected[j - 1].header.time > shim.injected[j].header.time {
+            shim.injected.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+    // Merge with the host's events.
+    let n_host = host_len(host);
+    shim.order_len = 0;
+    if n_host + shim.injected_len > MAX_MERGED {
+        // Too many to interleave: ours first, at time 0, keeps the list sorted.
+        for k in 0..shim.injected_len {
+            shim.injected[k].header.time = 0;
+            shim.order[shim.order_len] = OURS | k as u32;
+            shim.order_len += 1;
+        }
+        for h in 0..n_host.min(MAX_MERGED - shim.order_len) {
+            shim.order[shim.order_len] = h as u32;
+            shim.order_len += 1;
+        }
+        return;
+    }
+    let (mut h, mut k) = (0, 0);
+    while h < n_host || k < shim.injected_len {
+        let host_time = (h < n_host).then(|| {
+            let e = host_event(host, h);
+            // SAFETY: a valid event header from the host's list (null checked).
+            if e.is_null() { 0 } else { unsafe { (*e).time } }
+        });
+        let ours_first = match host_time {
+            None => true,
+            Some(t) => k < shim.injected_len && shim.injected[k].header.time < t,
+        };
+        if ours_first {
+            shim.order[shim.order_len] = OURS | k as u32;
+            k += 1;
+        } else {
+            shim.order[shim.order_len] = h as u32;
+            h += 1;
+        }
+        shim.order_len += 1;
     }
 }
 
@@ -159,11 +267,41 @@ unsafe extern "C" fn shim_activate(
     let shim = unsafe { &mut *(plugin as *mut Shim) };
     shim.sample_rate = sample_rate;
     shim.open = 0;
+    shim.clock = 0;
+    shim.pending_len = 0;
     // SAFETY: nice-plug's own function with its own plugin pointer.
     unsafe {
         (*shim.inner)
             .activate
             .is_some_and(|f| f(shim.inner, sample_rate, min_frames, max_frames))
+    }
+}
+
+unsafe extern "C" fn shim_reset(plugin: *const clap_plugin) {
+    // SAFETY: our pointer; CLAP calls reset on the audio thread, never during process.
+    let shim = unsafe { &mut *(plugin as *mut Shim) };
+    // The plugin's sample clock restarts with reset: ours follows it.
+    shim.clock = 0;
+    shim.pending_len = 0;
+    // SAFETY: nice-plug's own function with its own plugin pointer.
+    unsafe {
+        if let Some(reset) = (*shim.inner).reset {
+            reset(shim.inner);
+        }
+    }
+}
+
+unsafe extern "C" fn shim_start_processing(plugin: *const clap_plugin) -> bool {
+    // SAFETY: our pointer; audio thread, before any process call of this run.
+    let shim = unsafe { &mut *(plugin as *mut Shim) };
+    // nice-plug resets the plugin (and so its sample clock) here: ours follows.
+    shim.clock = 0;
+    shim.pending_len = 0;
+    // SAFETY: nice-plug's own function with its own plugin pointer.
+    unsafe {
+        (*shim.inner)
+            .start_processing
+            .is_some_and(|f| f(shim.inner))
     }
 }
 
@@ -181,14 +319,7 @@ unsafe extern "C" fn shim_process(
         // SAFETY: our pointer; the audio thread is the only one touching the shim while
         // processing. This borrow ends before the wrapper can call back into `merged_*`.
         let shim = unsafe { &mut *shim_ptr };
-        shim.injected_len = 0;
-        if let Some(inbox) = &mut shim.inbox {
-            while shim.injected_len < MAX_PER_BLOCK {
-                let Ok(change) = inbox.pop() else { break };
-                shim.injected[shim.injected_len] = param_value(change.clap_id, change.value);
-                shim.injected_len += 1;
-            }
-        }
+        prepare_block(shim, host_process.frames_count, host_process.in_events);
         shim.host_in = host_process.in_events;
     }
     // SAFETY: reads of plain fields through our pointer.
@@ -215,6 +346,7 @@ unsafe extern "C" fn shim_process(
     let shim = unsafe { &mut *shim_ptr };
     shim.host_in = ptr::null();
     report_to_host(shim, host_process);
+    shim.clock += u64::from(host_process.frames_count);
     status
 }
 
@@ -243,15 +375,16 @@ fn report_to_host(shim: &mut Shim, process: &clap_process) {
                 push(&event.header);
             }
             None if shim.open < MAX_GESTURES => {
-                push(&gesture(CLAP_EVENT_PARAM_GESTURE_BEGIN, id, 0).header);
+                push(&gesture(CLAP_EVENT_PARAM_GESTURE_BEGIN, id, event.header.time).header);
                 push(&event.header);
                 shim.gestures[shim.open] = (id, hold);
                 shim.open += 1;
             }
             None => {
-                push(&gesture(CLAP_EVENT_PARAM_GESTURE_BEGIN, id, 0).header);
+                let t = event.header.time;
+                push(&gesture(CLAP_EVENT_PARAM_GESTURE_BEGIN, id, t).header);
                 push(&event.header);
-                push(&gesture(CLAP_EVENT_PARAM_GESTURE_END, id, 0).header);
+                push(&gesture(CLAP_EVENT_PARAM_GESTURE_END, id, t).header);
             }
         }
     }
@@ -327,6 +460,8 @@ unsafe extern "C" fn create_plugin(
     let mut clap = unsafe { *inner };
     clap.activate = Some(shim_activate);
     clap.process = Some(shim_process);
+    clap.reset = Some(shim_reset);
+    clap.start_processing = Some(shim_start_processing);
     clap.destroy = Some(shim_destroy);
     let shim = Box::new(Shim {
         clap,
@@ -337,7 +472,19 @@ unsafe extern "C" fn create_plugin(
         open: 0,
         injected: [param_value(0, 0.0); MAX_PER_BLOCK],
         injected_len: 0,
+        pending: [(
+            0,
+            HostParamChange {
+                clap_id: 0,
+                value: 0.0,
+                at_sample: None,
+            },
+        ); MAX_PENDING],
+        pending_len: 0,
+        clock: 0,
         host_in: ptr::null(),
+        order: [0; MAX_MERGED],
+        order_len: 0,
     });
     Box::into_raw(shim) as *const clap_plugin
 }

@@ -5,6 +5,8 @@ Sends each message given as JSON on the command line, from one UDP socket bound 
 SECONDS and prints every packet it receives as a JSON line: {"address": ..., "args": [...]}
 (bundles are flattened). First line: {"event": "ready"}.
 Usage: osc_client.py PORT LISTEN SECONDS '["/addr", "f", 0.5]' ...
+A spec may also be '{"in": 0.3, "messages": [[...], ...]}': a bundle timed that many seconds
+from now (python-osc's own NTP conversion); its Unix time is printed as {"event": "bundle"}.
 Types: f float, i int, d double, h int64, s string, S symbol (as string), T/F bools.
 """
 
@@ -14,6 +16,7 @@ import sys
 import time
 
 from pythonosc.osc_bundle import OscBundle
+from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
@@ -23,6 +26,14 @@ def emit(**fields):
 
 
 def build(spec):
+    if isinstance(spec, dict):
+        # {"in": seconds from now, "messages": [...]}: a bundle with that time tag.
+        at = time.time() + spec["in"]
+        bundle = OscBundleBuilder(at)
+        for m in spec["messages"]:
+            bundle.add_content(OscMessage(build(m)))
+        emit(event="bundle", at=at)
+        return bundle.build().dgram
     address, *rest = spec
     builder = OscMessageBuilder(address=address)
     for tag, value in zip(rest[0::2], rest[1::2]):

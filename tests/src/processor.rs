@@ -109,6 +109,21 @@ impl Processor {
             .collect()
     }
 
+    /// The sample offsets (event times) of the value events for parameter `id` in the last
+    /// block.
+    pub fn out_param_value_times(&self, id: u32) -> Vec<u32> {
+        use clack_host::events::spaces::CoreEventSpace;
+        self.out_events
+            .iter()
+            .filter_map(|e| match e.as_core_event()? {
+                CoreEventSpace::ParamValue(v) if v.param_id()?.get() == id => {
+                    Some(v.header().time())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Samples processed since activation (the CLAP steady time of the next block).
     pub fn steady_time(&self) -> u64 {
         self.steady_time

@@ -287,3 +287,132 @@ fn the_touchosc_preset_maps_controller_addresses_onto_macros() -> Result<()> {
     instance.deactivate(p);
     Ok(())
 }
+
+/// An OSC bundle with a future time tag (python-osc) reaches the host on the sample its time
+/// falls on, not at a block boundary; a past one applies at once and is counted late; one
+/// more than 10 s ahead is refused with an error.
+#[test]
+fn timed_bundles_land_on_their_sample() -> Result<()> {
+    let _guard = exclusive();
+    let path = Build::Release.clap_path();
+    let bundle = Bundle::load(&path)?;
+    let probe = StatusProbe::open(&path)?;
+    let mut instance = bundle.instantiate()?;
+    let mut settings = instance.net_settings()?;
+    settings.osc_port = OSC_PORT;
+    instance.set_net_settings(&settings)?;
+    let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
+    let t = HostTransport::new(120.0, (4, 4));
+    let period = Duration::from_secs_f64(f64::from(BLOCK) / RATE);
+    // (block start sample, Unix time ns at its process call) for every block.
+    let mut blocks: Vec<(u64, f64)> = Vec::new();
+    let unix_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_nanos() as f64)
+    };
+    let mut deadline = Instant::now();
+    let mut step = |p: &mut lockstep_host::processor::Processor,
+                    blocks: &mut Vec<(u64, f64)>|
+     -> Result<Vec<OutParamEvent>> {
+        blocks.push((p.steady_time(), unix_ns()));
+        p.process(BLOCK, Some(&t.event()), &[])?;
+        deadline += period;
+        if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        Ok(p.out_param_events())
+    };
+    // Two seconds of blocks first: the sample clock estimate settles.
+    for _ in 0..(2.0 * RATE / f64::from(BLOCK)) as usize {
+        step(&mut p, &mut blocks)?;
+    }
+    wait_for(&probe, "the OSC port", |s| {
+        s.worker
+            .osc
+            .as_ref()
+            .is_some_and(|o| o.port == Some(OSC_PORT))
+    })?;
+    let client = ScriptPeer::spawn(
+        "osc_client.py",
+        &[
+            OSC_PORT.to_string(),
+            CLIENT_PORT.to_string(),
+            "3".into(),
+            r#"{"in": 0.4, "messages": [["/lockstep/param/mac_2", "f", 0.6]]}"#.into(),
+            r#"{"in": -1.0, "messages": [["/lockstep/param/mac_3", "f", 0.3]]}"#.into(),
+            r#"{"in": 30.0, "messages": [["/lockstep/param/mac_4", "f", 0.9]]}"#.into(),
+        ],
+    )?;
+    let mac_2 = clap_param_id("mac_2");
+    let mut found = None;
+    let mut all = Vec::new();
+    let stop = Instant::now() + Duration::from_secs(5);
+    while found.is_none() {
+        ensure!(
+            Instant::now() < stop,
+            "mac_2 never reached the host: {all:?}"
+        );
+        let start = p.steady_time();
+        let events = step(&mut p, &mut blocks)?;
+        for e in &events {
+            if let OutParamEvent::Value(id, v) = *e
+                && id == mac_2
+            {
+                ensure!((v - 0.6).abs() < 1e-6, "{e:?}");
+                found = Some(start);
+            }
+        }
+        all.extend(events);
+        if found.is_some() {
+            // The sample offset inside the block is in the raw event; read it back.
+            break;
+        }
+    }
+    let block_start = found.context("found")?;
+    let offset = p.out_param_value_times(mac_2);
+    ensure!(offset.len() == 1, "{offset:?}");
+    let actual = block_start as f64 + f64::from(offset[0]);
+    let lines = client.wait("the bundle's time", |l| {
+        l.iter().any(|v| v["event"] == "bundle")
+    })?;
+    let target_unix_ns = lines
+        .iter()
+        .find(|v| v["event"] == "bundle")
+        .and_then(|v| v["at"].as_f64())
+        .context("at")?
+        * 1e9;
+    // Where the test's own clock puts that time: a least-squares line through the blocks.
+    let n = blocks.len() as f64;
+    let (mx, my) = blocks
+        .iter()
+        .fold((0.0, 0.0), |a, b| (a.0 + b.1 / n, a.1 + b.0 as f64 / n));
+    let (sxy, sxx) = blocks.iter().fold((0.0, 0.0), |a, b| {
+        (
+            a.0 + (b.1 - mx) * (b.0 as f64 - my),
+            a.1 + (b.1 - mx) * (b.1 - mx),
+        )
+    });
+    let expected = my + sxy / sxx * (target_unix_ns - mx);
+    let error = actual - expected;
+    println!(
+        "timed bundle: sample {actual} (offset {} in its block), expected {expected:.1}: error {error:+.1} samples",
+        offset[0]
+    );
+    ensure!(
+        error.abs() <= 48.0,
+        "landed {error:+.1} samples from its time (block {BLOCK})"
+    );
+    let osc = probe.read()?.worker.osc.context("osc")?;
+    ensure!(
+        osc.late == 1 && osc.schedule_refused == 1 && osc.applied == 2,
+        "{osc:?}"
+    );
+    ensure!(
+        all.iter()
+            .any(|e| matches!(e, OutParamEvent::Value(id, _) if *id == clap_param_id("mac_3"))),
+        "the late bundle applied at once: {all:?}"
+    );
+    instance.deactivate(p);
+    Ok(())
+}

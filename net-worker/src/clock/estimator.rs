@@ -181,6 +181,26 @@ impl HostTimeEstimator {
         Some(self.base_ns as f64 + mean_y + slope * (x - mean_x))
     }
 
+    /// The (fractional) sample position processed at host time `host_ns` on the smoothed
+    /// timeline: the inverse of [`HostTimeEstimator::host_ns_at`]. `None` before the first
+    /// block.
+    pub fn samples_at(&self, host_ns: f64) -> Option<f64> {
+        if self.len == 0 {
+            return None;
+        }
+        let n = self.len as f64;
+        let slope = self
+            .smoothed_slope
+            .or_else(|| self.regression_slope())
+            .unwrap_or(1e9 / self.sample_rate);
+        if slope <= 0.0 || !slope.is_finite() {
+            return None;
+        }
+        let (mean_x, mean_y) = (self.sum_x / n, self.sum_y / n);
+        let y = host_ns - self.base_ns as f64;
+        Some(self.base_samples as f64 + mean_x + (y - mean_y) / slope)
+    }
+
     /// Points in the window.
     pub fn len(&self) -> usize {
         self.len
@@ -269,5 +289,19 @@ mod tests {
         let (step_p99, abs_p99) = simulate_jitter(48_000.0, 512, 3 * WINDOW as u64);
         assert!(step_p99 < 20_000.0, "p99 step {step_p99} ns");
         assert!(abs_p99 < 1_500_000.0, "p99 absolute error {abs_p99} ns");
+    }
+
+    #[test]
+    fn samples_at_inverts_host_ns_at() {
+        let mut e = HostTimeEstimator::new(48_000.0);
+        for b in 0..2000u64 {
+            let jitter = (b * 7919 % 13) * 20_000;
+            e.add(b * 256, 5_000_000_000 + b * 5_333_333 + jitter, 48_000.0);
+        }
+        for s in [0.0, 1234.5, 256.0 * 1999.0, 600_000.0] {
+            let t = e.host_ns_at(s).expect("fitted");
+            let back = e.samples_at(t).expect("fitted");
+            assert!((back - s).abs() < 1e-3, "{s} -> {t} -> {back}");
+        }
     }
 }

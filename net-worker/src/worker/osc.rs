@@ -28,6 +28,12 @@ const MS: Nanos = 1_000_000;
 pub const MAX_PACKET: usize = 8192;
 /// Messages per second one source may send (burst twice that).
 pub const RATE_PER_SOURCE: f64 = 500.0;
+/// Bundles timed further ahead than this are refused (the schedule is bounded in time).
+pub const MAX_HORIZON: Nanos = 10_000 * MS;
+/// At most this many timed changes wait at once (the schedule is bounded in size).
+pub const MAX_SCHEDULED: usize = 1024;
+/// A bundle this late or more is counted late (it still applies at once).
+pub const LATE_AFTER: Nanos = MS;
 /// Transport feedback (the moving beat position) goes out at most this often.
 pub const TRANSPORT_INTERVAL: Nanos = 33 * MS;
 /// Feedback for one parameter goes out at most this often.
@@ -70,6 +76,12 @@ pub struct OscStatus {
     pub disabled: u64,
     /// Mappings that could not be used (unknown parameter, bad address).
     pub mapping_errors: Vec<String>,
+    /// Bundles whose time tag had passed (applied at once).
+    pub late: u64,
+    /// Bundles timed beyond the horizon, or changes refused because the schedule was full.
+    pub schedule_refused: u64,
+    /// Timed changes waiting now.
+    pub scheduled: usize,
     /// Feedback messages sent.
     pub feedback_sent: u64,
     /// Where feedback goes (subscribers and recent senders).
@@ -187,7 +199,16 @@ pub struct OscCore {
     buckets: BTreeMap<IpAddr, Bucket>,
     status: OscStatus,
     last_messages: VecDeque<String>,
+    /// Unix time minus host time, ns (time tags are wall-clock NTP times).
+    wall_offset_ns: f64,
+    /// The due time of the bundle being handled (None = at once).
+    due: Option<Nanos>,
+    /// Timed changes: (due host time, instance, change), kept sorted by due time.
+    scheduled: VecDeque<(Nanos, u64, HostParamChange)>,
 }
+
+/// A timed change: (due host time, instance, change).
+pub type TimedChange = (Nanos, u64, HostParamChange);
 
 /// What [`OscCore`] wants done.
 #[derive(Debug, Default)]
@@ -245,6 +266,9 @@ impl OscCore {
             buckets: BTreeMap::new(),
             status: OscStatus::default(),
             last_messages: VecDeque::new(),
+            wall_offset_ns: 0.0,
+            due: None,
+            scheduled: VecDeque::new(),
         }
     }
 
@@ -360,9 +384,43 @@ impl OscCore {
         }
     }
 
+    /// The wall clock's offset from the host clock (Unix ns − host ns), for time tags.
+    pub fn set_wall_offset(&mut self, unix_minus_host_ns: f64) {
+        self.wall_offset_ns = unix_minus_host_ns;
+    }
+
+    /// Host time of an NTP time tag.
+    fn host_time_of(&self, tag: u64) -> f64 {
+        osc::timetag_to_unix(tag) * 1e9 - self.wall_offset_ns
+    }
+
+    /// A change for instance `id`: at once, or scheduled for the bundle being handled.
+    fn emit(&mut self, id: u64, change: HostParamChange, out: &mut Output) {
+        match self.due {
+            None => out.changes.push((id, change)),
+            Some(due) => {
+                if self.scheduled.len() >= MAX_SCHEDULED {
+                    self.status.schedule_refused += 1;
+                    return;
+                }
+                let at = self.scheduled.partition_point(|(d, _, _)| *d <= due);
+                self.scheduled.insert(at, (due, id, change));
+            }
+        }
+    }
+
+    /// Timed changes due within `lookahead` of `now`, with their due host time.
+    pub fn take_due(&mut self, now: Nanos, lookahead: Nanos) -> Vec<TimedChange> {
+        let n = self
+            .scheduled
+            .partition_point(|(d, _, _)| *d <= now + lookahead);
+        self.scheduled.drain(..n).collect()
+    }
+
     /// Status with counters.
     pub fn status(&self) -> OscStatus {
         let mut s = self.status.clone();
+        s.scheduled = self.scheduled.len();
         s.subscribers = self
             .subscribers
             .iter()
@@ -448,12 +506,35 @@ impl OscCore {
 
     fn handle_packet(&mut self, now: Nanos, from: SocketAddr, packet: &Packet, out: &mut Output) {
         match packet {
-            // Bundles apply their messages at once and in order (timed application comes with
-            // the sample-accurate scheduler).
-            Packet::Bundle { elements, .. } => {
+            // A bundle's messages apply together and in order: at once ("immediately", or a
+            // time that has passed: counted late), or at their time tag (a nested bundle
+            // inherits "immediately" from its parent).
+            Packet::Bundle { time, elements } => {
+                let outer = self.due;
+                if *time != osc::IMMEDIATELY {
+                    let due = self.host_time_of(*time);
+                    if due <= now as f64 {
+                        if now as f64 - due > LATE_AFTER as f64 {
+                            self.status.late += 1;
+                        }
+                        self.due = None;
+                    } else if due - now as f64 > MAX_HORIZON as f64 {
+                        self.status.schedule_refused += 1;
+                        self.error(
+                            from,
+                            "#bundle",
+                            "time tag more than 10 s ahead: refused",
+                            out,
+                        );
+                        return;
+                    } else {
+                        self.due = Some(due as Nanos);
+                    }
+                }
                 for e in elements {
                     self.handle_packet(now, from, e, out);
                 }
+                self.due = outer;
             }
             Packet::Message(m) => self.handle_message(now, from, m, out),
         }
@@ -561,10 +642,11 @@ impl OscCore {
                     let change = HostParamChange {
                         clap_id: spec.clap_id,
                         value: spec.clap_value(v),
+                        at_sample: None,
                     };
                     let instance = self.instances.get_mut(&id).expect("present");
                     instance.moved_by[index] = Some((from, now));
-                    out.changes.push((id, change));
+                    self.emit(id, change, out);
                     self.status.applied += 1;
                 }
                 Err(ValueError::OutOfRange(why)) => {
@@ -628,14 +710,13 @@ impl OscCore {
             let spec = &instance.specs[index];
             // Discrete parameters land on a step.
             let normalized = spec.normalize(spec.plain(normalized)).unwrap_or(normalized);
-            out.changes.push((
-                id,
-                HostParamChange {
-                    clap_id: spec.clap_id,
-                    value: spec.clap_value(normalized),
-                },
-            ));
+            let change = HostParamChange {
+                clap_id: spec.clap_id,
+                value: spec.clap_value(normalized),
+                at_sample: None,
+            };
             instance.moved_by[index] = Some((from, now));
+            self.emit(id, change, out);
             self.status.applied += 1;
         }
         true
@@ -823,9 +904,19 @@ impl OscServer {
         self.port
     }
 
-    /// Receive everything waiting, run feedback, send what is due; return host changes.
-    pub fn poll(&mut self, now: Nanos) -> Vec<(u64, HostParamChange)> {
+    /// Receive everything waiting, run feedback, send what is due; return host changes (at
+    /// once) and timed ones due within `lookahead` (with their due host time).
+    pub fn poll(
+        &mut self,
+        now: Nanos,
+        lookahead: Nanos,
+    ) -> (Vec<(u64, HostParamChange)>, Vec<TimedChange>) {
         let mut out = Output::default();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_nanos() as f64);
+        self.core
+            .set_wall_offset(unix - crate::bridge::host_time_ns() as f64);
         loop {
             match self.socket.recv_from(&mut self.buf) {
                 Ok((len, from)) => {
@@ -846,7 +937,7 @@ impl OscServer {
         for (to, bytes) in &out.datagrams {
             let _ = self.socket.send_to(bytes, to);
         }
-        out.changes
+        (out.changes, self.core.take_due(now, lookahead))
     }
 
     /// Status.
@@ -935,7 +1026,8 @@ mod tests {
                 1,
                 HostParamChange {
                     clap_id: 11,
-                    value: 0.25
+                    value: 0.25,
+                    at_sample: None
                 }
             )]
         );
@@ -954,7 +1046,8 @@ mod tests {
             out.changes[0].1,
             HostParamChange {
                 clap_id: 12,
-                value: 2.0
+                value: 2.0,
+                at_sample: None
             }
         );
         // Patterns reach several parameters at once.
@@ -1248,7 +1341,8 @@ mod tests {
             out.changes[0].1,
             HostParamChange {
                 clap_id: 13,
-                value: 0.5
+                value: 0.5,
+                at_sample: None
             }
         );
         let out = send(
@@ -1260,7 +1354,8 @@ mod tests {
             out.changes[0].1,
             HostParamChange {
                 clap_id: 11,
-                value: 0.5
+                value: 0.5,
+                at_sample: None
             }
         );
         // A toggle on an enum lands on a step (0.6 of Off/Lead/Follow → Lead).
@@ -1273,7 +1368,8 @@ mod tests {
             out.changes[0].1,
             HostParamChange {
                 clap_id: 12,
-                value: 1.0
+                value: 1.0,
+                at_sample: None
             }
         );
         let out = send(
@@ -1302,6 +1398,60 @@ mod tests {
             .map(|(to, _)| *to)
             .collect();
         assert_eq!(fader, vec![tablet]);
+    }
+
+    #[test]
+    fn timed_bundles_are_scheduled_bounded_and_late_ones_apply_at_once() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        // Host time 1000 s is Unix time 1_700_000_000 s.
+        core.set_wall_offset(1_700_000_000e9 - 1_000e9);
+        let phone = SocketAddr::from(PHONE);
+        let at = |unix: f64, value: f32| {
+            let mut bytes = Vec::new();
+            osc::encode(
+                &Packet::Bundle {
+                    time: osc::timetag_from_unix(unix),
+                    elements: vec![Packet::Message(Message::new(
+                        "/lockstep/param/mac_1",
+                        vec![Arg::Float(value)],
+                    ))],
+                },
+                &mut bytes,
+            );
+            bytes
+        };
+        let now = 1_000 * SECOND_NS;
+        let mut out = Output::default();
+        core.handle_datagram(now, phone, &at(1_700_000_000.25, 0.5), &mut out);
+        core.handle_datagram(now, phone, &at(1_700_000_000.125, 0.25), &mut out);
+        assert!(out.changes.is_empty(), "nothing at once");
+        assert_eq!(core.status().scheduled, 2);
+        // Due in order, each at its time.
+        assert!(core.take_due(now, 100 * MS).is_empty());
+        let due = core.take_due(now + 100 * MS, 50 * MS);
+        assert_eq!(due.len(), 1);
+        assert!((due[0].0 as f64 - (now + 125 * MS) as f64).abs() < 1_000.0);
+        assert_eq!(due[0].2.value, 0.25);
+        assert_eq!(core.take_due(now + 250 * MS, 0)[0].2.value, 0.5);
+        // Late: applied at once and counted.
+        let mut out = Output::default();
+        core.handle_datagram(now, phone, &at(1_699_999_999.0, 1.0), &mut out);
+        assert_eq!(out.changes.len(), 1);
+        assert_eq!(core.status().late, 1);
+        // Too far ahead: refused with an error.
+        let mut out = Output::default();
+        core.handle_datagram(now, phone, &at(1_700_000_060.0, 1.0), &mut out);
+        assert!(out.changes.is_empty());
+        assert_eq!(errors(&out).len(), 1);
+        // Bounded in size.
+        let mut out = Output::default();
+        for _ in 0..MAX_SCHEDULED + 10 {
+            core.handle_datagram(now, phone, &at(1_700_000_001.0, 0.5), &mut out);
+            core.buckets.clear();
+        }
+        let s = core.status();
+        assert_eq!((s.scheduled, s.schedule_refused), (MAX_SCHEDULED, 11));
     }
 
     #[test]
