@@ -40,6 +40,8 @@ pub struct NetSettings {
     pub macro_names: Vec<String>,
     /// Controller addresses mapped onto parameters (`/1/fader1` → Macro 1).
     pub osc_mappings: Vec<OscMapping>,
+    /// Serve OSCQuery to the LAN (and advertise it over mDNS); off = loopback only.
+    pub oscquery_lan: bool,
 }
 
 /// One controller address driving one parameter.
@@ -166,6 +168,7 @@ impl Default for NetSettings {
             rtp_midi_journal: true,
             mdns: true,
             osc_mappings: Vec::new(),
+            oscquery_lan: false,
             macro_names: vec![String::new(); MACRO_COUNT],
         }
     }

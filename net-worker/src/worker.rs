@@ -75,6 +75,7 @@ impl Lease {
 
 pub mod discovery;
 pub mod osc;
+pub mod oscquery;
 pub mod rtpmidi;
 
 /// The worker's end of an instance's parameter-change queue (shared with the plugin, which
@@ -337,6 +338,7 @@ fn run(inbox: Receiver<Command>) {
     let mut rings: BTreeMap<u64, Attached> = BTreeMap::new();
     let mut discovery = Discovery::new();
     let mut osc_server: Option<osc::OscServer> = None;
+    let mut query: Option<(oscquery::QueryServer, oscquery::HostInfo)> = None;
     let mut osc_error: Option<String> = None;
     let mut discovery_published = Instant::now();
     let mut timeout = DRAIN_PERIOD;
@@ -382,6 +384,36 @@ fn run(inbox: Receiver<Command>) {
                     if osc_server.is_none() {
                         match osc::OscServer::open(port) {
                             Ok(server) => {
+                                let (lan, mdns) = attached
+                                    .settings
+                                    .as_ref()
+                                    .map_or((false, true), |s| (s.oscquery_lan, s.mdns));
+                                let osc_port = server.port();
+                                query = oscquery::QueryServer::open(osc_port.wrapping_add(1), lan)
+                                    .ok()
+                                    .map(|q| {
+                                        let host = oscquery::HostInfo {
+                                            name: format!("Lockstep ({})", discovery::host_name()),
+                                            osc_port,
+                                        };
+                                        (q, host)
+                                    });
+                                if mdns {
+                                    discovery.advertise(
+                                        OSC_KEY,
+                                        "_osc._udp.local.",
+                                        "Lockstep",
+                                        osc_port,
+                                    );
+                                    if let Some((q, _)) = query.as_ref().filter(|(q, _)| q.lan()) {
+                                        discovery.advertise(
+                                            OSC_KEY,
+                                            "_oscjson._tcp.local.",
+                                            "Lockstep",
+                                            q.port(),
+                                        );
+                                    }
+                                }
                                 osc_server = Some(server);
                                 osc_error = None;
                             }
@@ -402,6 +434,8 @@ fn run(inbox: Receiver<Command>) {
                     server.core.remove_instance(id);
                     if server.core.is_empty() {
                         osc_server = None;
+                        query = None;
+                        discovery.withdraw(OSC_KEY);
                         *lock(&OSC) = None;
                     }
                 }
@@ -417,6 +451,7 @@ fn run(inbox: Receiver<Command>) {
                         rtpmidi.shutdown(bridge::host_time_ns());
                     }
                 }
+                drop(query.take());
                 discovery.shutdown();
                 *lock(&DISCOVERY) = None;
                 *lock(&OSC) = None;
@@ -448,7 +483,15 @@ fn run(inbox: Receiver<Command>) {
                     server.core.dropped(1);
                 }
             }
-            *lock(&OSC) = Some(server.status());
+            let mut status = server.status();
+            if let Some((q, host)) = &mut query {
+                q.poll(now, &server.core, host);
+                status.oscquery_port = Some(q.port());
+                status.oscquery_lan = q.lan();
+                status.oscquery_served = q.served;
+                status.oscquery_refused = q.refused;
+            }
+            *lock(&OSC) = Some(status);
         } else if let Some(why) = &osc_error {
             *lock(&OSC) = Some(osc::OscStatus {
                 errors: vec![why.clone()],
@@ -600,6 +643,9 @@ fn raise_priority() -> String {
         }
     }
 }
+
+/// The key the process-wide OSC services are advertised under in [`Discovery`].
+const OSC_KEY: u64 = u64::MAX;
 
 /// Timed OSC changes go to the plugin this long before they are due (covers a block of up
 /// to 2048 samples at 48 kHz); the CLAP shim holds them until their block.

@@ -64,8 +64,13 @@ fn lockstep_and_zeroconf_find_each_other_and_lockstep_says_goodbye() -> Result<(
         "{:?}",
         status.worker.discovery
     );
+    // Our AppleMIDI session, and the process's OSC port (OSCQuery stays unadvertised while
+    // it listens on loopback only, the default).
+    let advertised = &status.worker.discovery.advertised;
     ensure!(
-        status.worker.discovery.advertised == [format!("{ours}._apple-midi._udp.local.")],
+        advertised.len() == 2
+            && advertised.contains(&format!("{ours}._apple-midi._udp.local."))
+            && advertised.contains(&format!("{ours}._osc._udp.local.")),
         "{:?}",
         status.worker.discovery
     );

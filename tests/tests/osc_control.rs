@@ -416,3 +416,72 @@ fn timed_bundles_land_on_their_sample() -> Result<()> {
     instance.deactivate(p);
     Ok(())
 }
+
+/// OSCQuery with real clients: python-zeroconf finds `_oscjson._tcp` and `_osc._udp`, urllib
+/// reads HOST_INFO and the namespace, and a value set over OSC shows up in it.
+#[test]
+fn oscquery_is_discovered_and_describes_every_parameter() -> Result<()> {
+    let _guard = exclusive();
+    let path = Build::Release.clap_path();
+    let bundle = Bundle::load(&path)?;
+    let probe = StatusProbe::open(&path)?;
+    let mut instance = bundle.instantiate()?;
+    let mut settings = instance.net_settings()?;
+    settings.osc_port = OSC_PORT;
+    settings.oscquery_lan = true;
+    instance.set_net_settings(&settings)?;
+    let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
+    let t = HostTransport::new(120.0, (4, 4));
+    p.process(BLOCK, Some(&t.event()), &[])?;
+    let status = wait_for(&probe, "OSCQuery", |s| {
+        s.worker
+            .osc
+            .as_ref()
+            .is_some_and(|o| o.oscquery_port.is_some())
+    })?;
+    let osc = status.worker.osc.context("osc")?;
+    ensure!(
+        osc.oscquery_port == Some(OSC_PORT + 1) && osc.oscquery_lan,
+        "{osc:?}"
+    );
+    let client = ScriptPeer::spawn("oscquery_client.py", &["0.5".into(), "15".into()])?;
+    let period = Duration::from_secs_f64(f64::from(BLOCK) / RATE);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        p.process(BLOCK, Some(&t.event()), &[])?;
+        let lines = client.lines();
+        if lines
+            .iter()
+            .any(|v| v["event"] == "missing" || v["event"] == "not-found")
+        {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{lines:?}");
+        std::thread::sleep(period);
+    }
+    let lines = client.lines();
+    let event = |name: &str| lines.iter().find(|v| v["event"] == name).cloned();
+    ensure!(event("not-found").is_none(), "{lines:?}");
+    let info = event("host_info").context("HOST_INFO")?;
+    ensure!(
+        info["status"] == 200 && info["body"]["OSC_PORT"] == OSC_PORT,
+        "{info}"
+    );
+    let root = event("root").context("root")?;
+    let params = root["params"].as_array().context("params")?;
+    ensure!(params.len() == 25, "every parameter: {root}");
+    let value = event("value").context("the value set over OSC never showed")?;
+    ensure!(value["body"]["VALUE"][0] == 0.5, "{value}");
+    ensure!(
+        event("missing").is_some_and(|m| m["status"] == 404),
+        "{lines:?}"
+    );
+    ensure!(
+        lines.iter().any(|v| v["event"] == "found"
+            && v["type"] == "_osc._udp.local."
+            && v["port"] == OSC_PORT),
+        "{lines:?}"
+    );
+    instance.deactivate(p);
+    Ok(())
+}

@@ -148,6 +148,32 @@ impl Discovery {
         }
     }
 
+    /// Advertise service type `ty` (e.g. `_osc._udp.local.`) under `key` as "`what` (host)".
+    pub fn advertise(&mut self, key: u64, ty: &str, what: &str, port: u16) {
+        let host = host_name();
+        let name = format!("{what} ({host})");
+        let info = match ServiceInfo::new(
+            ty,
+            &name,
+            &format!("{host}.local."),
+            "",
+            port,
+            None::<std::collections::HashMap<String, String>>,
+        ) {
+            Ok(info) => info.enable_addr_auto(),
+            Err(e) => {
+                self.error = Some(format!("cannot advertise {name:?}: {e}"));
+                return;
+            }
+        };
+        let full = info.get_fullname().to_owned();
+        let Some(daemon) = self.daemon() else { return };
+        match daemon.register(info) {
+            Ok(()) => self.ours.entry(key).or_default().push(full),
+            Err(e) => self.error = Some(format!("cannot advertise {name:?}: {e}")),
+        }
+    }
+
     /// Stop advertising instance `id`.
     pub fn withdraw(&mut self, id: u64) {
         let Some(names) = self.ours.remove(&id) else {
