@@ -485,3 +485,71 @@ fn oscquery_is_discovered_and_describes_every_parameter() -> Result<()> {
     instance.deactivate(p);
     Ok(())
 }
+
+/// OSC over TCP on the same port number: a python-osc controller with OSC 1.1 SLIP framing
+/// (its dump request answered over the same connection, SLIP-framed) and liblo's `oscsend`
+/// with OSC 1.0 size-prefixed framing both reach the host.
+#[test]
+fn osc_over_tcp_with_both_framings() -> Result<()> {
+    let _guard = exclusive();
+    let path = Build::Release.clap_path();
+    let bundle = Bundle::load(&path)?;
+    let probe = StatusProbe::open(&path)?;
+    let mut instance = bundle.instantiate()?;
+    let mut settings = instance.net_settings()?;
+    settings.osc_port = OSC_PORT;
+    instance.set_net_settings(&settings)?;
+    let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
+    let t = HostTransport::new(120.0, (4, 4));
+    p.process(BLOCK, Some(&t.event()), &[])?;
+    wait_for(&probe, "OSC over TCP", |s| {
+        s.worker.osc.as_ref().is_some_and(|o| o.tcp)
+    })?;
+    let slip = ScriptPeer::spawn(
+        "osc_tcp_client.py",
+        &[
+            OSC_PORT.to_string(),
+            "2".into(),
+            r#"["/lockstep/param/mac_5", "f", 0.2]"#.into(),
+            r#"["/lockstep/dump"]"#.into(),
+        ],
+    )?;
+    slip.wait("the SLIP client to send", |l| {
+        l.iter().any(|v| v["event"] == "sent")
+    })?;
+    let status = Command::new("oscsend")
+        .args([
+            &format!("osc.tcp://127.0.0.1:{OSC_PORT}"),
+            "/lockstep/param/mac_6",
+            "f",
+            "0.4",
+        ])
+        .status()
+        .context("oscsend")?;
+    ensure!(status.success());
+    let want = [(clap_param_id("mac_5"), 0.2), (clap_param_id("mac_6"), 0.4)];
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let period = Duration::from_secs_f64(f64::from(BLOCK) / RATE);
+    while !want.iter().all(|(id, v)| {
+        events
+            .iter()
+            .any(|e| matches!(e, OutParamEvent::Value(i, x) if i == id && (x - v).abs() < 1e-6))
+    }) {
+        ensure!(Instant::now() < deadline, "{events:?}");
+        p.process(BLOCK, Some(&t.event()), &[])?;
+        events.extend(p.out_param_events());
+        std::thread::sleep(period);
+    }
+    // The dump came back over the SLIP connection.
+    let lines = slip.wait("the dump over TCP", |l| {
+        l.iter()
+            .any(|v| v["address"] == "/lockstep/param/clk_ofs/normalized")
+    })?;
+    ensure!(
+        lines.iter().filter(|v| v["address"].is_string()).count() >= 50,
+        "{lines:?}"
+    );
+    instance.deactivate(p);
+    Ok(())
+}

@@ -11,7 +11,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::ErrorKind;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +91,10 @@ pub struct OscStatus {
     pub oscquery_served: u64,
     /// OSCQuery requests refused (malformed, too large, timed out).
     pub oscquery_refused: u64,
+    /// OSC over TCP is open on the same port number.
+    pub tcp: bool,
+    /// TCP controllers connected now.
+    pub tcp_clients: usize,
     /// Feedback messages sent.
     pub feedback_sent: u64,
     /// Where feedback goes (subscribers and recent senders).
@@ -1005,10 +1010,33 @@ impl OscCore {
 pub struct OscServer {
     socket: UdpSocket,
     port: u16,
+    /// OSC over TCP on the same port number (1.0 size-prefixed or 1.1 SLIP, told apart by the
+    /// first byte a client sends), if it could be opened.
+    tcp: Option<TcpListener>,
+    streams: Vec<Stream>,
     /// The bridge.
     pub core: OscCore,
     errors: Vec<String>,
     buf: Vec<u8>,
+}
+
+/// Most TCP controllers at once.
+pub const MAX_STREAMS: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Slip,
+    SizePrefixed,
+}
+
+/// One TCP controller.
+#[derive(Debug)]
+struct Stream {
+    stream: TcpStream,
+    peer: SocketAddr,
+    framing: Option<Framing>,
+    slip: osc::slip::Decoder,
+    sized: osc::size_prefixed::Decoder,
 }
 
 impl OscServer {
@@ -1036,9 +1064,22 @@ impl OscServer {
         socket
             .set_nonblocking(true)
             .map_err(|e| format!("OSC socket: {e}"))?;
+        let tcp = TcpListener::bind(("0.0.0.0", actual)).and_then(|l| {
+            l.set_nonblocking(true)?;
+            Ok(l)
+        });
+        let tcp = match tcp {
+            Ok(l) => Some(l),
+            Err(e) => {
+                errors.push(format!("OSC over TCP on port {actual} is unavailable: {e}"));
+                None
+            }
+        };
         Ok(Self {
             socket,
             port: actual,
+            tcp,
+            streams: Vec::new(),
             core: OscCore::new(),
             errors,
             buf: vec![0; MAX_PACKET + 1],
@@ -1079,11 +1120,80 @@ impl OscServer {
                 Err(_) => continue,
             }
         }
+        self.poll_streams(now, &mut out);
         self.core.feedback(now, &mut out);
         for (to, bytes) in &out.datagrams {
-            let _ = self.socket.send_to(bytes, to);
+            // Replies to a TCP controller go back on its connection, in its framing.
+            match self.streams.iter_mut().find(|s| s.peer == *to) {
+                Some(s) => {
+                    let mut framed = Vec::with_capacity(bytes.len() + 8);
+                    match s.framing {
+                        Some(Framing::Slip) => osc::slip::encode(bytes, &mut framed),
+                        _ => osc::size_prefixed::encode(bytes, &mut framed),
+                    }
+                    // Non-blocking: a controller that does not read loses feedback, never
+                    // stalls the worker.
+                    let _ = s.stream.write_all(&framed);
+                }
+                None => {
+                    let _ = self.socket.send_to(bytes, to);
+                }
+            }
         }
         (out.changes, self.core.take_due(now, lookahead))
+    }
+
+    /// Accept TCP controllers and take in their frames.
+    fn poll_streams(&mut self, now: Nanos, out: &mut Output) {
+        if let Some(listener) = &self.tcp {
+            while self.streams.len() < MAX_STREAMS {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        if stream.set_nonblocking(true).is_ok() {
+                            let _ = stream.set_nodelay(true);
+                            self.streams.push(Stream {
+                                stream,
+                                peer,
+                                framing: None,
+                                slip: osc::slip::Decoder::new(MAX_PACKET),
+                                sized: osc::size_prefixed::Decoder::new(MAX_PACKET),
+                            });
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let core = &mut self.core;
+        let buf = &mut self.buf;
+        self.streams.retain_mut(|s| {
+            loop {
+                let n = match s.stream.read(buf) {
+                    Ok(0) => return false,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                    Err(_) => return false,
+                };
+                let bytes = &buf[..n];
+                let framing = *s.framing.get_or_insert(if bytes[0] == 0xC0 {
+                    Framing::Slip
+                } else {
+                    Framing::SizePrefixed
+                });
+                let peer = s.peer;
+                let mut frame = |f: &[u8]| core.handle_datagram(now, peer, f, out);
+                match framing {
+                    Framing::Slip => s.slip.feed(bytes, &mut frame),
+                    Framing::SizePrefixed => {
+                        if s.sized.feed(bytes, &mut frame).is_err() {
+                            // A frame over the limit cannot be skipped on a stream.
+                            core.status.too_large += 1;
+                            return false;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Status.
@@ -1091,6 +1201,8 @@ impl OscServer {
         let mut s = self.core.status();
         s.port = Some(self.port);
         s.errors.clone_from(&self.errors);
+        s.tcp = self.tcp.is_some();
+        s.tcp_clients = self.streams.len();
         s
     }
 }
