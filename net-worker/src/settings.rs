@@ -42,6 +42,9 @@ pub struct NetSettings {
     pub osc_mappings: Vec<OscMapping>,
     /// Serve OSCQuery to the LAN (and advertise it over mDNS); off = loopback only.
     pub oscquery_lan: bool,
+    /// Who may send OSC: addresses or subnets (`192.168.1.0/24`, `10.0.0.7`, `::1`). Empty =
+    /// loopback, private and link-local ranges.
+    pub osc_allow: Vec<String>,
 }
 
 /// One controller address driving one parameter.
@@ -169,6 +172,7 @@ impl Default for NetSettings {
             mdns: true,
             osc_mappings: Vec::new(),
             oscquery_lan: false,
+            osc_allow: Vec::new(),
             macro_names: vec![String::new(); MACRO_COUNT],
         }
     }

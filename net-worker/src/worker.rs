@@ -236,6 +236,34 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 static BOARD: Mutex<BTreeMap<u64, Published>> = Mutex::new(BTreeMap::new());
 /// How the worker thread is scheduled (see [`raise_priority`]).
 static SCHEDULING: Mutex<String> = Mutex::new(String::new());
+/// Transport control by the host application: (enabled, requests waiting).
+static TRANSPORT_CONTROL: Mutex<(bool, std::collections::VecDeque<osc::TransportRequest>)> =
+    Mutex::new((false, std::collections::VecDeque::new()));
+/// Most transport requests kept for the host application.
+const MAX_TRANSPORT_REQUESTS: usize = 64;
+
+/// A host application (Lockstep's headless runner; never a DAW) says it takes transport
+/// requests from OSC (`/lockstep/transport/{play,stop,tempo,locate}`).
+pub fn set_transport_control(enabled: bool) {
+    let mut control = lock(&TRANSPORT_CONTROL);
+    control.0 = enabled;
+    control.1.clear();
+}
+
+/// The transport requests waiting, oldest first, if `fits` accepts them (left waiting if not).
+pub fn take_transport_requests(
+    fits: impl FnOnce(&[osc::TransportRequest]) -> bool,
+) -> Vec<osc::TransportRequest> {
+    let mut control = lock(&TRANSPORT_CONTROL);
+    let waiting: Vec<_> = control.1.iter().copied().collect();
+    if fits(&waiting) {
+        control.1.clear();
+        waiting
+    } else {
+        Vec::new()
+    }
+}
+
 /// The process's OSC state as last published by the worker.
 static OSC: Mutex<Option<osc::OscStatus>> = Mutex::new(None);
 /// The process's mDNS state as last published by the worker.
@@ -424,6 +452,7 @@ fn run(inbox: Receiver<Command>) {
                         server.core.add_instance(id, &name, specs);
                         if let Some(settings) = &attached.settings {
                             server.core.set_mappings(id, &settings.osc_mappings);
+                            server.core.set_allow_list(&settings.osc_allow);
                         }
                     }
                 }
@@ -463,7 +492,18 @@ fn run(inbox: Receiver<Command>) {
         drain(&mut rings, &mut discovery, osc_server.as_mut());
         if let Some(server) = &mut osc_server {
             let now = bridge::host_time_ns();
+            server
+                .core
+                .set_transport_control(lock(&TRANSPORT_CONTROL).0);
             let (now_changes, timed) = server.poll(now, OSC_LOOKAHEAD);
+            if !server.transport.is_empty() {
+                let mut control = lock(&TRANSPORT_CONTROL);
+                for request in server.transport.drain(..) {
+                    if control.1.len() < MAX_TRANSPORT_REQUESTS {
+                        control.1.push_back(request);
+                    }
+                }
+            }
             let timed = timed.into_iter().map(|(due, id, mut change)| {
                 // The sample the due time falls on, through the instance's sample clock
                 // estimate (as the clock engine maps samples to host time).
@@ -555,6 +595,7 @@ fn watch_settings(
         let new = shared.get();
         if let Some(server) = osc.as_deref_mut() {
             server.core.set_mappings(*id, &new.osc_mappings);
+            server.core.set_allow_list(&new.osc_allow);
         }
         let differs = attached
             .settings

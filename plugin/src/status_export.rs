@@ -82,3 +82,27 @@ pub unsafe extern "C" fn lockstep_clock_recorded_json(buf: *mut u8, capacity: us
     // SAFETY: forwarded caller contract.
     unsafe { copy_out(&recorded_clock_json(), buf, capacity) }
 }
+
+/// Lockstep's headless runner (never a DAW) takes transport requests from OSC
+/// (`/lockstep/transport/{play,stop,tempo,locate}`) when this is called with `true`.
+#[unsafe(no_mangle)]
+pub extern "C" fn lockstep_transport_control(enabled: bool) {
+    worker::set_transport_control(enabled);
+}
+
+/// The transport requests waiting, as a JSON array, taken out only if they fit (see the module
+/// docs for the buffer contract).
+///
+/// # Safety
+/// `buf` must be null (with any `capacity`) or valid for writes of `capacity` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn lockstep_transport_requests_json(buf: *mut u8, capacity: usize) -> usize {
+    let mut json = String::new();
+    let taken = worker::take_transport_requests(|waiting| {
+        json = to_json(&waiting);
+        !buf.is_null() && json.len() <= capacity
+    });
+    let _ = taken;
+    // SAFETY: forwarded caller contract.
+    unsafe { copy_out(&json, buf, capacity) }
+}

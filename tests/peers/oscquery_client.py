@@ -4,6 +4,8 @@ Browses `_oscjson._tcp.local.` and `_osc._udp.local.` on loopback, prints what i
 queries the first OSCQuery server found: HOST_INFO, the namespace root, and
 /lockstep/param/mac_1 until its VALUE is WANT (after sending it that value over OSC to the
 advertised `_osc._udp` port), printing each reply as a JSON line.
+Then opens a WebSocket on the same port, LISTENs to /lockstep/param/mac_1, sets it to 0.25 over
+OSC and prints the binary OSC frames it gets ({"event": "ws-first"/"ws-update"}).
 Usage: oscquery_client.py WANT SECONDS   (inside the test network namespace only)
 """
 
@@ -13,7 +15,9 @@ import sys
 import time
 import urllib.request
 
+from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
+from websockets.sync.client import connect
 from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
 
 found = {}
@@ -69,6 +73,21 @@ def main():
         time.sleep(0.05)
     else:
         emit(event="value-timeout", body=node)
+    # WebSocket on the same port: LISTEN to the macro, move it over OSC, get the new value as
+    # a binary frame holding the OSC message.
+    with connect(f"ws://127.0.0.1:{http_port}/") as ws:
+        ws.send(json.dumps({"COMMAND": "LISTEN", "DATA": "/lockstep/param/mac_1"}))
+        first = OscMessage(ws.recv(timeout=3))
+        emit(event="ws-first", address=first.address, args=list(first.params))
+        message = OscMessageBuilder(address="/lockstep/param/mac_1")
+        message.add_arg(0.25, arg_type="f")
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(
+            message.build().dgram, ("127.0.0.1", osc_port))
+        while True:
+            update = OscMessage(ws.recv(timeout=3))
+            if update.params[0] == 0.25:
+                emit(event="ws-update", address=update.address, args=list(update.params))
+                break
     try:
         get(http_port, "/lockstep/param/nothing")
     except urllib.error.HTTPError as e:

@@ -20,6 +20,7 @@ use crate::host::{Bundle, Layout};
 use crate::processor::Processor;
 use crate::status::StatusProbe;
 use crate::transport::HostTransport;
+use lockstep_net::worker::osc::TransportRequest;
 
 /// Everything the headless runner can be told on its command line.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +67,10 @@ struct AudioStats {
     process_errors: AtomicU64,
     /// Host transport position in quarter notes, as f64 bits.
     pos_beats_bits: AtomicU64,
+    /// Host tempo, as f64 bits.
+    tempo_bits: AtomicU64,
+    /// Host transport playing.
+    playing: AtomicBool,
 }
 
 /// One status report (the `--status-json` object).
@@ -154,6 +159,13 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
     let mut transport = HostTransport::new(config.tempo_bpm, config.time_sig);
     transport.playing = config.playing;
     let stats = Arc::new(AudioStats::default());
+    stats
+        .tempo_bits
+        .store(transport.tempo_bpm.to_bits(), Ordering::Relaxed);
+    stats.playing.store(transport.playing, Ordering::Relaxed);
+    // OSC `/lockstep/transport/{play,stop,tempo,locate}` drive this host's transport.
+    probe.set_transport_control(true);
+    let (requests_tx, requests) = std::sync::mpsc::channel::<TransportRequest>();
     let audio_stop = Arc::new(AtomicBool::new(false));
     let audio = {
         let stats = Arc::clone(&stats);
@@ -161,7 +173,16 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
         let (rate, block) = (config.sample_rate, config.block);
         std::thread::Builder::new()
             .name("lockstep-audio".into())
-            .spawn(move || audio_loop(processor, transport, rate, block, &stats, &audio_stop))
+            .spawn(move || {
+                audio_loop(
+                    processor,
+                    transport,
+                    (rate, block),
+                    &stats,
+                    &audio_stop,
+                    &requests,
+                )
+            })
             .context("spawning the audio thread")?
     };
 
@@ -191,8 +212,12 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
             break Ok(());
         }
         instance.pump_main_thread();
+        for request in probe.take_transport_requests().unwrap_or_default() {
+            let _ = requests_tx.send(request);
+        }
         std::thread::sleep(Duration::from_millis(20));
     };
+    probe.set_transport_control(false);
 
     audio_stop.store(true, Ordering::SeqCst);
     let processor = audio
@@ -221,14 +246,26 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
 fn audio_loop(
     mut processor: Processor,
     mut transport: HostTransport,
-    sample_rate: f64,
-    block: u32,
+    (sample_rate, block): (f64, u32),
     stats: &AudioStats,
     stop: &AtomicBool,
+    requests: &std::sync::mpsc::Receiver<TransportRequest>,
 ) -> Processor {
     let block_period = Duration::from_secs_f64(f64::from(block) / sample_rate);
     let mut deadline = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        while let Ok(request) = requests.try_recv() {
+            match request {
+                TransportRequest::Play => transport.playing = true,
+                TransportRequest::Stop => transport.playing = false,
+                TransportRequest::Tempo(bpm) => transport.tempo_bpm = bpm,
+                TransportRequest::Locate(beats) => transport.locate(beats),
+            }
+            stats
+                .tempo_bits
+                .store(transport.tempo_bpm.to_bits(), Ordering::Relaxed);
+            stats.playing.store(transport.playing, Ordering::Relaxed);
+        }
         let event = transport.event();
         if processor.process(block, Some(&event), &[]).is_err() {
             stats.process_errors.fetch_add(1, Ordering::Relaxed);
@@ -253,8 +290,8 @@ fn audio_loop(
 
 fn host_report(config: &RunConfig, transport: &HostTransport, stats: &AudioStats) -> HostReport {
     HostReport {
-        playing: config.playing,
-        tempo_bpm: transport.tempo_bpm,
+        playing: stats.playing.load(Ordering::Relaxed),
+        tempo_bpm: f64::from_bits(stats.tempo_bits.load(Ordering::Relaxed)),
         time_sig: format!("{}/{}", transport.time_sig.0, transport.time_sig.1),
         pos_beats: f64::from_bits(stats.pos_beats_bits.load(Ordering::Relaxed)),
         sample_rate: config.sample_rate,

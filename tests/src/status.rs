@@ -9,12 +9,15 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use lockstep_net::status::ExportedStatus;
 use lockstep_net::worker::SentClock;
+use lockstep_net::worker::osc::TransportRequest;
 use serde::Deserialize;
 
 /// Signature of the `*_json` symbols.
 type JsonFn = unsafe extern "C" fn(*mut u8, usize) -> usize;
 /// Signature of `lockstep_clock_record`.
 type RecordFn = extern "C" fn(usize);
+/// Signature of `lockstep_transport_control`.
+type ControlFn = extern "C" fn(bool);
 
 /// A handle on a loaded Lockstep library's diagnostic symbols.
 #[derive(Debug)]
@@ -24,6 +27,8 @@ pub struct StatusProbe {
     status: JsonFn,
     record: RecordFn,
     recorded: JsonFn,
+    transport_control: ControlFn,
+    transport_requests: JsonFn,
 }
 
 /// The clock recording.
@@ -44,7 +49,7 @@ impl StatusProbe {
             .with_context(|| format!("dlopen {}", clap_path.display()))?;
         // SAFETY: the symbols are declared in plugin/src/status_export.rs with exactly these
         // signatures.
-        let (status, record, recorded) = unsafe {
+        let (status, record, recorded, transport_control, transport_requests) = unsafe {
             (
                 *library
                     .get::<JsonFn>(b"lockstep_status_json\0")
@@ -55,6 +60,12 @@ impl StatusProbe {
                 *library
                     .get::<JsonFn>(b"lockstep_clock_recorded_json\0")
                     .context("the bundle has no lockstep_clock_recorded_json symbol")?,
+                *library
+                    .get::<ControlFn>(b"lockstep_transport_control\0")
+                    .context("the bundle has no lockstep_transport_control symbol")?,
+                *library
+                    .get::<JsonFn>(b"lockstep_transport_requests_json\0")
+                    .context("the bundle has no lockstep_transport_requests_json symbol")?,
             )
         };
         Ok(Self {
@@ -62,6 +73,8 @@ impl StatusProbe {
             status,
             record,
             recorded,
+            transport_control,
+            transport_requests,
         })
     }
 
@@ -94,6 +107,17 @@ impl StatusProbe {
     /// Start recording up to `capacity` clock messages (0 stops).
     pub fn record_clock(&self, capacity: usize) {
         (self.record)(capacity);
+    }
+
+    /// Take transport requests from OSC (the headless runner does; a DAW cannot).
+    pub fn set_transport_control(&self, enabled: bool) {
+        (self.transport_control)(enabled);
+    }
+
+    /// Transport requests that arrived since the last call.
+    pub fn take_transport_requests(&self) -> Result<Vec<TransportRequest>> {
+        let json = self.json(self.transport_requests)?;
+        serde_json::from_str(&json).context("unparseable transport requests")
     }
 
     /// What has been recorded.

@@ -181,3 +181,64 @@ fn bad_arguments_exit_2_with_a_reason() -> Result<()> {
     ensure!(status.code() == Some(2), "usage errors exit 2");
     Ok(())
 }
+
+/// In the headless runner, OSC drives its transport: python-osc sends play, a tempo and a
+/// locate; the runner's status shows them and the plugin sees them.
+#[test]
+fn osc_drives_the_runners_transport() -> Result<()> {
+    let child = Command::new(RUNNER)
+        .args([
+            "--stopped",
+            "--for",
+            "4",
+            "--status-json",
+            "--osc-port",
+            "8400",
+            "--no-mdns",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running lockstep-headless")?;
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let client = lockstep_host::harness::ScriptPeer::spawn(
+        "osc_client.py",
+        &[
+            "8400".into(),
+            "9400".into(),
+            "1".into(),
+            r#"["/lockstep/transport/tempo", "f", 150.0]"#.into(),
+            r#"["/lockstep/transport/locate", "f", 16.0]"#.into(),
+            r#"["/lockstep/transport/play"]"#.into(),
+        ],
+    )?;
+    client.wait("the client to send", |l| {
+        l.iter().any(|v| v["event"] == "sent")
+    })?;
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "{out:?}");
+    let lines: Vec<Line> = String::from_utf8(out.stdout)?
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let first = lines.first().context("no status")?;
+    ensure!(
+        !first.host.playing && first.host.tempo_bpm == 120.0,
+        "{first:?}"
+    );
+    let last = lines.last().context("no status")?;
+    ensure!(
+        last.host.playing && last.host.tempo_bpm == 150.0 && last.host.pos_beats > 16.0,
+        "{last:?}"
+    );
+    let seen = last.plugin.worker.instances[0]
+        .last_transport
+        .context("the plugin saw the transport")?;
+    ensure!(
+        seen.playing && seen.tempo_bpm == Some(150.0) && seen.pos_beats.is_some_and(|b| b > 16.0),
+        "{seen:?}"
+    );
+    let osc = last.plugin.worker.osc.as_ref().context("osc")?;
+    ensure!(osc.applied == 3 && osc.disabled == 0, "{osc:?}");
+    Ok(())
+}

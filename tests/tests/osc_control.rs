@@ -418,7 +418,8 @@ fn timed_bundles_land_on_their_sample() -> Result<()> {
 }
 
 /// OSCQuery with real clients: python-zeroconf finds `_oscjson._tcp` and `_osc._udp`, urllib
-/// reads HOST_INFO and the namespace, and a value set over OSC shows up in it.
+/// reads HOST_INFO and the namespace, a value set over OSC shows up in it, and the
+/// `websockets` client LISTENs to a parameter and receives its changes as OSC frames.
 #[test]
 fn oscquery_is_discovered_and_describes_every_parameter() -> Result<()> {
     let _guard = exclusive();

@@ -2,7 +2,7 @@
 //!
 //! 1. Install what the tests need (unless `--no-install`): Debian `tshark`, `liblo-tools`,
 //!    `iproute2`, `util-linux` when missing (as root), and a Python virtualenv in
-//!    `target/peers-venv` with the real peers (aalink, pymidi, python-osc, zeroconf).
+//!    `target/peers-venv` with the real peers (aalink, pymidi, python-osc, websockets, zeroconf).
 //! 2. `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`.
 //! 3. Bundle the debug allocation-checked build (`target/bundled-debug/`), the release build and
 //!    the bench baseline (`target/bundled/`), and install into `target/install-check/`.
@@ -31,6 +31,7 @@ const PYPI: &[&str] = &[
     "aalink==0.2.3",
     "pymidi==0.5.0",
     "python-osc==1.10.2",
+    "websockets==15.0.1",
     "zeroconf==0.154.0",
 ];
 

@@ -214,10 +214,30 @@ pub struct OscCore {
     last_messages: VecDeque<String>,
     /// Unix time minus host time, ns (time tags are wall-clock NTP times).
     wall_offset_ns: f64,
+    /// The user's allow-list (empty: [`allowed_by_default`]).
+    allow: Vec<Subnet>,
     /// The due time of the bundle being handled (None = at once).
     due: Option<Nanos>,
+    /// The host application takes transport requests (Lockstep's headless runner does; no
+    /// DAW can).
+    transport_control: bool,
     /// Timed changes: (due host time, instance, change), kept sorted by due time.
     scheduled: VecDeque<(Nanos, u64, HostParamChange)>,
+}
+
+/// A request to move the host's transport (only a host that asked for them gets them: a
+/// plugin cannot drive a DAW's transport).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportRequest {
+    /// Start playing.
+    Play,
+    /// Stop.
+    Stop,
+    /// Set the tempo, BPM.
+    Tempo(f64),
+    /// Move the play position, quarter notes from the song start.
+    Locate(f64),
 }
 
 /// A timed change: (due host time, instance, change).
@@ -230,6 +250,54 @@ pub struct Output {
     pub datagrams: Vec<(SocketAddr, Vec<u8>)>,
     /// Parameter changes for instances' hosts.
     pub changes: Vec<(u64, HostParamChange)>,
+    /// Transport requests for the host application.
+    pub transport: Vec<TransportRequest>,
+}
+
+/// One allow-list entry: an address and how many leading bits must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    /// Network address.
+    pub ip: IpAddr,
+    /// Prefix length.
+    pub bits: u8,
+}
+
+impl Subnet {
+    /// Parse `10.0.0.0/8`, `192.168.1.7`, `::1`, `fe80::/10`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (ip, bits) = match text.trim().split_once('/') {
+            Some((ip, bits)) => (ip.parse::<IpAddr>().ok()?, Some(bits.parse::<u8>().ok()?)),
+            None => (text.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let bits = bits.unwrap_or(max);
+        (bits <= max).then_some(Self { ip, bits })
+    }
+
+    /// Does `ip` fall in this subnet? (IPv4-mapped IPv6 addresses count as IPv4.)
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (a, b, width) = match (self.ip, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (
+                u128::from(u32::from(a)) << 96,
+                u128::from(u32::from(b)) << 96,
+                32,
+            ),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+            _ => return false,
+        };
+        let bits = u32::from(self.bits.min(width));
+        let mask = if bits == 0 {
+            0
+        } else {
+            u128::MAX << (128 - bits)
+        };
+        a & mask == b & mask
+    }
 }
 
 /// Loopback, private, link-local and unique-local addresses: the default allow-list.
@@ -280,7 +348,9 @@ impl OscCore {
             status: OscStatus::default(),
             last_messages: VecDeque::new(),
             wall_offset_ns: 0.0,
+            allow: Vec::new(),
             due: None,
+            transport_control: false,
             scheduled: VecDeque::new(),
         }
     }
@@ -397,6 +467,29 @@ impl OscCore {
         }
     }
 
+    /// Set who may send OSC (entries that do not parse are listed in the status); empty =
+    /// loopback and private ranges.
+    pub fn set_allow_list(&mut self, entries: &[String]) {
+        self.allow.clear();
+        self.status
+            .errors
+            .retain(|e| !e.starts_with("OSC allow-list"));
+        for e in entries {
+            match Subnet::parse(e) {
+                Some(s) => self.allow.push(s),
+                None => self
+                    .status
+                    .errors
+                    .push(format!("OSC allow-list: {e:?} is not an address or subnet")),
+            }
+        }
+    }
+
+    /// Whether the host application takes transport requests.
+    pub fn set_transport_control(&mut self, on: bool) {
+        self.transport_control = on;
+    }
+
     /// The wall clock's offset from the host clock (Unix ns − host ns), for time tags.
     pub fn set_wall_offset(&mut self, unix_minus_host_ns: f64) {
         self.wall_offset_ns = unix_minus_host_ns;
@@ -485,7 +578,12 @@ impl OscCore {
         out: &mut Output,
     ) {
         self.status.received += 1;
-        if !allowed_by_default(from.ip()) {
+        let allowed = if self.allow.is_empty() {
+            allowed_by_default(from.ip())
+        } else {
+            self.allow.iter().any(|s| s.contains(from.ip()))
+        };
+        if !allowed {
             self.status.refused_source += 1;
             return;
         }
@@ -572,6 +670,12 @@ impl OscCore {
                     self.subscribers.push(to);
                 }
                 return self.dump(to, out);
+            }
+            "/lockstep/transport/play"
+            | "/lockstep/transport/stop"
+            | "/lockstep/transport/tempo"
+            | "/lockstep/transport/locate" => {
+                return self.transport_request(from, m, out);
             }
             "/lockstep/unsubscribe" => {
                 self.subscribers.retain(|a| a.ip() != from.ip());
@@ -672,6 +776,37 @@ impl OscCore {
                 }
             }
         }
+    }
+
+    fn transport_request(&mut self, from: SocketAddr, m: &Message, out: &mut Output) {
+        if !self.transport_control {
+            self.status.disabled += 1;
+            return self.error(
+                from,
+                &m.address,
+                "a plugin cannot move the DAW's transport: use the DAW's own remote control",
+                out,
+            );
+        }
+        let number = m.args.first().and_then(Arg::as_f64);
+        let request = match (m.address.rsplit('/').next().unwrap_or_default(), number) {
+            ("play", _) => TransportRequest::Play,
+            ("stop", _) => TransportRequest::Stop,
+            ("tempo", Some(bpm)) if (20.0..=999.0).contains(&bpm) => TransportRequest::Tempo(bpm),
+            ("locate", Some(beats)) if beats >= 0.0 && beats.is_finite() => {
+                TransportRequest::Locate(beats)
+            }
+            ("tempo" | "locate", Some(v)) => {
+                self.status.out_of_range += 1;
+                return self.error(from, &m.address, &format!("{v} is out of range"), out);
+            }
+            _ => {
+                self.status.wrong_type += 1;
+                return self.error(from, &m.address, "a number is needed", out);
+            }
+        };
+        self.status.applied += 1;
+        out.transport.push(request);
     }
 
     /// Apply user mappings matching `m`'s address; true if any did.
@@ -868,6 +1003,30 @@ impl OscCore {
 }
 
 impl OscCore {
+    /// The current value of `path` (a parameter in real units or normalized, or a transport
+    /// field) as the OSC message a controller would receive.
+    pub fn value_message(&self, path: &str) -> Option<Message> {
+        for (&id, instance) in &self.instances {
+            let prefix = self.prefix(id);
+            for (index, spec) in instance.specs.iter().enumerate() {
+                let real = format!("{prefix}/param/{}", spec.id);
+                if path == real || path == format!("{real}/normalized") {
+                    let [a, b] = self.value_messages(id, index);
+                    return Some(if path == real { a } else { b });
+                }
+            }
+            let feed = instance.transport.as_ref().map(TransportFeed::of)?;
+            if let Some(m) = feed
+                .messages(&prefix, None)
+                .into_iter()
+                .find(|m| m.address == path)
+            {
+                return Some(m);
+            }
+        }
+        None
+    }
+
     /// The OSCQuery namespace: every parameter (real units and normalized) and the transport
     /// feed, with type, range, unit, access, description and current value.
     pub fn namespace(&self) -> serde_json::Value {
@@ -1018,6 +1177,8 @@ pub struct OscServer {
     pub core: OscCore,
     errors: Vec<String>,
     buf: Vec<u8>,
+    /// Transport requests from the last poll.
+    pub transport: Vec<TransportRequest>,
 }
 
 /// Most TCP controllers at once.
@@ -1083,6 +1244,7 @@ impl OscServer {
             core: OscCore::new(),
             errors,
             buf: vec![0; MAX_PACKET + 1],
+            transport: Vec::new(),
         })
     }
 
@@ -1140,6 +1302,7 @@ impl OscServer {
                 }
             }
         }
+        self.transport = out.transport;
         (out.changes, self.core.take_due(now, lookahead))
     }
 
@@ -1200,7 +1363,7 @@ impl OscServer {
     pub fn status(&self) -> OscStatus {
         let mut s = self.core.status();
         s.port = Some(self.port);
-        s.errors.clone_from(&self.errors);
+        s.errors.extend(self.errors.iter().cloned());
         s.tcp = self.tcp.is_some();
         s.tcp_clients = self.streams.len();
         s
@@ -1751,7 +1914,7 @@ mod tests {
         assert_eq!(v, serde_json::json!({"VALUE": [125.0]}));
         let (_, info) = get("/anything?HOST_INFO");
         assert_eq!(info["OSC_PORT"], 8000);
-        assert_eq!(info["EXTENSIONS"]["LISTEN"], false);
+        assert_eq!(info["EXTENSIONS"]["LISTEN"], true);
         assert_eq!(get("/lockstep/param/nope").0, "HTTP/1.1 404 Not Found");
         assert_eq!(get("/lockstep/param?VALUE").0, "HTTP/1.1 204 No Content");
         assert_eq!(get("/lockstep/param?BOGUS").0, "HTTP/1.1 400 Bad Request");
@@ -1760,6 +1923,70 @@ mod tests {
         assert!(raw.starts_with(b"HTTP/1.1 405"));
         let raw = respond(b"\xff\xfe\r\n\r\n", &core, &host);
         assert!(raw.starts_with(b"HTTP/1.1 400"));
+    }
+
+    #[test]
+    fn transport_requests_only_when_the_host_takes_them() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        let phone = SocketAddr::from(PHONE);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/transport/play", vec![]),
+        );
+        assert!(out.transport.is_empty());
+        assert_eq!(errors(&out).len(), 1, "a DAW's transport cannot be driven");
+        core.set_transport_control(true);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/transport/tempo", vec![Arg::Float(140.0)]),
+        );
+        assert_eq!(out.transport, vec![TransportRequest::Tempo(140.0)]);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/transport/tempo", vec![Arg::Float(5.0)]),
+        );
+        assert!(out.transport.is_empty() && errors(&out).len() == 1);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/transport/locate", vec![Arg::Int(8)]),
+        );
+        assert_eq!(out.transport, vec![TransportRequest::Locate(8.0)]);
+    }
+
+    #[test]
+    fn the_allow_list_takes_addresses_and_subnets() {
+        let net = Subnet::parse("192.168.1.0/24").expect("subnet");
+        assert!(net.contains(IpAddr::from([192, 168, 1, 77])));
+        assert!(!net.contains(IpAddr::from([192, 168, 2, 1])));
+        let v6 = Subnet::parse("fe80::/10").expect("subnet");
+        assert!(v6.contains("fe80::1".parse().expect("ip")));
+        assert!(
+            Subnet::parse("10.0.0.7")
+                .expect("host")
+                .contains(IpAddr::from([10, 0, 0, 7]))
+        );
+        assert!(Subnet::parse("10.0.0.0/33").is_none());
+        assert!(Subnet::parse("studio").is_none());
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        core.set_allow_list(&["203.0.113.0/24".into(), "bogus".into()]);
+        assert_eq!(core.status().errors.len(), 1);
+        let m = Message::new("/lockstep/param/mac_1", vec![Arg::Float(0.5)]);
+        // A public controller allowed by the user; a private one now refused.
+        let out = send(
+            &mut core,
+            SocketAddr::from(([203, 0, 113, 9], 9000)),
+            m.clone(),
+        );
+        assert_eq!(out.changes.len(), 1);
+        let out = send(&mut core, SocketAddr::from(PHONE), m);
+        assert!(out.changes.is_empty());
+        assert_eq!(core.status().refused_source, 1);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!
 //! [`respond`] is sans-IO (request bytes in, response bytes out); [`QueryServer`] owns the
 //! non-blocking listener and connections and is polled by the worker. It binds to loopback
-//! unless the user enables LAN access. WebSocket streaming (LISTEN/IGNORE) is not served yet:
-//! HOST_INFO says so (`LISTEN: false`).
+//! unless the user enables LAN access. A client may upgrade its connection to a WebSocket
+//! (RFC 6455) and send `{"COMMAND": "LISTEN", "DATA": path}` / `IGNORE`: every change of a
+//! listened path's value then arrives as a binary frame holding the OSC message.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -106,7 +107,7 @@ pub fn respond(request: &[u8], core: &OscCore, host: &HostInfo) -> Vec<u8> {
                 "EXTENSIONS": {
                     "ACCESS": true, "VALUE": true, "RANGE": true, "DESCRIPTION": true,
                     "UNIT": true, "TAGS": false, "EXTENDED_TYPE": false, "CRITICAL": false,
-                    "CLIPMODE": false, "LISTEN": false, "PATH_CHANGED": false
+                    "CLIPMODE": false, "LISTEN": true, "PATH_CHANGED": false
                 }
             })),
         );
@@ -149,6 +150,229 @@ struct Connection {
     stream: TcpStream,
     buf: Vec<u8>,
     since: Nanos,
+    /// Upgraded to a WebSocket: the paths it listens to, with the value last sent.
+    socket: Option<Vec<(String, Option<Vec<u8>>)>>,
+}
+
+/// SHA-1 (FIPS 180-4), for the WebSocket handshake only.
+pub fn sha1(data: &[u8]) -> [u8; 20] {
+    let mut h: [u32; 5] = [
+        0x6745_2301,
+        0xEFCD_AB89,
+        0x98BA_DCFE,
+        0x1032_5476,
+        0xC3D2_E1F0,
+    ];
+    let mut message = data.to_vec();
+    message.push(0x80);
+    while message.len() % 64 != 56 {
+        message.push(0);
+    }
+    message.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
+    for block in message.chunks(64) {
+        let mut w = [0u32; 80];
+        for (i, word) in block.chunks(4).enumerate() {
+            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for i in 16..80 {
+            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e] = h;
+        for (i, wi) in w.iter().enumerate() {
+            let (f, k) = match i {
+                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
+                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
+                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
+                _ => (b ^ c ^ d, 0xCA62_C1D6),
+            };
+            let t = a
+                .rotate_left(5)
+                .wrapping_add(f)
+                .wrapping_add(e)
+                .wrapping_add(k)
+                .wrapping_add(*wi);
+            e = d;
+            d = c;
+            c = b.rotate_left(30);
+            b = a;
+            a = t;
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 20];
+    for (i, x) in h.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&x.to_be_bytes());
+    }
+    out
+}
+
+/// Standard base64 with padding.
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The `Sec-WebSocket-Accept` value for a client's key (RFC 6455 §4.2.2).
+pub fn websocket_accept(key: &str) -> String {
+    let mut input = key.trim().as_bytes().to_vec();
+    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64(&sha1(&input))
+}
+
+/// A client frame: (opcode, unmasked payload, bytes it took).
+pub type ClientFrame = (u8, Vec<u8>, usize);
+
+/// One unmasked server frame.
+pub fn websocket_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= 0xFFFF => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A client frame at the start of `b`: (opcode, unmasked payload, bytes used), or `None` if
+/// incomplete. Errors (unmasked client frame, too large) as `Err`.
+pub fn parse_client_frame(b: &[u8]) -> Result<Option<ClientFrame>, &'static str> {
+    if b.len() < 2 {
+        return Ok(None);
+    }
+    let opcode = b[0] & 0x0F;
+    if b[1] & 0x80 == 0 {
+        return Err("client frames must be masked");
+    }
+    let (len, mut at) = match b[1] & 0x7F {
+        126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
+        127 if b.len() >= 10 => {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&b[2..10]);
+            (
+                usize::try_from(u64::from_be_bytes(n)).unwrap_or(usize::MAX),
+                10,
+            )
+        }
+        126 | 127 => return Ok(None),
+        n => (usize::from(n), 2),
+    };
+    if len > MAX_REQUEST {
+        return Err("frame too large");
+    }
+    let Some(mask) = b.get(at..at + 4) else {
+        return Ok(None);
+    };
+    let mask = [mask[0], mask[1], mask[2], mask[3]];
+    at += 4;
+    let Some(data) = b.get(at..at + len) else {
+        return Ok(None);
+    };
+    let payload = data
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x ^ mask[i % 4])
+        .collect();
+    Ok(Some((opcode, payload, at + len)))
+}
+
+/// The `Sec-WebSocket-Key` of a GET that asks to upgrade to a WebSocket.
+fn upgrade_key(request: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(request).ok()?;
+    let mut upgrade = false;
+    let mut key = None;
+    for line in text.lines().skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "upgrade" => upgrade = value.trim().eq_ignore_ascii_case("websocket"),
+            "sec-websocket-key" => key = Some(value.trim().to_owned()),
+            _ => {}
+        }
+    }
+    (text.starts_with("GET ") && upgrade)
+        .then_some(key)
+        .flatten()
+}
+
+/// Read the client's frames (LISTEN / IGNORE, ping, close) and send changed values of the
+/// listened paths as binary OSC frames. False when the connection is done.
+fn serve_websocket(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    listens: &mut Vec<(String, Option<Vec<u8>>)>,
+    core: &OscCore,
+) -> bool {
+    loop {
+        match parse_client_frame(buf) {
+            Ok(Some((opcode, payload, used))) => {
+                buf.drain(..used);
+                match opcode {
+                    0x1 => {
+                        let command: Value = serde_json::from_slice(&payload).unwrap_or_default();
+                        let path = command["DATA"].as_str().unwrap_or_default().to_owned();
+                        match command["COMMAND"].as_str() {
+                            Some("LISTEN")
+                                if !listens.iter().any(|(p, _)| *p == path)
+                                    && listens.len() < 256 =>
+                            {
+                                listens.push((path, None));
+                            }
+                            Some("IGNORE") => listens.retain(|(p, _)| *p != path),
+                            _ => {}
+                        }
+                    }
+                    0x8 => {
+                        let _ = stream.write_all(&websocket_frame(0x8, &[]));
+                        return false;
+                    }
+                    0x9 => {
+                        let _ = stream.write_all(&websocket_frame(0xA, &payload));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(None) => break,
+            Err(_) => return false,
+        }
+    }
+    for (path, last) in listens.iter_mut() {
+        let Some(message) = core.value_message(path) else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        crate::proto::osc::encode_message(&message, &mut bytes);
+        if last.as_ref() != Some(&bytes) {
+            match stream.write(&websocket_frame(0x2, &bytes)) {
+                Ok(_) => *last = Some(bytes),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => return false,
+            }
+        }
+    }
+    true
 }
 
 /// The socket side.
@@ -220,6 +444,7 @@ impl QueryServer {
                             stream,
                             buf: Vec::new(),
                             since: now,
+                            socket: None,
                         });
                     }
                 }
@@ -239,7 +464,20 @@ impl QueryServer {
                     break;
                 }
             }
+            if let Some(listens) = &mut c.socket {
+                return serve_websocket(&mut c.stream, &mut c.buf, listens, core);
+            }
             let complete = c.buf.windows(4).any(|w| w == b"\r\n\r\n");
+            if complete && let Some(key) = upgrade_key(&c.buf) {
+                let reply = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                    websocket_accept(&key)
+                );
+                self.served += 1;
+                c.buf.clear();
+                c.socket = Some(Vec::new());
+                return c.stream.write_all(reply.as_bytes()).is_ok();
+            }
             let reply = if c.buf.len() > MAX_REQUEST {
                 self.refused += 1;
                 Some(response(400, None))
@@ -268,6 +506,14 @@ impl QueryServer {
         });
     }
 
+    /// WebSocket clients connected now.
+    pub fn websockets(&self) -> usize {
+        self.connections
+            .iter()
+            .filter(|c| c.socket.is_some())
+            .count()
+    }
+
     /// Where it listens.
     pub fn address(&self) -> SocketAddr {
         SocketAddr::from((
@@ -278,5 +524,44 @@ impl QueryServer {
             },
             self.port,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha1_base64_and_the_rfc_6455_handshake_example() {
+        assert_eq!(
+            sha1(b"abc"),
+            [
+                0xa9, 0x99, 0x3e, 0x36, 0x47, 0x06, 0x81, 0x6a, 0xba, 0x3e, 0x25, 0x71, 0x78, 0x50,
+                0xc2, 0x6c, 0x9c, 0xd0, 0xd8, 0x9d
+            ]
+        );
+        assert_eq!(base64(b"Man"), "TWFu");
+        assert_eq!(base64(b"Ma"), "TWE=");
+        assert_eq!(base64(b"M"), "TQ==");
+        // RFC 6455 §1.3.
+        assert_eq!(
+            websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn client_frames_unmask_and_bad_ones_are_refused() {
+        // RFC 6455 §5.7: a masked "Hello".
+        let frame = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
+        assert_eq!(
+            parse_client_frame(&frame),
+            Ok(Some((1, b"Hello".to_vec(), frame.len())))
+        );
+        assert_eq!(parse_client_frame(&frame[..5]), Ok(None));
+        assert!(parse_client_frame(&[0x81, 0x05, b'H', b'e', b'l', b'l', b'o']).is_err());
+        assert_eq!(websocket_frame(0x2, &[1, 2]), vec![0x82, 2, 1, 2]);
     }
 }
