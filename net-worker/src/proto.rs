@@ -6,7 +6,9 @@
 //! - [`rtpmidi`]: RTP-MIDI packets (RFC 6295): RTP header, MIDI command section with delta times,
 //!   journal skipping and the system journal's Chapter Q.
 //! - [`osc`]: OSC 1.0/1.1 messages, bundles, time tags, stream framings and pattern matching.
+//! - [`link`]: Ableton Link's discovery and measurement messages.
 
 pub mod applemidi;
+pub mod link;
 pub mod osc;
 pub mod rtpmidi;
