@@ -74,6 +74,7 @@ impl Lease {
 }
 
 pub mod discovery;
+pub mod link;
 pub mod osc;
 pub mod oscquery;
 pub mod rtpmidi;

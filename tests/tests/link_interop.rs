@@ -120,3 +120,80 @@ fn aalinks_messages_decode_and_its_measurement_socket_answers() -> Result<()> {
     }
     Ok(())
 }
+
+/// Lockstep's Link peer (session core + socket driver) with the real library: it joins the
+/// older aalink session and adopts its tempo; its own tempo change reaches aalink; aalink's
+/// later change reaches it.
+#[test]
+fn lockstep_joins_an_aalink_session_and_tempo_changes_go_both_ways() -> Result<()> {
+    use lockstep_net::worker::link::{LinkDriver, now_micros};
+    let _guard = exclusive();
+    let peer = ScriptPeer::spawn(
+        "aalink_peer.py",
+        &[
+            "133".into(),
+            "0".into(),
+            "9".into(),
+            "6".into(),
+            "150".into(),
+        ],
+    )?;
+    peer.wait("aalink", |l| l.iter().any(|v| v["event"] == "ready"))?;
+    std::thread::sleep(Duration::from_millis(700));
+    let mut ours = LinkDriver::open(Ipv4Addr::LOCALHOST, 90.0)?;
+    let founded = ours.core().session();
+    let run = |ours: &mut LinkDriver, for_: Duration| {
+        let until = Instant::now() + for_;
+        while Instant::now() < until {
+            ours.poll(now_micros());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    run(&mut ours, Duration::from_secs(2));
+    let core = ours.core();
+    ensure!(
+        core.session() != founded && core.counters().joins == 1,
+        "joined aalink's session: {:?}",
+        core.counters()
+    );
+    ensure!(
+        (core.tempo() - 133.0).abs() < 0.01,
+        "tempo {}",
+        core.tempo()
+    );
+    ensure!(core.session_peers() == 1, "{}", core.session_peers());
+
+    // Our change reaches aalink.
+    let now = now_micros();
+    ours.core_mut().set_tempo(now, 100.0);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        run(&mut ours, Duration::from_millis(200));
+        let seen = peer
+            .lines()
+            .into_iter()
+            .rev()
+            .find(|v| v["event"] == "state");
+        if seen
+            .as_ref()
+            .and_then(|v| v["tempo"].as_f64())
+            .is_some_and(|t| (t - 100.0).abs() < 0.01)
+        {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "aalink kept {seen:?}");
+    }
+    // aalink's own change (at its 6th second) reaches us.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (ours.core().tempo() - 150.0).abs() > 0.01 {
+        ensure!(
+            Instant::now() < deadline,
+            "still {} (aalink: {:?})",
+            ours.core().tempo(),
+            peer.lines()
+        );
+        run(&mut ours, Duration::from_millis(100));
+    }
+    ensure!(ours.send_errors == 0, "{}", ours.send_errors);
+    Ok(())
+}

@@ -4,8 +4,9 @@
 //! `mep6`), and the measurement messages (PING / PONG with `__ht`, `__gt`, `_pgt`).
 //!
 //! Sans-IO and total: any bytes give a message or a [`LinkError`], never a panic. The session
-//! logic (election, measurement, timeline and start/stop rules) builds on this; it is the next
-//! step of the Link issue.
+//! logic (election, measurement, timeline and start/stop rules) is in [`session`].
+
+pub mod session;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
