@@ -36,6 +36,9 @@ pub struct WorkerStatus {
     /// instance describes its parameters).
     #[serde(default)]
     pub osc: Option<crate::worker::osc::OscStatus>,
+    /// Ableton Link (None while every instance's Link Mode is Off).
+    #[serde(default)]
+    pub link: Option<crate::worker::link::LinkStatus>,
 }
 
 /// One activated plugin instance, as the worker sees it.

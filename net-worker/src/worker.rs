@@ -199,6 +199,11 @@ struct Attached {
     settings: Option<NetSettings>,
     /// Where OSC-driven parameter changes go (the plugin's CLAP shim takes them out).
     inbox: Option<Inbox>,
+    /// The instance's parameter ids (index = the `Param` event's index) and values.
+    param_ids: Vec<String>,
+    param_values: Vec<f64>,
+    /// The latest transport snapshot (for Link's DAW-leads role).
+    last_daw: Option<TransportSnapshot>,
     /// The instance's sample clock against host time (as its clock engine fits it), to put
     /// timed OSC changes on their sample.
     /// Boxed: its 4096-point window is 64 KiB, too big to move around on the stack.
@@ -265,6 +270,8 @@ pub fn take_transport_requests(
     }
 }
 
+/// The process's Link state as last published by the worker.
+static LINK: Mutex<Option<link::LinkStatus>> = Mutex::new(None);
 /// The process's OSC state as last published by the worker.
 static OSC: Mutex<Option<osc::OscStatus>> = Mutex::new(None);
 /// The process's mDNS state as last published by the worker.
@@ -368,6 +375,7 @@ fn run(inbox: Receiver<Command>) {
     let mut discovery = Discovery::new();
     let mut osc_server: Option<osc::OscServer> = None;
     let mut query: Option<(oscquery::QueryServer, oscquery::HostInfo)> = None;
+    let mut link_service = link::LinkService::new();
     let mut osc_error: Option<String> = None;
     let mut discovery_published = Instant::now();
     let mut timeout = DRAIN_PERIOD;
@@ -386,6 +394,9 @@ fn run(inbox: Receiver<Command>) {
                     settings: None,
                     shared: None,
                     inbox: None,
+                    param_ids: Vec::new(),
+                    param_values: Vec::new(),
+                    last_daw: None,
                     estimator: Box::new(HostTimeEstimator::new(48_000.0)),
                     rtp_enabled: true,
                 };
@@ -406,6 +417,21 @@ fn run(inbox: Receiver<Command>) {
             Ok(Command::Params { id, specs, inbox }) => {
                 if let Some(attached) = rings.get_mut(&id) {
                     attached.inbox = inbox;
+                    attached.param_ids = specs.iter().map(|s| s.id.clone()).collect();
+                    // Values reported before this command was handled (the ring and the
+                    // command channel race) are kept; the rest start at their defaults.
+                    let reported = std::mem::take(&mut attached.param_values);
+                    attached.param_values = specs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| {
+                            reported
+                                .get(i)
+                                .copied()
+                                .filter(|v| !v.is_nan())
+                                .unwrap_or(s.default)
+                        })
+                        .collect();
                     let (port, name) = attached.settings.as_ref().map_or_else(
                         || (DEFAULT_OSC_PORT, "Lockstep".to_owned()),
                         |s| (s.osc_port, s.session_name.clone()),
@@ -451,6 +477,9 @@ fn run(inbox: Receiver<Command>) {
                     }
                     if let Some(server) = &mut osc_server {
                         server.core.add_instance(id, &name, specs);
+                        for (i, v) in attached.param_values.iter().enumerate() {
+                            server.core.set_current(id, i, *v);
+                        }
                         if let Some(settings) = &attached.settings {
                             server.core.set_mappings(id, &settings.osc_mappings);
                             server.core.set_allow_list(&settings.osc_allow);
@@ -482,6 +511,8 @@ fn run(inbox: Receiver<Command>) {
                     }
                 }
                 drop(query.take());
+                link_service.update(0, link::LinkMode::Off, None, false);
+                *lock(&LINK) = None;
                 discovery.shutdown();
                 *lock(&DISCOVERY) = None;
                 *lock(&OSC) = None;
@@ -490,6 +521,7 @@ fn run(inbox: Receiver<Command>) {
             Err(RecvTimeoutError::Timeout) => {}
         }
         watch_settings(&mut rings, &mut discovery, osc_server.as_mut());
+        run_link(&rings, &mut link_service);
         drain(&mut rings, &mut discovery, osc_server.as_mut());
         if let Some(server) = &mut osc_server {
             let now = bridge::host_time_ns();
@@ -574,6 +606,40 @@ fn publish_rtpmidi(id: u64, attached: &mut Attached, now: u64) {
     };
     if let Some(published) = lock(&BOARD).get_mut(&id) {
         published.rtpmidi = status;
+    }
+}
+
+/// A switch or enum parameter of an instance by id (normalized), if known.
+fn param(attached: &Attached, id: &str) -> Option<f64> {
+    attached
+        .param_ids
+        .iter()
+        .position(|p| p == id)
+        .and_then(|i| attached.param_values.get(i).copied())
+}
+
+/// Run the process's Link peer for the first instance whose Link Mode is not Off.
+fn run_link(rings: &BTreeMap<u64, Attached>, service: &mut link::LinkService) {
+    let now = link::now_micros();
+    let leader = rings.values().find_map(|a| {
+        let mode = link::LinkMode::from_normalized(param(a, "lnk_md")?);
+        (mode != link::LinkMode::Off).then_some((a, mode))
+    });
+    let (mode, daw, start_stop, quantum) = match leader {
+        Some((a, mode)) => {
+            let daw = a
+                .last_daw
+                .and_then(|t| t.tempo_bpm.map(|bpm| (bpm, t.playing)));
+            let quantum = param(a, "lnk_q").map_or(4.0, |q| 1.0 + (q * 15.0).round());
+            let start_stop = param(a, "lnk_ss").is_none_or(|v| v >= 0.5);
+            (mode, daw, start_stop, quantum)
+        }
+        None => (link::LinkMode::Off, None, false, 4.0),
+    };
+    service.update(now, mode, daw, start_stop);
+    if now >= service.status_at + 50_000 || mode == link::LinkMode::Off {
+        service.status_at = now;
+        *lock(&LINK) = service.status(now, mode, quantum);
     }
 }
 
@@ -778,6 +844,7 @@ fn drain(
             popped += 1;
             match event {
                 BridgeEvent::Transport(snapshot) => {
+                    attached.last_daw = Some(snapshot);
                     attached.estimator.add(
                         snapshot.block_start_samples,
                         snapshot.host_time_ns,
@@ -844,6 +911,11 @@ fn drain(
                 }
                 BridgeEvent::ClockState(state) => attached.clock.state = state,
                 BridgeEvent::Param { index, normalized } => {
+                    let i = usize::from(index);
+                    if attached.param_values.len() <= i {
+                        attached.param_values.resize(i + 1, f64::NAN);
+                    }
+                    attached.param_values[i] = f64::from(normalized);
                     if let Some(server) = osc.as_deref_mut() {
                         server
                             .core
@@ -920,6 +992,7 @@ pub fn status() -> WorkerStatus {
         discovery: lock(&DISCOVERY).clone().unwrap_or_default(),
         scheduling: lock(&SCHEDULING).clone(),
         osc: lock(&OSC).clone(),
+        link: lock(&LINK).clone(),
     }
 }
 

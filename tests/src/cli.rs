@@ -27,6 +27,9 @@ usage: cargo xtask run -- [options]
                        an AppleMIDI peer to invite (repeatable; HOST an IP address or a
                        host name, resolved in the background; PORT its control port);
                        saved in the plugin's settings like a DAW would
+  --link off|lead|follow
+                       Ableton Link mode (default off; lead = the DAW leads the session)
+  --quantum N          Link quantum, 1..16 beats (default 4)
   --osc-port N         our OSC control port (default 8000)
   --osc-preset FILE    controller mappings to load (e.g. presets/osc/touchosc-simple.json)
   --no-journal         send no recovery journal (to --peer peers and to guests)
@@ -148,6 +151,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
         mdns: true,
         osc_port: None,
         osc_mappings: Vec::new(),
+        link: None,
+        quantum: None,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -225,6 +230,30 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
                 )?);
             }
             "--no-mdns" => config.mdns = false,
+            "--link" => {
+                let v = value("--link")?;
+                config.link = Some(match v.as_str() {
+                    "off" => 0,
+                    "lead" => 1,
+                    "follow" => 2,
+                    _ => {
+                        return Err(CliError::Invalid {
+                            flag: "--link",
+                            value: v,
+                            why: "expected off, lead or follow",
+                        });
+                    }
+                });
+            }
+            "--quantum" => {
+                config.quantum = Some(number(
+                    "--quantum",
+                    &value("--quantum")?,
+                    1,
+                    16,
+                    "quantum is 1..16 beats",
+                )?);
+            }
             "--rtpmidi-access" => {
                 let v = value("--rtpmidi-access")?;
                 config.rtpmidi_access = Some(match v.as_str() {
@@ -327,6 +356,10 @@ mod tests {
         ]))
         .expect("valid");
         assert_eq!(c.osc_port, Some(8010));
+        let l = parse(args(&["--link", "lead", "--quantum", "8"])).expect("valid");
+        assert_eq!((l.link, l.quantum), (Some(1), Some(8)));
+        assert!(parse(args(&["--link", "chase"])).is_err());
+        assert!(parse(args(&["--quantum", "17"])).is_err());
         let preset = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../presets/osc/touchosc-simple.json"

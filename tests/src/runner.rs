@@ -53,6 +53,10 @@ pub struct RunConfig {
     pub mdns: bool,
     /// Our OSC port (`--osc-port`).
     pub osc_port: Option<u16>,
+    /// Link Mode as the parameter's step: 0 Off, 1 Lead, 2 Follow (`--link`).
+    pub link: Option<u8>,
+    /// Link Quantum, beats (`--quantum`).
+    pub quantum: Option<u8>,
     /// Controller mappings (`--osc-preset`).
     pub osc_mappings: Vec<lockstep_net::settings::OscMapping>,
 }
@@ -166,6 +170,22 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
     // OSC `/lockstep/transport/{play,stop,tempo,locate}` drive this host's transport.
     probe.set_transport_control(true);
     let (requests_tx, requests) = std::sync::mpsc::channel::<TransportRequest>();
+    // Parameters the command line sets, as a host would at the first block.
+    let mut initial = Vec::new();
+    if let Some(step) = config.link {
+        initial.push(crate::processor::ParamChange {
+            offset: 0,
+            id: crate::harness::clap_param_id("lnk_md"),
+            value: f64::from(step),
+        });
+    }
+    if let Some(q) = config.quantum {
+        initial.push(crate::processor::ParamChange {
+            offset: 0,
+            id: crate::harness::clap_param_id("lnk_q"),
+            value: f64::from(q.saturating_sub(1)),
+        });
+    }
     let audio_stop = Arc::new(AtomicBool::new(false));
     let audio = {
         let stats = Arc::clone(&stats);
@@ -181,6 +201,7 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
                     &stats,
                     &audio_stop,
                     &requests,
+                    initial,
                 )
             })
             .context("spawning the audio thread")?
@@ -250,6 +271,7 @@ fn audio_loop(
     stats: &AudioStats,
     stop: &AtomicBool,
     requests: &std::sync::mpsc::Receiver<TransportRequest>,
+    mut initial: Vec<crate::processor::ParamChange>,
 ) -> Processor {
     let block_period = Duration::from_secs_f64(f64::from(block) / sample_rate);
     let mut deadline = Instant::now();
@@ -267,7 +289,8 @@ fn audio_loop(
             stats.playing.store(transport.playing, Ordering::Relaxed);
         }
         let event = transport.event();
-        if processor.process(block, Some(&event), &[]).is_err() {
+        let changes = std::mem::take(&mut initial);
+        if processor.process(block, Some(&event), &changes).is_err() {
             stats.process_errors.fetch_add(1, Ordering::Relaxed);
         }
         transport.advance(block, sample_rate);
@@ -334,6 +357,16 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
                     (None, None) => "rtp-midi idle".to_owned(),
                 },
             );
+        let link = plugin.worker.link.as_ref().map_or_else(
+            || "link off".to_owned(),
+            |l| match &l.error {
+                Some(e) => format!("link: {e}"),
+                None => format!(
+                    "link {:?} {:.2} BPM peers {} phase {:.2}/{}",
+                    l.mode, l.tempo, l.session_peers, l.phase, l.quantum
+                ),
+            },
+        );
         let osc = plugin.worker.osc.as_ref().map_or_else(
             || "osc off".to_owned(),
             |o| match (o.port, o.errors.first()) {
@@ -384,7 +417,7 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
             );
         writeln!(
             out,
-            "[{:6.1}s] host {} {:.2} BPM {} beat {:.2} | {} | {} | {} | {} | worker {} ({} instance{}) | events {} dropped {} | late blocks {}",
+            "[{:6.1}s] host {} {:.2} BPM {} beat {:.2} | {} | {} | {} | {} | {} | worker {} ({} instance{}) | events {} dropped {} | late blocks {}",
             report.elapsed_s,
             if host.playing { "playing" } else { "stopped" },
             host.tempo_bpm,
@@ -394,6 +427,7 @@ fn print_report(out: &mut dyn Write, report: &Report, json: bool) -> Result<()> 
             clock,
             rtp,
             osc,
+            link,
             if plugin.worker.running {
                 "running"
             } else {

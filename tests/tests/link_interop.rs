@@ -197,3 +197,83 @@ fn lockstep_joins_an_aalink_session_and_tempo_changes_go_both_ways() -> Result<(
     ensure!(ours.send_errors == 0, "{}", ours.send_errors);
     Ok(())
 }
+
+/// The plugin in a real CLAP host with Link Mode = Lead joins an aalink session without
+/// taking its tempo over (no hijack), then the DAW's tempo change reaches aalink.
+#[test]
+fn the_daw_leads_an_aalink_session_through_the_plugin() -> Result<()> {
+    use lockstep_host::bundle::Build;
+    use lockstep_host::harness::{clap_param_id, wait_for};
+    use lockstep_host::host::{Bundle, Layout};
+    use lockstep_host::processor::ParamChange;
+    use lockstep_host::status::StatusProbe;
+    use lockstep_host::transport::HostTransport;
+    let _guard = exclusive();
+    let peer = ScriptPeer::spawn("aalink_peer.py", &["133".into(), "0".into(), "12".into()])?;
+    peer.wait("aalink", |l| l.iter().any(|v| v["event"] == "ready"))?;
+    std::thread::sleep(Duration::from_millis(700));
+    let path = Build::Release.clap_path();
+    let bundle = Bundle::load(&path)?;
+    let probe = StatusProbe::open(&path)?;
+    let mut instance = bundle.instantiate()?;
+    let mut p = instance.activate(48_000.0, 256, Layout::Stereo)?;
+    let mut t = HostTransport::new(120.0, (4, 4));
+    t.playing = true;
+    let lead = [ParamChange {
+        offset: 0,
+        id: clap_param_id("lnk_md"),
+        value: 1.0,
+    }];
+    p.process(256, Some(&t.event()), &lead)?;
+    let period = Duration::from_secs_f64(256.0 / 48_000.0);
+    let play = |p: &mut lockstep_host::processor::Processor,
+                t: &mut HostTransport,
+                for_: Duration|
+     -> Result<()> {
+        let until = Instant::now() + for_;
+        while Instant::now() < until {
+            p.process(256, Some(&t.event()), &[])?;
+            t.advance(256, 48_000.0);
+            std::thread::sleep(period);
+        }
+        Ok(())
+    };
+    play(&mut p, &mut t, Duration::from_secs(2))?;
+    let status = wait_for(&probe, "Lockstep in aalink's session", |s| {
+        s.worker
+            .link
+            .as_ref()
+            .is_some_and(|l| l.session_peers == 1 && l.joins == 1)
+    })?;
+    let link = status.worker.link.context("link")?;
+    ensure!(
+        (link.tempo - 133.0).abs() < 0.01 && link.published == 0,
+        "joined without hijacking the tempo: {link:?}"
+    );
+    // The DAW's tempo changes: the session follows, aalink too.
+    t.tempo_bpm = 140.0;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        play(&mut p, &mut t, Duration::from_millis(200))?;
+        let seen = peer
+            .lines()
+            .into_iter()
+            .rev()
+            .find(|v| v["event"] == "state");
+        if seen
+            .as_ref()
+            .and_then(|v| v["tempo"].as_f64())
+            .is_some_and(|x| (x - 140.0).abs() < 0.01)
+        {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "aalink kept {seen:?}");
+    }
+    let link = probe.read()?.worker.link.context("link")?;
+    ensure!(
+        link.published >= 1 && (link.tempo - 140.0).abs() < 0.01,
+        "{link:?}"
+    );
+    instance.deactivate(p);
+    Ok(())
+}

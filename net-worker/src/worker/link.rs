@@ -4,10 +4,15 @@
 //! RESPONSEs, and a measurement socket for PING/PONG, advertised in our `mep4`. Non-blocking,
 //! polled; the protocol is [`LinkCore`].
 //!
-//! Not yet wired into the worker loop or the plugin's roles (next step of the Link issue);
-//! used by the interop test against the real Link library.
+//! [`LinkService`] runs one peer for the process while any instance's Link Mode is not Off:
+//! in *DAW leads*, the leading instance's tempo changes (and, with Link Start/Stop, its
+//! start/stop) go into the session; on joining a session nothing is published until the DAW
+//! changes something (no hijack). *Follow* joins and reports the session (driving the MIDI
+//! clock from it is the next step).
 
 use std::io::ErrorKind;
+
+use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -147,5 +152,192 @@ impl LinkDriver {
 impl Drop for LinkDriver {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// The interface address the kernel would use for Link's multicast group (no packet is sent:
+/// a UDP connect only picks the route). Loopback if there is no route.
+pub fn default_interface() -> Ipv4Addr {
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| {
+            s.connect((MULTICAST.0, MULTICAST.1))?;
+            s.local_addr()
+        })
+        .ok()
+        .and_then(|a| match a.ip() {
+            std::net::IpAddr::V4(v4) if !v4.is_unspecified() => Some(v4),
+            _ => None,
+        })
+        .unwrap_or(Ipv4Addr::LOCALHOST)
+}
+
+/// Link Mode as the plugin's parameter has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkMode {
+    /// Not in Link.
+    #[default]
+    Off,
+    /// The DAW leads.
+    Lead,
+    /// Follow the session.
+    Follow,
+}
+
+impl LinkMode {
+    /// From the parameter's normalized value (Off, Lead, Follow).
+    pub fn from_normalized(v: f64) -> Self {
+        match (v * 2.0).round() as i64 {
+            i64::MIN..=0 => Self::Off,
+            1 => Self::Lead,
+            _ => Self::Follow,
+        }
+    }
+}
+
+/// What the status shows about Link.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// The mode of the instance that decides (the first one not Off).
+    pub mode: LinkMode,
+    /// The interface Link runs on.
+    pub interface: String,
+    /// Session id (hex).
+    pub session: String,
+    /// Peers heard, and peers in our session.
+    pub peers: usize,
+    /// Peers in our session.
+    pub session_peers: usize,
+    /// Session tempo, BPM.
+    pub tempo: f64,
+    /// Session beat now.
+    pub beat: f64,
+    /// Phase in the quantum now (0..quantum).
+    pub phase: f64,
+    /// Quantum, beats.
+    pub quantum: f64,
+    /// Session playing.
+    pub playing: bool,
+    /// Sessions joined.
+    pub joins: u64,
+    /// Tempo changes this process published.
+    pub published: u64,
+    /// Malformed or foreign-group datagrams.
+    pub malformed: u64,
+    /// Why Link is not running, if it is not.
+    pub error: Option<String>,
+    /// The DAW cannot be driven by a plugin: in Follow, only Lockstep's outputs follow.
+    pub note: Option<String>,
+}
+
+/// The process's Link peer and the role the instances give it.
+#[derive(Debug, Default)]
+pub struct LinkService {
+    driver: Option<LinkDriver>,
+    interface: Option<Ipv4Addr>,
+    error: Option<String>,
+    /// The DAW tempo and playing state last published (or seen when we joined).
+    last_daw: Option<(f64, bool)>,
+    joins_seen: u64,
+    published: u64,
+    /// When the status was last made (it is published every 50 ms).
+    pub status_at: Micros,
+}
+
+impl LinkService {
+    /// Nothing running.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Run for `mode` with the leading DAW's `tempo` and `playing` (the first instance whose
+    /// mode is not Off), `start_stop` sync on or off. Opens or closes the peer as needed.
+    pub fn update(
+        &mut self,
+        now: Micros,
+        mode: LinkMode,
+        daw: Option<(f64, bool)>,
+        start_stop: bool,
+    ) -> Option<Micros> {
+        if mode == LinkMode::Off {
+            self.driver = None;
+            self.last_daw = None;
+            self.error = None;
+            return None;
+        }
+        if self.driver.is_none() {
+            let interface = default_interface();
+            let tempo = daw.map_or(120.0, |d| d.0);
+            match LinkDriver::open(interface, tempo) {
+                Ok(d) => {
+                    self.driver = Some(d);
+                    self.interface = Some(interface);
+                    self.error = None;
+                    self.last_daw = daw;
+                    self.joins_seen = 0;
+                }
+                Err(e) => {
+                    self.error = Some(format!("cannot join Link on {interface}: {e}"));
+                    return None;
+                }
+            }
+        }
+        let driver = self.driver.as_mut()?;
+        let joins = driver.core().counters().joins;
+        if joins != self.joins_seen {
+            // Joined a session: adopt it; publish only what the DAW changes from now on.
+            self.joins_seen = joins;
+            self.last_daw = daw;
+        }
+        if mode == LinkMode::Lead
+            && let Some((tempo, playing)) = daw
+        {
+            let (last_tempo, last_playing) = self.last_daw.unwrap_or((tempo, playing));
+            if (tempo - last_tempo).abs() > 1e-6 {
+                driver.core_mut().set_tempo(now, tempo);
+                self.published += 1;
+            }
+            if start_stop && playing != last_playing {
+                driver.core_mut().set_playing(now, playing);
+            }
+            self.last_daw = Some((tempo, playing));
+        }
+        driver.poll(now)
+    }
+
+    /// The status now.
+    pub fn status(&self, now: Micros, mode: LinkMode, quantum: f64) -> Option<LinkStatus> {
+        if mode == LinkMode::Off && self.error.is_none() {
+            return None;
+        }
+        let mut s = LinkStatus {
+            mode,
+            interface: self.interface.map(|i| i.to_string()).unwrap_or_default(),
+            quantum,
+            error: self.error.clone(),
+            published: self.published,
+            note: (mode == LinkMode::Follow).then(|| {
+                "a plugin cannot drive the DAW's transport: in Follow, Lockstep reports the session"
+                    .to_owned()
+            }),
+            ..LinkStatus::default()
+        };
+        if let Some(d) = &self.driver {
+            let core = d.core();
+            s.session = core.session().iter().map(|b| format!("{b:02x}")).collect();
+            s.peers = core.peers();
+            s.session_peers = core.session_peers();
+            s.tempo = core.tempo();
+            s.beat = core.beats_at(now);
+            s.phase = if quantum > 0.0 {
+                s.beat.rem_euclid(quantum)
+            } else {
+                0.0
+            };
+            s.playing = core.playing();
+            s.joins = core.counters().joins;
+            s.malformed = core.counters().malformed + core.counters().foreign_group;
+        }
+        Some(s)
     }
 }
