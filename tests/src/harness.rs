@@ -166,13 +166,14 @@ impl ScriptPeer {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// Wait up to 10 s until `done` holds for the lines printed so far; returns them.
+    /// Wait up to 20 s until `done` holds for the lines printed so far; returns them (generous:
+    /// a Python peer starting on a loaded 2-core machine has been seen to take over 10 s).
     pub fn wait(
         &self,
         what: &str,
         done: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Result<Vec<serde_json::Value>> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let lines = self.lines();
             if done(&lines) {

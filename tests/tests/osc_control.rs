@@ -62,15 +62,24 @@ impl Drop for OscDump {
     }
 }
 
-#[test]
-fn osc_controllers_move_parameters_and_the_host_sees_every_move() -> Result<()> {
-    let _guard = exclusive();
+/// The built plugin in a real CLAP host: OSC on [`OSC_PORT`] plus `tweak` in its saved
+/// settings, activated, one block processed, its OSC port open.
+struct Rig {
+    _bundle: Bundle,
+    probe: StatusProbe,
+    instance: lockstep_host::host::Instance,
+    p: lockstep_host::processor::Processor,
+    t: HostTransport,
+}
+
+fn rig(tweak: impl FnOnce(&mut lockstep_net::settings::NetSettings)) -> Result<Rig> {
     let path = Build::Release.clap_path();
     let bundle = Bundle::load(&path)?;
     let probe = StatusProbe::open(&path)?;
     let mut instance = bundle.instantiate()?;
     let mut settings = instance.net_settings()?;
     settings.osc_port = OSC_PORT;
+    tweak(&mut settings);
     instance.set_net_settings(&settings)?;
     let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
     let t = HostTransport::new(120.0, (4, 4));
@@ -81,6 +90,25 @@ fn osc_controllers_move_parameters_and_the_host_sees_every_move() -> Result<()> 
             .as_ref()
             .is_some_and(|o| o.port == Some(OSC_PORT))
     })?;
+    Ok(Rig {
+        _bundle: bundle,
+        probe,
+        instance,
+        p,
+        t,
+    })
+}
+
+#[test]
+fn osc_controllers_move_parameters_and_the_host_sees_every_move() -> Result<()> {
+    let _guard = exclusive();
+    let Rig {
+        _bundle,
+        probe,
+        mut instance,
+        mut p,
+        t,
+    } = rig(|_| {})?;
     let dump = OscDump::start(DUMP_PORT)?;
     std::thread::sleep(Duration::from_millis(200));
 
@@ -229,22 +257,14 @@ fn the_touchosc_preset_maps_controller_addresses_onto_macros() -> Result<()> {
             env!("CARGO_MANIFEST_DIR"),
             "/../presets/osc/touchosc-simple.json"
         ))?)?;
-    let path = Build::Release.clap_path();
-    let bundle = Bundle::load(&path)?;
-    let probe = StatusProbe::open(&path)?;
-    let mut instance = bundle.instantiate()?;
-    let mut settings = instance.net_settings()?;
-    settings.osc_port = OSC_PORT;
-    settings.osc_mappings = preset.mappings;
-    instance.set_net_settings(&settings)?;
-    let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
-    let t = HostTransport::new(120.0, (4, 4));
-    p.process(BLOCK, Some(&t.event()), &[])?;
-    wait_for(&probe, "the OSC port", |s| {
-        s.worker
-            .osc
-            .as_ref()
-            .is_some_and(|o| o.port == Some(OSC_PORT))
+    let Rig {
+        _bundle,
+        probe,
+        mut instance,
+        mut p,
+        t,
+    } = rig(|s| {
+        s.osc_mappings = preset.mappings;
     })?;
     let target = format!("osc.udp://127.0.0.1:{OSC_PORT}");
     for args in [
@@ -294,15 +314,13 @@ fn the_touchosc_preset_maps_controller_addresses_onto_macros() -> Result<()> {
 #[test]
 fn timed_bundles_land_on_their_sample() -> Result<()> {
     let _guard = exclusive();
-    let path = Build::Release.clap_path();
-    let bundle = Bundle::load(&path)?;
-    let probe = StatusProbe::open(&path)?;
-    let mut instance = bundle.instantiate()?;
-    let mut settings = instance.net_settings()?;
-    settings.osc_port = OSC_PORT;
-    instance.set_net_settings(&settings)?;
-    let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
-    let t = HostTransport::new(120.0, (4, 4));
+    let Rig {
+        _bundle,
+        probe,
+        mut instance,
+        mut p,
+        t,
+    } = rig(|_| {})?;
     let period = Duration::from_secs_f64(f64::from(BLOCK) / RATE);
     // (block start sample, Unix time ns at its process call) for every block.
     let mut blocks: Vec<(u64, f64)> = Vec::new();
@@ -423,16 +441,15 @@ fn timed_bundles_land_on_their_sample() -> Result<()> {
 #[test]
 fn oscquery_is_discovered_and_describes_every_parameter() -> Result<()> {
     let _guard = exclusive();
-    let path = Build::Release.clap_path();
-    let bundle = Bundle::load(&path)?;
-    let probe = StatusProbe::open(&path)?;
-    let mut instance = bundle.instantiate()?;
-    let mut settings = instance.net_settings()?;
-    settings.osc_port = OSC_PORT;
-    settings.oscquery_lan = true;
-    instance.set_net_settings(&settings)?;
-    let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
-    let t = HostTransport::new(120.0, (4, 4));
+    let Rig {
+        _bundle,
+        probe,
+        mut instance,
+        mut p,
+        t,
+    } = rig(|s| {
+        s.oscquery_lan = true;
+    })?;
     p.process(BLOCK, Some(&t.event()), &[])?;
     let status = wait_for(&probe, "OSCQuery", |s| {
         s.worker
@@ -493,15 +510,13 @@ fn oscquery_is_discovered_and_describes_every_parameter() -> Result<()> {
 #[test]
 fn osc_over_tcp_with_both_framings() -> Result<()> {
     let _guard = exclusive();
-    let path = Build::Release.clap_path();
-    let bundle = Bundle::load(&path)?;
-    let probe = StatusProbe::open(&path)?;
-    let mut instance = bundle.instantiate()?;
-    let mut settings = instance.net_settings()?;
-    settings.osc_port = OSC_PORT;
-    instance.set_net_settings(&settings)?;
-    let mut p = instance.activate(RATE, BLOCK, Layout::Stereo)?;
-    let t = HostTransport::new(120.0, (4, 4));
+    let Rig {
+        _bundle,
+        probe,
+        mut instance,
+        mut p,
+        t,
+    } = rig(|_| {})?;
     p.process(BLOCK, Some(&t.event()), &[])?;
     wait_for(&probe, "OSC over TCP", |s| {
         s.worker.osc.as_ref().is_some_and(|o| o.tcp)

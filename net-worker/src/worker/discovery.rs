@@ -126,35 +126,15 @@ impl Discovery {
             })
             .find(|n| !taken(n))
             .unwrap_or(base);
-        let info = match ServiceInfo::new(
-            APPLE_MIDI,
-            &name,
-            &format!("{host}.local."),
-            "",
-            port,
-            None::<std::collections::HashMap<String, String>>,
-        ) {
-            Ok(info) => info.enable_addr_auto(),
-            Err(e) => {
-                self.error = Some(format!("cannot advertise {name:?}: {e}"));
-                return;
-            }
-        };
-        let full = info.get_fullname().to_owned();
-        let Some(daemon) = self.daemon() else { return };
-        match daemon.register(info) {
-            Ok(()) => self.ours.entry(id).or_default().push(full),
-            Err(e) => self.error = Some(format!("cannot advertise {name:?}: {e}")),
-        }
+        self.register(id, APPLE_MIDI, &name, port);
     }
 
-    /// Advertise service type `ty` (e.g. `_osc._udp.local.`) under `key` as "`what` (host)".
-    pub fn advertise(&mut self, key: u64, ty: &str, what: &str, port: u16) {
+    /// Register instance name `name` of service type `ty` on `port` under `key`.
+    fn register(&mut self, key: u64, ty: &str, name: &str, port: u16) {
         let host = host_name();
-        let name = format!("{what} ({host})");
         let info = match ServiceInfo::new(
             ty,
-            &name,
+            name,
             &format!("{host}.local."),
             "",
             port,
@@ -172,6 +152,12 @@ impl Discovery {
             Ok(()) => self.ours.entry(key).or_default().push(full),
             Err(e) => self.error = Some(format!("cannot advertise {name:?}: {e}")),
         }
+    }
+
+    /// Advertise service type `ty` (e.g. `_osc._udp.local.`) under `key` as "`what` (host)".
+    pub fn advertise(&mut self, key: u64, ty: &str, what: &str, port: u16) {
+        let name = format!("{what} ({})", host_name());
+        self.register(key, ty, &name, port);
     }
 
     /// Stop advertising instance `id`.
