@@ -511,7 +511,7 @@ fn run(inbox: Receiver<Command>) {
                     }
                 }
                 drop(query.take());
-                link_service.update(0, link::LinkMode::Off, None, false);
+                link_service.update(0, link::LinkMode::Off, None, false, None);
                 *lock(&LINK) = None;
                 discovery.shutdown();
                 *lock(&DISCOVERY) = None;
@@ -625,18 +625,26 @@ fn run_link(rings: &BTreeMap<u64, Attached>, service: &mut link::LinkService) {
         let mode = link::LinkMode::from_normalized(param(a, "lnk_md")?);
         (mode != link::LinkMode::Off).then_some((a, mode))
     });
-    let (mode, daw, start_stop, quantum) = match leader {
+    let (mode, daw, start_stop, quantum, daw_beat) = match leader {
         Some((a, mode)) => {
             let daw = a
                 .last_daw
                 .and_then(|t| t.tempo_bpm.map(|bpm| (bpm, t.playing)));
+            // The DAW's beat at its block start, heard at the block's smoothed host time
+            // plus the assumed output latency.
+            let daw_beat = a.last_daw.and_then(|t| {
+                let beat = t.pos_beats?;
+                let host = a.estimator.host_ns_at(t.block_start_samples as f64)?;
+                let heard = host + a.scheduler.config().latency_ns;
+                Some((beat, (heard / 1e3) as i64))
+            });
             let quantum = param(a, "lnk_q").map_or(4.0, |q| 1.0 + (q * 15.0).round());
             let start_stop = param(a, "lnk_ss").is_none_or(|v| v >= 0.5);
-            (mode, daw, start_stop, quantum)
+            (mode, daw, start_stop, quantum, daw_beat)
         }
-        None => (link::LinkMode::Off, None, false, 4.0),
+        None => (link::LinkMode::Off, None, false, 4.0, None),
     };
-    service.update(now, mode, daw, start_stop);
+    service.update(now, mode, daw, start_stop, daw_beat);
     if now >= service.status_at + 50_000 || mode == link::LinkMode::Off {
         service.status_at = now;
         *lock(&LINK) = service.status(now, mode, quantum);

@@ -6,8 +6,10 @@
 //!
 //! [`LinkService`] runs one peer for the process while any instance's Link Mode is not Off:
 //! in *DAW leads*, the leading instance's tempo changes (and, with Link Start/Stop, its
-//! start/stop) go into the session; on joining a session nothing is published until the DAW
-//! changes something (no hijack). *Follow* joins and reports the session (driving the MIDI
+//! start/stop) go into the session, and when the DAW starts or jumps its beat is forced into
+//! the session at the host time the listener hears it (block time through the sample-clock
+//! estimate, plus the assumed output latency); on joining a session nothing is published
+//! until the DAW changes something (no hijack). *Follow* joins and reports the session (driving the MIDI
 //! clock from it is the next step).
 
 use std::io::ErrorKind;
@@ -222,6 +224,8 @@ pub struct LinkStatus {
     pub joins: u64,
     /// Tempo changes this process published.
     pub published: u64,
+    /// DAW beats forced into the session (starts and jumps).
+    pub forced: u64,
     /// Malformed or foreign-group datagrams.
     pub malformed: u64,
     /// Why Link is not running, if it is not.
@@ -238,6 +242,11 @@ pub struct LinkService {
     error: Option<String>,
     /// The DAW tempo and playing state last published (or seen when we joined).
     last_daw: Option<(f64, bool)>,
+    /// The DAW's last (beat, host µs where it is heard) while playing, to notice a start or
+    /// a jump.
+    last_beat: Option<(f64, Micros)>,
+    /// Beats forced into the session (DAW starts and jumps).
+    forced: u64,
     joins_seen: u64,
     published: u64,
     /// When the status was last made (it is published every 50 ms).
@@ -258,10 +267,12 @@ impl LinkService {
         mode: LinkMode,
         daw: Option<(f64, bool)>,
         start_stop: bool,
+        daw_beat: Option<(f64, Micros)>,
     ) -> Option<Micros> {
         if mode == LinkMode::Off {
             self.driver = None;
             self.last_daw = None;
+            self.last_beat = None;
             self.error = None;
             return None;
         }
@@ -301,6 +312,22 @@ impl LinkService {
                 driver.core_mut().set_playing(now, playing);
             }
             self.last_daw = Some((tempo, playing));
+            // The DAW's beat phase: forced into the session when the DAW starts or jumps
+            // (not on joining, not for drift), so the beat Link peers play is the one heard.
+            match (playing, daw_beat) {
+                (true, Some((beat, at))) => {
+                    let expected = self
+                        .last_beat
+                        .map(|(b, t)| b + (at - t) as f64 / 1e6 * tempo / 60.0);
+                    let jumped = expected.is_none_or(|e| (e - beat).abs() > 0.01);
+                    if jumped {
+                        driver.core_mut().force_beat(now, beat, at);
+                        self.forced += 1;
+                    }
+                    self.last_beat = Some((beat, at));
+                }
+                _ => self.last_beat = None,
+            }
         }
         driver.poll(now)
     }
@@ -316,6 +343,7 @@ impl LinkService {
             quantum,
             error: self.error.clone(),
             published: self.published,
+            forced: self.forced,
             note: (mode == LinkMode::Follow).then(|| {
                 "a plugin cannot drive the DAW's transport: in Follow, Lockstep reports the session"
                     .to_owned()

@@ -190,6 +190,21 @@ impl LinkCore {
         self.changed(now);
     }
 
+    /// Make `beats` fall on host time `at` (the DAW leads: its beat, where the listener hears
+    /// it), keeping the tempo. The new timeline's beat origin moves forward so peers take it
+    /// (larger origin wins); the line still passes through (`at`, `beats`).
+    pub fn force_beat(&mut self, now: Micros, beats: f64, at: Micros) {
+        let mpb = self.timeline.micros_per_beat.max(1) as f64;
+        let origin = ((self.beats_at(now) * 1e6).round() as i64).max(self.timeline.beat_origin + 1);
+        let time_origin = self.ghost(at) - (beats - origin as f64 / 1e6) * mpb;
+        self.timeline = Timeline {
+            micros_per_beat: self.timeline.micros_per_beat,
+            beat_origin: origin,
+            time_origin: time_origin.round() as i64,
+        };
+        self.changed(now);
+    }
+
     /// Start or stop the session at `now`.
     pub fn set_playing(&mut self, now: Micros, playing: bool) {
         let ghost = self.ghost(now).round() as i64;
@@ -716,6 +731,23 @@ mod tests {
         n.cores[1].leave();
         n.run(n.now + 10 * MS);
         assert_eq!(n.cores[0].peers(), 0);
+    }
+
+    #[test]
+    fn a_forced_beat_lands_where_asked_and_reaches_the_session() {
+        let mut n = net(2 * MS, 0);
+        n.add(120.0, 5);
+        n.add(120.0, 6);
+        n.run(n.now + 3 * S);
+        assert_eq!(n.cores[0].session(), n.cores[1].session());
+        let now = n.now;
+        let at = now + 40 * MS;
+        n.cores[1].force_beat(now, 33.25, at);
+        assert!((n.cores[1].beats_at(at) - 33.25).abs() < 1e-6);
+        n.run(now + 300 * MS);
+        // The other peer took the new grid: the same beat at the same host time.
+        assert!((n.cores[0].beats_at(at) - 33.25).abs() < 0.001);
+        assert!((n.cores[0].tempo() - 120.0).abs() < 1e-9);
     }
 
     #[test]
