@@ -112,3 +112,52 @@ pub fn tshark_fields_with(
         .map(|l| l.split('|').map(str::to_owned).collect())
         .collect())
 }
+
+/// A live tshark capture on `lo` into `target/<name>`, stopped (SIGINT) by
+/// [`Capture::finish`].
+pub struct Capture {
+    child: std::process::Child,
+    path: std::path::PathBuf,
+}
+
+impl Capture {
+    /// Start capturing what matches the capture `filter`; returns once tshark listens.
+    pub fn start(name: &str, filter: &str) -> Result<Self> {
+        use std::io::{BufRead, BufReader};
+        let path = crate::bundle::target_dir().join(name);
+        let _ = std::fs::remove_file(&path);
+        let mut child = std::process::Command::new("tshark")
+            .args(["-i", "lo", "-f", filter, "-w"])
+            .arg(&path)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting tshark (run `cargo xtask test` to install it)")?;
+        // tshark says "Capturing on 'Loopback: lo'" once it listens.
+        let stderr = child.stderr.take().context("stderr")?;
+        let mut reader = BufReader::new(stderr);
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            if line.contains("Capturing on") {
+                break;
+            }
+            line.clear();
+        }
+        anyhow::ensure!(
+            line.contains("Capturing on"),
+            "tshark did not start capturing: {line}"
+        );
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Ok(Self { child, path })
+    }
+
+    /// Stop capturing; returns the file.
+    pub fn finish(mut self) -> Result<std::path::PathBuf> {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()?;
+        self.child.wait()?;
+        Ok(self.path.clone())
+    }
+}

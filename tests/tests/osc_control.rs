@@ -109,6 +109,10 @@ fn osc_controllers_move_parameters_and_the_host_sees_every_move() -> Result<()> 
         mut p,
         t,
     } = rig(|_| {})?;
+    let capture = lockstep_host::pcap::Capture::start(
+        "osc-control.pcap",
+        &format!("udp port {OSC_PORT} or udp port {CLIENT_PORT} or udp port {DUMP_PORT}"),
+    )?;
     let dump = OscDump::start(DUMP_PORT)?;
     std::thread::sleep(Duration::from_millis(200));
 
@@ -243,6 +247,40 @@ fn osc_controllers_move_parameters_and_the_host_sees_every_move() -> Result<()> 
     );
     ensure!(osc.feedback_sent > 0 && osc.dropped_full == 0, "{osc:?}");
     instance.deactivate(p);
+    // The live capture of this exchange (python-osc, Lockstep, oscdump) as tshark's OSC
+    // dissector reads it: every packet OSC, none malformed, no expert warning.
+    let rows = lockstep_host::pcap::tshark_fields_with(
+        &capture.finish()?,
+        // Port 8200 is another protocol's registered port: try OSC's heuristic first.
+        &[
+            "--enable-heuristic",
+            "osc_udp",
+            "-o",
+            "udp.try_heuristic_first:TRUE",
+        ],
+        &[
+            "frame.protocols",
+            "_ws.expert.severity",
+            "_ws.malformed",
+            "osc.message.header.path",
+        ],
+    )?;
+    ensure!(rows.len() >= 8, "captured {} packets", rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        ensure!(row[0].ends_with(":osc"), "frame {} is {}", i + 1, row[0]);
+        ensure!(
+            row[1].is_empty() && row[2].is_empty(),
+            "frame {}: {row:?}",
+            i + 1
+        );
+    }
+    ensure!(
+        rows.iter().any(|r| r[3].contains("/lockstep/error"))
+            && rows
+                .iter()
+                .any(|r| r[3].contains("/lockstep/param/mac_1/normalized")),
+        "{rows:?}"
+    );
     Ok(())
 }
 

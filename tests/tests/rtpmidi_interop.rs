@@ -5,14 +5,13 @@
 //! clock, with the exact number of ticks for the beats played. tshark captures the run on `lo`
 //! and must decode every datagram as AppleMIDI or RTP-MIDI, none malformed.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use lockstep_host::bundle::Build;
 use lockstep_host::harness::{ScriptPeer, clap_param_id, exclusive, wait_for};
 use lockstep_host::host::{Bundle, Instance, Layout};
+use lockstep_host::pcap::Capture;
 use lockstep_host::processor::{ParamChange, Processor};
 use lockstep_host::status::StatusProbe;
 use lockstep_host::transport::HostTransport;
@@ -62,58 +61,6 @@ impl Peer {
                 (v["status"].as_u64().unwrap_or(0), data)
             })
             .collect()
-    }
-}
-
-/// A tshark capture of our and pymidi's ports on `lo`.
-struct Capture {
-    child: Child,
-    path: std::path::PathBuf,
-}
-
-impl Capture {
-    fn start() -> Result<Self> {
-        let path = lockstep_host::bundle::target_dir().join("rtpmidi-interop.pcap");
-        let _ = std::fs::remove_file(&path);
-        let mut child = Command::new("tshark")
-            .args([
-                "-i",
-                "lo",
-                "-f",
-                "udp portrange 5004-5005 or udp portrange 6004-6005",
-                "-w",
-            ])
-            .arg(&path)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting tshark (run `cargo xtask test` to install it)")?;
-        // tshark says "Capturing on 'Loopback: lo'" once it listens.
-        let stderr = child.stderr.take().context("stderr")?;
-        let mut reader = BufReader::new(stderr);
-        let mut line = String::new();
-        while reader.read_line(&mut line)? > 0 {
-            if line.contains("Capturing on") {
-                break;
-            }
-            line.clear();
-        }
-        ensure!(
-            line.contains("Capturing on"),
-            "tshark did not start capturing: {line}"
-        );
-        std::thread::spawn(move || for _ in reader.lines() {});
-        Ok(Self { child, path })
-    }
-
-    /// Stop capturing; returns the file.
-    fn finish(mut self) -> Result<std::path::PathBuf> {
-        std::thread::sleep(Duration::from_millis(300));
-        Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()?;
-        self.child.wait()?;
-        Ok(self.path.clone())
     }
 }
 
@@ -195,7 +142,10 @@ fn ticks_between(from: f64, to: f64) -> usize {
 #[test]
 fn pymidi_receives_every_clock_and_transport_message_in_order() -> Result<()> {
     let _guard = exclusive();
-    let capture = Capture::start()?;
+    let capture = Capture::start(
+        "rtpmidi-interop.pcap",
+        "udp portrange 5004-5005 or udp portrange 6004-6005",
+    )?;
     let peer = Peer::start(60)?;
     let path = Build::Release.clap_path();
     let bundle = Bundle::load(&path)?;
