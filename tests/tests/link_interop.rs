@@ -139,7 +139,9 @@ fn lockstep_joins_an_aalink_session_and_tempo_changes_go_both_ways() -> Result<(
         ],
     )?;
     peer.wait("aalink", |l| l.iter().any(|v| v["event"] == "ready"))?;
-    std::thread::sleep(Duration::from_millis(700));
+    // aalink's session must be clearly older than ours (Link joins a session whose ghost
+    // clock is more than 0.5 s older; closer than that, the smaller random id wins).
+    std::thread::sleep(Duration::from_millis(2000));
     let mut ours = LinkDriver::open(Ipv4Addr::LOCALHOST, 90.0)?;
     let founded = ours.core().session();
     let run = |ours: &mut LinkDriver, for_: Duration| {
@@ -149,7 +151,10 @@ fn lockstep_joins_an_aalink_session_and_tempo_changes_go_both_ways() -> Result<(
             std::thread::sleep(Duration::from_millis(2));
         }
     };
-    run(&mut ours, Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ours.core().counters().joins == 0 && Instant::now() < deadline {
+        run(&mut ours, Duration::from_millis(100));
+    }
     let core = ours.core();
     ensure!(
         core.session() != founded && core.counters().joins == 1,
@@ -211,7 +216,9 @@ fn the_daw_leads_an_aalink_session_through_the_plugin() -> Result<()> {
     let _guard = exclusive();
     let peer = ScriptPeer::spawn("aalink_peer.py", &["133".into(), "0".into(), "12".into()])?;
     peer.wait("aalink", |l| l.iter().any(|v| v["event"] == "ready"))?;
-    std::thread::sleep(Duration::from_millis(700));
+    // aalink's session must be clearly older than ours (Link joins a session whose ghost
+    // clock is more than 0.5 s older; closer than that, the smaller random id wins).
+    std::thread::sleep(Duration::from_millis(2000));
     let path = Build::Release.clap_path();
     let bundle = Bundle::load(&path)?;
     let probe = StatusProbe::open(&path)?;
