@@ -4,6 +4,7 @@
 //! - [`engine`]: the realtime engine that runs inside `process()`.
 //! - [`estimator`]: sample position → host time regression.
 //! - [`follower`]: the worker-side view of the stream, repairing it after lost messages.
+//! - [`link_clock`]: Link → MIDI clock, for instances that follow a Link session.
 //! - [`scheduler`]: per-destination send times: latency, offset, prediction for early offsets.
 //! - [`reference`]: the offline model that computes the ideal event list from a transport
 //!   timeline; the property tests, the end-to-end test and the bench compare the engine to it.
@@ -31,6 +32,7 @@
 pub mod engine;
 pub mod estimator;
 pub mod follower;
+pub mod link_clock;
 pub mod reference;
 pub mod scheduler;
 

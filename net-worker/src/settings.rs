@@ -45,6 +45,9 @@ pub struct NetSettings {
     /// Who may send OSC: addresses or subnets (`192.168.1.0/24`, `10.0.0.7`, `::1`). Empty =
     /// loopback, private and link-local ranges.
     pub osc_allow: Vec<String>,
+    /// The network interface Link runs on: a name (`eth0`, `en0`) or an IPv4 address; empty
+    /// = the interface the system routes Link's multicast group through.
+    pub link_interface: String,
 }
 
 /// One controller address driving one parameter.
@@ -173,6 +176,7 @@ impl Default for NetSettings {
             osc_mappings: Vec::new(),
             oscquery_lan: false,
             osc_allow: Vec::new(),
+            link_interface: String::new(),
             macro_names: vec![String::new(); MACRO_COUNT],
         }
     }

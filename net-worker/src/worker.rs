@@ -19,6 +19,7 @@ use thiserror::Error;
 use crate::bridge::{self, AudioSide, BridgeEvent, RingCounters, TransportSnapshot, WorkerSide};
 use crate::clock::estimator::HostTimeEstimator;
 use crate::clock::follower::ClockFollower;
+use crate::clock::link_clock::LinkClock;
 use crate::clock::scheduler::{Scheduler, SchedulerConfig, SchedulerStats, Transmit};
 use crate::clock::{ClockEvent, ClockKind, ClockState};
 use crate::params::{HostParamChange, ParamSpec};
@@ -212,6 +213,8 @@ struct Attached {
     shared: Option<(Arc<SharedSettings>, u64)>,
     /// RTP-MIDI switched on (the `rtp_on` parameter).
     rtp_enabled: bool,
+    /// Link Mode Follow: the clock comes from the Link session, not the DAW.
+    link_clock: Option<LinkClock>,
 }
 
 /// One message the worker sent (recorded for diagnostics and the end-to-end tests).
@@ -399,6 +402,7 @@ fn run(inbox: Receiver<Command>) {
                     last_daw: None,
                     estimator: Box::new(HostTimeEstimator::new(48_000.0)),
                     rtp_enabled: true,
+                    link_clock: None,
                 };
                 rings.insert(id, attached);
             }
@@ -511,7 +515,7 @@ fn run(inbox: Receiver<Command>) {
                     }
                 }
                 drop(query.take());
-                link_service.update(0, link::LinkMode::Off, None, false, None);
+                link_service.update(0, link::LinkMode::Off, "", None, false, None);
                 *lock(&LINK) = None;
                 discovery.shutdown();
                 *lock(&DISCOVERY) = None;
@@ -521,7 +525,7 @@ fn run(inbox: Receiver<Command>) {
             Err(RecvTimeoutError::Timeout) => {}
         }
         watch_settings(&mut rings, &mut discovery, osc_server.as_mut());
-        run_link(&rings, &mut link_service);
+        let link_due = run_link(&mut rings, &mut link_service, osc_server.as_mut());
         drain(&mut rings, &mut discovery, osc_server.as_mut());
         if let Some(server) = &mut osc_server {
             let now = bridge::host_time_ns();
@@ -578,6 +582,10 @@ fn run(inbox: Receiver<Command>) {
         }
         let due = transmit(&mut rings);
         timeout = wait_before(due);
+        if let Some(link_due) = link_due {
+            let wait = (link_due - bridge::host_time_ns() as f64).max(0.0);
+            timeout = timeout.min(Duration::from_nanos(wait as u64));
+        }
         // A CK answer's arrival time is the latency measurement: while one is due, look at
         // the sockets every 50 µs (sleeping, not spinning).
         let now = bridge::host_time_ns();
@@ -618,37 +626,152 @@ fn param(attached: &Attached, id: &str) -> Option<f64> {
         .and_then(|i| attached.param_values.get(i).copied())
 }
 
-/// Run the process's Link peer for the first instance whose Link Mode is not Off.
-fn run_link(rings: &BTreeMap<u64, Attached>, service: &mut link::LinkService) {
+/// A Link-driven clock's messages are worked out this far ahead (µs, plus any early user
+/// offset); the scheduler then sends each at its time.
+const FOLLOW_HORIZON_US: f64 = 5_000.0;
+
+/// An instance's Link quantum (`lnk_q`: 1..16 beats).
+fn quantum(attached: &Attached) -> f64 {
+    param(attached, "lnk_q").map_or(4.0, |q| 1.0 + (q * 15.0).round())
+}
+
+/// Pass one clock message to an instance's destinations (monitor stream and RTP-MIDI).
+fn pass_clock(attached: &mut Attached, now: f64, clock: ClockEvent) {
+    let summary = &mut attached.clock;
+    summary.messages += 1;
+    summary.ticks += u64::from(clock.kind == ClockKind::Tick);
+    summary.last = Some(clock);
+    let scheduler = &mut attached.scheduler;
+    attached
+        .follower
+        .handle(clock, &mut |out| scheduler.handle(now, out));
+    if let Some(rtpmidi) = &mut attached.rtpmidi {
+        rtpmidi.clock_event(now as u64, clock);
+    }
+}
+
+/// The clock's source of an instance changes (DAW ↔ Link): running destinations get a Stop.
+fn switch_clock_source(attached: &mut Attached, now: u64) {
+    let scheduler = &mut attached.scheduler;
+    attached
+        .follower
+        .switch_source(&mut |out| scheduler.handle(now as f64, out));
+    if let Some(rtpmidi) = &mut attached.rtpmidi {
+        rtpmidi.switch_source(now);
+    }
+}
+
+/// Run the process's Link peer for the first instance whose Link Mode is not Off, and the
+/// Link-driven clocks of instances in Follow. Returns when a Link-driven clock next has
+/// messages to work out (host ns).
+fn run_link(
+    rings: &mut BTreeMap<u64, Attached>,
+    service: &mut link::LinkService,
+    mut osc: Option<&mut osc::OscServer>,
+) -> Option<f64> {
     let now = link::now_micros();
+    let link_minus_host = link::link_minus_host();
     let leader = rings.values().find_map(|a| {
         let mode = link::LinkMode::from_normalized(param(a, "lnk_md")?);
         (mode != link::LinkMode::Off).then_some((a, mode))
     });
-    let (mode, daw, start_stop, quantum, daw_beat) = match leader {
+    let interface = leader
+        .and_then(|(a, _)| a.settings.as_ref())
+        .map(|s| s.link_interface.clone())
+        .unwrap_or_default();
+    let (mode, daw, start_stop, quantum_, daw_beat) = match leader {
         Some((a, mode)) => {
             let daw = a
                 .last_daw
                 .and_then(|t| t.tempo_bpm.map(|bpm| (bpm, t.playing)));
             // The DAW's beat at its block start, heard at the block's smoothed host time
-            // plus the assumed output latency.
+            // plus the assumed output latency (on Link's clock).
             let daw_beat = a.last_daw.and_then(|t| {
                 let beat = t.pos_beats?;
                 let host = a.estimator.host_ns_at(t.block_start_samples as f64)?;
                 let heard = host + a.scheduler.config().latency_ns;
-                Some((beat, (heard / 1e3) as i64))
+                Some((beat, (heard / 1e3 + link_minus_host).round() as i64))
             });
-            let quantum = param(a, "lnk_q").map_or(4.0, |q| 1.0 + (q * 15.0).round());
             let start_stop = param(a, "lnk_ss").is_none_or(|v| v >= 0.5);
-            (mode, daw, start_stop, quantum, daw_beat)
+            (mode, daw, start_stop, quantum(a), daw_beat)
         }
         None => (link::LinkMode::Off, None, false, 4.0, None),
     };
-    service.update(now, mode, daw, start_stop, daw_beat);
+    service.update(now, mode, &interface, daw, start_stop, daw_beat);
+    let timeline = service.timeline(now);
+    let host_now = bridge::host_time_ns();
+    let mut next: Option<f64> = None;
+    let mut follow = None;
+    for (id, a) in rings.iter_mut() {
+        let follows = timeline.is_some()
+            && param(a, "lnk_md").map(link::LinkMode::from_normalized)
+                == Some(link::LinkMode::Follow);
+        if follows != a.link_clock.is_some() {
+            a.link_clock = follows.then(LinkClock::new);
+            switch_clock_source(a, host_now);
+            if !follows {
+                let tempo = a.last_daw.and_then(|t| t.tempo_bpm);
+                a.scheduler.handle_tempo(tempo);
+                if let Some(rtpmidi) = &mut a.rtpmidi {
+                    rtpmidi.set_tempo(tempo);
+                }
+            }
+        }
+        let q = quantum(a);
+        let (Some(clock), Some(tl)) = (a.link_clock.as_mut(), timeline.as_ref()) else {
+            continue;
+        };
+        let config = a.scheduler.config();
+        let horizon = FOLLOW_HORIZON_US + (-config.offset_ns / 1e3).max(0.0);
+        // Link times are when the listener hears a beat; the scheduler adds the output
+        // latency to a stamp, so stamps are the Link time on the host clock minus it.
+        let shift = -link_minus_host * 1e3 - config.latency_ns;
+        let mut events = Vec::new();
+        let due = clock.update(tl, q, now as f64, horizon, shift, &mut |e| events.push(e));
+        let running = clock.running();
+        let stats = clock.stats();
+        a.scheduler.handle_tempo(Some(tl.tempo));
+        if let Some(rtpmidi) = &mut a.rtpmidi {
+            rtpmidi.set_tempo(Some(tl.tempo));
+        }
+        for event in events {
+            pass_clock(a, host_now as f64, event);
+        }
+        a.clock.state = if running {
+            ClockState::Running
+        } else {
+            ClockState::Stopped
+        };
+        if let Some(due) = due {
+            let at = (due - link_minus_host) * 1e3;
+            next = Some(next.map_or(at, |n: f64| n.min(at)));
+        }
+        if follow.is_none() {
+            follow = Some(stats);
+        }
+        // The OSC transport feed follows the session too: its tempo, and the song position
+        // since the quantized start.
+        if let (Some(server), Some(mut t)) = (osc.as_deref_mut(), a.last_daw) {
+            t.tempo_bpm = Some(tl.tempo);
+            t.playing = running;
+            t.pos_beats = running.then(|| tl.beat_at(now as f64) - stats.last_start_beat);
+            t.bar_number = None;
+            t.bar_start_beats = None;
+            server.core.set_transport(*id, t);
+        }
+    }
+    if let Some(server) = osc {
+        server.core.set_link(service.feed(now, quantum_));
+    }
     if now >= service.status_at + 50_000 || mode == link::LinkMode::Off {
         service.status_at = now;
-        *lock(&LINK) = service.status(now, mode, quantum);
+        let mut status = service.status(now, mode, quantum_);
+        if let Some(s) = &mut status {
+            s.follow = follow;
+        }
+        *lock(&LINK) = status;
     }
+    next
 }
 
 /// Apply settings that changed since they were last applied (a state load into an active
@@ -858,12 +981,15 @@ fn drain(
                         snapshot.host_time_ns,
                         f64::from(snapshot.sample_rate),
                     );
-                    if let Some(server) = osc.as_deref_mut() {
-                        server.core.set_transport(*id, snapshot);
-                    }
-                    attached.scheduler.handle_tempo(snapshot.tempo_bpm);
-                    if let Some(rtpmidi) = &mut attached.rtpmidi {
-                        rtpmidi.set_tempo(snapshot.tempo_bpm);
+                    // While following Link, tempo and transport come from the session.
+                    if attached.link_clock.is_none() {
+                        if let Some(server) = osc.as_deref_mut() {
+                            server.core.set_transport(*id, snapshot);
+                        }
+                        attached.scheduler.handle_tempo(snapshot.tempo_bpm);
+                        if let Some(rtpmidi) = &mut attached.rtpmidi {
+                            rtpmidi.set_tempo(snapshot.tempo_bpm);
+                        }
                     }
                     latest = Some(snapshot);
                     blocks += 1;
@@ -917,7 +1043,11 @@ fn drain(
                         rtpmidi.set_schedule(config);
                     }
                 }
-                BridgeEvent::ClockState(state) => attached.clock.state = state,
+                BridgeEvent::ClockState(state) => {
+                    if attached.link_clock.is_none() {
+                        attached.clock.state = state;
+                    }
+                }
                 BridgeEvent::Param { index, normalized } => {
                     let i = usize::from(index);
                     if attached.param_values.len() <= i {
@@ -930,19 +1060,11 @@ fn drain(
                             .set_current(*id, usize::from(index), f64::from(normalized));
                     }
                 }
-                BridgeEvent::Clock(clock) => {
-                    let summary = &mut attached.clock;
-                    summary.messages += 1;
-                    summary.ticks += u64::from(clock.kind == ClockKind::Tick);
-                    summary.last = Some(clock);
-                    let scheduler = &mut attached.scheduler;
-                    attached
-                        .follower
-                        .handle(clock, &mut |out| scheduler.handle(now, out));
-                    if let Some(rtpmidi) = &mut attached.rtpmidi {
-                        rtpmidi.clock_event(now as u64, clock);
-                    }
-                }
+                BridgeEvent::Clock(clock) => match &mut attached.link_clock {
+                    // Following Link: the DAW's clock is not passed on.
+                    Some(link_clock) => link_clock.supersede(),
+                    None => pass_clock(attached, now, clock),
+                },
             }
         }
         if popped == 0 {

@@ -2,7 +2,8 @@
 
 Runs pymidi's server (a responder) on 127.0.0.1:PORT for SECONDS and prints one JSON line per
 event: {"event": "ready"}, {"event": "connected", "name": ...}, {"event": "midi", "status": S,
-"data": [...]} for every MIDI command pymidi decoded (in arrival order), and
+"data": [...], "t": T} for every MIDI command pymidi decoded (in arrival order; T = when its
+packet was handled, microseconds on CLOCK_MONOTONIC_RAW, Ableton Link's clock on Linux), and
 {"event": "disconnected"}. Usage: pymidi_peer.py PORT SECONDS
 """
 
@@ -25,12 +26,13 @@ class Recorder(server.Handler):
         emit(event="disconnected", name=str(peer.name))
 
     def on_midi_commands(self, peer, command_list):
+        t = time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW) / 1e3
         for command in command_list:
             params = command.params
             # pymidi decodes channel messages; system messages (F8, FA, FB, FC, F2) come
             # through its fallback with the raw data bytes.
             data = list(params.get("unknown", b"")) if params is not None else []
-            emit(event="midi", status=command.command_byte, data=data)
+            emit(event="midi", status=command.command_byte, data=data, t=t)
 
 
 def main():

@@ -30,6 +30,8 @@ usage: cargo xtask run -- [options]
   --link off|lead|follow
                        Ableton Link mode (default off; lead = the DAW leads the session)
   --quantum N          Link quantum, 1..16 beats (default 4)
+  --link-interface IF  the interface Link runs on: a name (eth0) or an IPv4 address
+                       (default: the one the system routes Link's multicast group through)
   --osc-port N         our OSC control port (default 8000)
   --osc-preset FILE    controller mappings to load (e.g. presets/osc/touchosc-simple.json)
   --no-journal         send no recovery journal (to --peer peers and to guests)
@@ -153,6 +155,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
         osc_mappings: Vec::new(),
         link: None,
         quantum: None,
+        link_interface: None,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -245,6 +248,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
                     }
                 });
             }
+            "--link-interface" => config.link_interface = Some(value("--link-interface")?),
             "--quantum" => {
                 config.quantum = Some(number(
                     "--quantum",
@@ -358,6 +362,8 @@ mod tests {
         assert_eq!(c.osc_port, Some(8010));
         let l = parse(args(&["--link", "lead", "--quantum", "8"])).expect("valid");
         assert_eq!((l.link, l.quantum), (Some(1), Some(8)));
+        let l = parse(args(&["--link", "follow", "--link-interface", "lo"])).expect("valid");
+        assert_eq!((l.link, l.link_interface.as_deref()), (Some(2), Some("lo")));
         assert!(parse(args(&["--link", "chase"])).is_err());
         assert!(parse(args(&["--quantum", "17"])).is_err());
         let preset = concat!(

@@ -133,10 +133,16 @@ pub struct ScriptPeer {
 impl ScriptPeer {
     /// Start `script` with `args`.
     pub fn spawn(script: &str, args: &[String]) -> Result<Self> {
+        Self::spawn_with_env(script, args, &[])
+    }
+
+    /// [`ScriptPeer::spawn`] with extra environment variables.
+    pub fn spawn_with_env(script: &str, args: &[String], env: &[(&str, &str)]) -> Result<Self> {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(peers_python())
             .arg(peer_script(script))
             .args(args)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .with_context(|| {

@@ -16,6 +16,7 @@
 //! - [`cli`]: the runner's command line.
 //! - [`harness`]: helpers for the end-to-end tests.
 //! - [`pcap`]: writes datagrams to a pcap file for tshark's dissectors.
+//! - [`link`]: comparing Lockstep's Link beat with a real Link peer's (tests and bench).
 
 #![warn(missing_docs)]
 
@@ -23,6 +24,7 @@ pub mod bundle;
 pub mod cli;
 pub mod harness;
 pub mod host;
+pub mod link;
 pub mod pcap;
 pub mod processor;
 pub mod responder;

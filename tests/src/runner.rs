@@ -57,6 +57,8 @@ pub struct RunConfig {
     pub link: Option<u8>,
     /// Link Quantum, beats (`--quantum`).
     pub quantum: Option<u8>,
+    /// The interface Link runs on (`--link-interface`).
+    pub link_interface: Option<String>,
     /// Controller mappings (`--osc-preset`).
     pub osc_mappings: Vec<lockstep_net::settings::OscMapping>,
 }
@@ -133,6 +135,7 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
         || !config.journal
         || !config.mdns
         || config.osc_port.is_some()
+        || config.link_interface.is_some()
         || !config.osc_mappings.is_empty()
     {
         let mut settings = instance.net_settings()?;
@@ -146,6 +149,9 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
         settings.mdns = config.mdns;
         if let Some(port) = config.osc_port {
             settings.osc_port = port;
+        }
+        if let Some(interface) = &config.link_interface {
+            settings.link_interface.clone_from(interface);
         }
         settings
             .osc_mappings

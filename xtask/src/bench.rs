@@ -47,8 +47,8 @@ fn mean_ns(criterion_dir: &Path, id: &str) -> Result<f64> {
 }
 
 /// Run the bench target `name` of the tests package inside a private network namespace and
-/// return the JSON objects it prints, one per line; it must print exactly two.
-fn json_bench(name: &str) -> Result<Vec<serde_json::Value>> {
+/// return the JSON objects it prints, one per line; it must print exactly `count`.
+fn json_bench(name: &str, count: usize) -> Result<Vec<serde_json::Value>> {
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = in_netns(&[
         cargo_bin.as_str(),
@@ -69,7 +69,7 @@ fn json_bench(name: &str) -> Result<Vec<serde_json::Value>> {
         .filter(|l| l.starts_with('{'))
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    anyhow::ensure!(rows.len() == 2, "the {name} bench printed {rows:?}");
+    anyhow::ensure!(rows.len() == count, "the {name} bench printed {rows:?}");
     Ok(rows)
 }
 
@@ -117,8 +117,16 @@ pub fn main(args: &[String]) -> Result<()> {
 
     // RTP-MIDI on loopback, in a private network namespace: departure jitter of clock packets,
     // and the CK latency estimate against a delay injected by a UDP proxy.
-    let departures = json_bench("departure")?;
-    let latencies = json_bench("ck_latency")?;
+    let departures = json_bench("departure", 2)?;
+    let latencies = json_bench("ck_latency", 2)?;
+    // Link against the real library (aalink), 60 s with tempo changes.
+    let link = json_bench("link_sync", 3)?;
+    let link_value = |kind: &str, key: &str| {
+        link.iter()
+            .find(|r| r["kind"] == kind)
+            .and_then(|r| r[key].as_f64())
+            .unwrap_or(f64::NAN)
+    };
     println!(
         "clock corpus: {corpus_seeds} timelines, {} messages; jitter study: {} ticks",
         corpus.events, jitter.ticks
@@ -206,6 +214,40 @@ pub fn main(args: &[String]) -> Result<()> {
             Some(100.0),
         )
     }))
+    .chain([
+        Row::new(
+            "link_phase_error_p50",
+            link_value("phase", "p50_us"),
+            "µs",
+            None,
+        ),
+        Row::new(
+            "link_phase_error_p99",
+            link_value("phase", "p99_us"),
+            "µs",
+            Some(500.0),
+        ),
+        // Link's own test plan accepts 3 ms between peers.
+        Row::new(
+            "link_phase_error_max",
+            link_value("phase", "max_us"),
+            "µs",
+            Some(3000.0),
+        ),
+        Row::new("link_join_time", link_value("join", "join_ms"), "ms", None),
+        Row::new(
+            "link_tempo_to_peer_worst",
+            link_value("tempo", "to_aalink_ms"),
+            "ms",
+            None,
+        ),
+        Row::new(
+            "link_tempo_from_peer_worst",
+            link_value("tempo", "from_aalink_ms"),
+            "ms",
+            None,
+        ),
+    ])
     .collect::<Vec<Row>>();
 
     println!();

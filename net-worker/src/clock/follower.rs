@@ -151,6 +151,28 @@ impl ClockFollower {
         }
     }
 
+    /// The stream's source changes (the DAW's transport ↔ a Link session): a running
+    /// destination gets a Stop, and the new source's messages start a fresh sequence (its
+    /// Start or Song Position puts the destination right).
+    pub fn switch_source(&mut self, out: &mut impl FnMut(Outgoing)) {
+        if self.enabled
+            && self.remote != Remote::Stopped
+            && let Some(last) = self.last
+        {
+            self.pass(
+                Outgoing {
+                    kind: ClockKind::Stop,
+                    repair: true,
+                    ..last
+                },
+                out,
+            );
+        }
+        self.remote = Remote::Stopped;
+        self.expected_seq = None;
+        self.resync_pending = false;
+    }
+
     /// Gaps seen (each triggered a resynchronisation where needed).
     pub fn gaps(&self) -> u64 {
         self.gaps
@@ -244,6 +266,35 @@ impl ClockFollower {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switching_source_stops_a_running_destination_and_counts_no_gap() {
+        let mut f = ClockFollower::new();
+        let mut out = Vec::new();
+        f.handle(ev(40, ClockKind::Start, 0.0), &mut |o| out.push(o.kind));
+        f.handle(ev(41, ClockKind::Tick, 0.0), &mut |o| out.push(o.kind));
+        f.switch_source(&mut |o| out.push(o.kind));
+        assert_eq!(out.last(), Some(&ClockKind::Stop));
+        // The new source numbers from 0 and starts with Start.
+        f.handle(ev(0, ClockKind::Start, 0.0), &mut |o| out.push(o.kind));
+        f.handle(ev(1, ClockKind::Tick, 0.0), &mut |o| out.push(o.kind));
+        assert_eq!(
+            out,
+            [
+                ClockKind::Start,
+                ClockKind::Tick,
+                ClockKind::Stop,
+                ClockKind::Start,
+                ClockKind::Tick
+            ]
+        );
+        assert_eq!(f.gaps(), 0);
+        // Stopped already: nothing to send.
+        let mut f = ClockFollower::new();
+        let mut out = Vec::new();
+        f.switch_source(&mut |o| out.push(o.kind));
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn switching_output_off_stops_and_on_resyncs_on_the_grid() {

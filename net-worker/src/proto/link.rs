@@ -437,12 +437,22 @@ pub fn encode_measurement(m: &Measurement, out: &mut Vec<u8>) {
 
 /// An offset sample `ghost − host` (µs) from a PONG that echoed our `__ht` = `h1`, carried
 /// ghost time `g`, and arrived at host time `h2`; and the second sample when the ping carried
-/// the previous ghost time `gp`.
-pub fn offset_samples(h1: i64, g: i64, h2: i64, gp: Option<i64>) -> (f64, Option<f64>) {
+/// the previous ghost time `gp`. That one is centred on the middle of the previous PONG's
+/// arrival (`gp_arrived`) and this PING's departure `h1`: Link takes `h1` alone, which is
+/// right only when the PING leaves the moment the PONG arrives (a peer that reads its socket
+/// a millisecond late would be half a millisecond off).
+pub fn offset_samples(
+    h1: i64,
+    g: i64,
+    h2: i64,
+    gp: Option<i64>,
+    gp_arrived: Option<i64>,
+) -> (f64, Option<f64>) {
     let first = g as f64 - (h1 as f64 + h2 as f64) / 2.0;
-    let second = gp
-        .filter(|&p| p != 0)
-        .map(|p| (g as f64 + p as f64) / 2.0 - h1 as f64);
+    let second = gp.filter(|&p| p != 0).map(|p| {
+        let host = gp_arrived.map_or(h1 as f64, |a| (a.min(h1) as f64 + h1 as f64) / 2.0);
+        (g as f64 + p as f64) / 2.0 - host
+    });
     (first, second)
 }
 
@@ -561,9 +571,17 @@ mod tests {
         assert_eq!(out, l8);
         // The digest's worked sample.
         assert_eq!(
-            offset_samples(1_000_000, 123_456_789, 1_000_400, None).0,
+            offset_samples(1_000_000, 123_456_789, 1_000_400, None, None).0,
             122_456_589.0
         );
+        // The second sample: responder ghost = host + 100 (no network delay). The previous
+        // PONG (ghost 1_100) arrived at host 1_000; this PING left 800 µs later, at 1_800,
+        // and was answered at ghost 1_900. Centred on the arrival and the departure it is
+        // exact; on the departure alone (Link's way) it is 400 µs off.
+        let (_, second) = offset_samples(1_800, 1_900, 1_800, Some(1_100), Some(1_000));
+        assert_eq!(second, Some(100.0));
+        let (_, link_way) = offset_samples(1_800, 1_900, 1_800, Some(1_100), None);
+        assert_eq!(link_way, Some(-300.0));
     }
 
     #[test]

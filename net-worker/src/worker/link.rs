@@ -9,8 +9,9 @@
 //! start/stop) go into the session, and when the DAW starts or jumps its beat is forced into
 //! the session at the host time the listener hears it (block time through the sample-clock
 //! estimate, plus the assumed output latency); on joining a session nothing is published
-//! until the DAW changes something (no hijack). *Follow* joins and reports the session (driving the MIDI
-//! clock from it is the next step).
+//! until the DAW changes something (no hijack). *Follow*: the instance's MIDI clock and OSC
+//! transport run from the session's timeline ([`crate::clock::link_clock`]); the DAW itself
+//! cannot be driven by a plugin.
 
 use std::io::ErrorKind;
 
@@ -22,9 +23,33 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::proto::link::session::{Destination, LinkCore, Micros};
 use crate::proto::link::{MULTICAST, NodeId};
 
-/// Host time in microseconds (the worker's monotonic clock).
+/// Link's clock now, microseconds. On Linux this is `CLOCK_MONOTONIC_RAW`, the clock Ableton's
+/// Link library uses there: peers on one machine then share one clock exactly (no rate
+/// difference to drift through), and between machines the 30 s re-measurement takes care of
+/// the crystals' drift. Elsewhere the worker's host clock.
 pub fn now_micros() -> Micros {
+    #[cfg(target_os = "linux")]
+    if let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_RAW) {
+        return t.tv_sec() * 1_000_000 + t.tv_nsec() / 1_000;
+    }
     (crate::bridge::host_time_ns() / 1_000) as Micros
+}
+
+/// Link's clock minus the worker's host clock ([`crate::bridge::host_time_ns`]), µs: read
+/// both clocks back to back (the pair read fastest of three) so host times (the DAW's sample
+/// clock maps to them) convert to Link times and back. The two clocks differ in rate by the
+/// NTP correction (ppm), so this is read again whenever it is used.
+pub fn link_minus_host() -> f64 {
+    let mut best = (f64::INFINITY, 0.0);
+    for _ in 0..3 {
+        let h0 = crate::bridge::host_time_ns() as f64;
+        let l = now_micros() as f64;
+        let h1 = crate::bridge::host_time_ns() as f64;
+        if h1 - h0 < best.0 {
+            best = (h1 - h0, l - (h0 + h1) / 2e3);
+        }
+    }
+    best.1
 }
 
 /// A random node id (time, process id and a counter mixed; uniqueness matters, secrecy not).
@@ -79,6 +104,14 @@ impl LinkDriver {
         unicast.set_multicast_loop_v4(true)?;
         unicast.set_multicast_ttl_v4(1)?;
         let measurement = udp(SocketAddrV4::new(interface, 0), false)?;
+        // Kernel receive times: a PONG read a millisecond late must not count as a
+        // millisecond-longer round trip (see `LinkCore::handle_measurement_at`).
+        #[cfg(target_os = "linux")]
+        let _ = nix::sys::socket::setsockopt(
+            &measurement,
+            nix::sys::socket::sockopt::ReceiveTimestampns,
+            &true,
+        );
         let measurement_addr = measurement
             .local_addr()?
             .as_socket()
@@ -107,24 +140,19 @@ impl LinkDriver {
 
     /// Receive, run timers, send; returns the next deadline (host µs).
     pub fn poll(&mut self, now: Micros) -> Option<Micros> {
-        for (socket, measurement) in [
-            (&self.group_rx, false),
-            (&self.unicast, false),
-            (&self.measurement, true),
-        ] {
+        for socket in [&self.group_rx, &self.unicast] {
             loop {
                 match socket.recv_from(&mut self.buf) {
-                    Ok((n, from)) => {
-                        if measurement {
-                            self.core.handle_measurement(now, from, &self.buf[..n]);
-                        } else {
-                            self.core.handle_discovery(now, from, &self.buf[..n]);
-                        }
-                    }
+                    Ok((n, from)) => self.core.handle_discovery(now, from, &self.buf[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(_) => break,
                 }
             }
+        }
+        while let Some((n, from, arrived)) = receive_stamped(&self.measurement, &mut self.buf, now)
+        {
+            self.core
+                .handle_measurement_at(now, arrived, from, &self.buf[..n]);
         }
         self.core.handle_timeout(now);
         self.flush();
@@ -151,6 +179,60 @@ impl LinkDriver {
     }
 }
 
+/// One datagram from a non-blocking socket: (length, sender, arrival on Link's clock). The
+/// arrival is the kernel's receive time where the kernel gives one (Linux), else `now`.
+#[cfg(target_os = "linux")]
+fn receive_stamped(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    now: Micros,
+) -> Option<(usize, SocketAddr, Micros)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    use nix::sys::time::TimeSpec;
+    use std::os::fd::AsRawFd;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(TimeSpec);
+    let msg = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .ok()?;
+    let from = msg.address.and_then(|a| {
+        a.as_sockaddr_in()
+            .map(|v4| SocketAddr::from((v4.ip(), v4.port())))
+    })?;
+    let stamp = msg.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|m| match m {
+            ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
+            _ => None,
+        })
+    });
+    // The stamp is on the wall clock: its age, taken now, moves to Link's clock.
+    let arrived = stamp
+        .and_then(|ts| {
+            let wall = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).ok()?;
+            let age_ns =
+                (wall.tv_sec() - ts.tv_sec()) * 1_000_000_000 + wall.tv_nsec() - ts.tv_nsec();
+            // A stamp from the future or older than a second is not believed.
+            (0..1_000_000_000)
+                .contains(&age_ns)
+                .then(|| now_micros() - age_ns / 1_000)
+        })
+        .unwrap_or(now);
+    Some((msg.bytes, from, arrived))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn receive_stamped(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    now: Micros,
+) -> Option<(usize, SocketAddr, Micros)> {
+    socket.recv_from(buf).ok().map(|(n, from)| (n, from, now))
+}
+
 impl Drop for LinkDriver {
     fn drop(&mut self) {
         self.close();
@@ -171,6 +253,38 @@ pub fn default_interface() -> Ipv4Addr {
             _ => None,
         })
         .unwrap_or(Ipv4Addr::LOCALHOST)
+}
+
+/// The interface address for the user's choice (`link_interface`): an interface name, an IPv4
+/// address, or empty for the interface the system routes Link's group through.
+pub fn resolve_interface(choice: &str) -> Result<Ipv4Addr, String> {
+    let choice = choice.trim();
+    if choice.is_empty() {
+        return Ok(default_interface());
+    }
+    if let Ok(address) = choice.parse::<Ipv4Addr>() {
+        return Ok(address);
+    }
+    let mut names = Vec::new();
+    let found = nix::ifaddrs::getifaddrs()
+        .map_err(|e| format!("cannot list network interfaces: {e}"))?
+        .find_map(|i| {
+            let v4 = i
+                .address
+                .as_ref()
+                .and_then(|a| a.as_sockaddr_in())
+                .map(|a| a.ip());
+            if v4.is_some() && !names.contains(&i.interface_name) {
+                names.push(i.interface_name.clone());
+            }
+            (i.interface_name == choice).then_some(v4).flatten()
+        });
+    found.ok_or_else(|| {
+        format!(
+            "Link interface {choice:?}: no such interface with an IPv4 address (have: {})",
+            names.join(", ")
+        )
+    })
 }
 
 /// Link Mode as the plugin's parameter has it.
@@ -228,6 +342,16 @@ pub struct LinkStatus {
     pub forced: u64,
     /// Malformed or foreign-group datagrams.
     pub malformed: u64,
+    /// Link time (µs, [`now_micros`]'s clock) at which `beat` and `phase` were taken.
+    pub at_micros: i64,
+    /// The DAW's beat minus the session's at the same moment, ms (DAW leads, playing).
+    pub offset_ms: Option<f64>,
+    /// The session re-measured (30 s period), and its last correction, µs.
+    pub remeasures: u64,
+    /// The last re-measurement's correction of our clock offset, µs.
+    pub last_correction_us: f64,
+    /// In Follow: the Link-driven clock of the deciding instance.
+    pub follow: Option<crate::clock::link_clock::LinkClockStats>,
     /// Why Link is not running, if it is not.
     pub error: Option<String>,
     /// The DAW cannot be driven by a plugin: in Follow, only Lockstep's outputs follow.
@@ -239,6 +363,10 @@ pub struct LinkStatus {
 pub struct LinkService {
     driver: Option<LinkDriver>,
     interface: Option<Ipv4Addr>,
+    /// The user's interface choice the driver was opened for.
+    choice: String,
+    /// After a failed open, when to try again (host µs).
+    retry_at: Micros,
     error: Option<String>,
     /// The DAW tempo and playing state last published (or seen when we joined).
     last_daw: Option<(f64, bool)>,
@@ -247,6 +375,8 @@ pub struct LinkService {
     last_beat: Option<(f64, Micros)>,
     /// Beats forced into the session (DAW starts and jumps).
     forced: u64,
+    /// The DAW's beat minus the session's, ms (Lead, playing).
+    offset_ms: Option<f64>,
     joins_seen: u64,
     published: u64,
     /// When the status was last made (it is published every 50 ms).
@@ -261,10 +391,12 @@ impl LinkService {
 
     /// Run for `mode` with the leading DAW's `tempo` and `playing` (the first instance whose
     /// mode is not Off), `start_stop` sync on or off. Opens or closes the peer as needed.
+    #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
         now: Micros,
         mode: LinkMode,
+        interface: &str,
         daw: Option<(f64, bool)>,
         start_stop: bool,
         daw_beat: Option<(f64, Micros)>,
@@ -273,22 +405,35 @@ impl LinkService {
             self.driver = None;
             self.last_daw = None;
             self.last_beat = None;
+            self.offset_ms = None;
             self.error = None;
             return None;
         }
-        if self.driver.is_none() {
-            let interface = default_interface();
+        if interface != self.choice {
+            // Another interface chosen: leave (BYEBYE) and join again there.
+            self.driver = None;
+            self.error = None;
+            self.choice = interface.to_owned();
+        }
+        if self.driver.is_none() && (self.error.is_none() || now >= self.retry_at) {
             let tempo = daw.map_or(120.0, |d| d.0);
-            match LinkDriver::open(interface, tempo) {
-                Ok(d) => {
+            let opened = resolve_interface(interface).and_then(|address| {
+                LinkDriver::open(address, tempo)
+                    .map(|d| (d, address))
+                    .map_err(|e| format!("cannot join Link on {address}: {e}"))
+            });
+            match opened {
+                Ok((d, address)) => {
                     self.driver = Some(d);
-                    self.interface = Some(interface);
+                    self.interface = Some(address);
                     self.error = None;
                     self.last_daw = daw;
                     self.joins_seen = 0;
                 }
                 Err(e) => {
-                    self.error = Some(format!("cannot join Link on {interface}: {e}"));
+                    // Shown, and tried again every 5 s (an interface that comes up later).
+                    self.error = Some(e);
+                    self.retry_at = now + 5_000_000;
                     return None;
                 }
             }
@@ -325,11 +470,42 @@ impl LinkService {
                         self.forced += 1;
                     }
                     self.last_beat = Some((beat, at));
+                    let session = driver.core().beats_at(at);
+                    self.offset_ms = Some((beat - session) * 60e3 / tempo.max(1.0));
                 }
-                _ => self.last_beat = None,
+                _ => {
+                    self.last_beat = None;
+                    self.offset_ms = None;
+                }
             }
+        } else {
+            self.offset_ms = None;
         }
         driver.poll(now)
+    }
+
+    /// The session's timeline now, for a Link-driven clock (None while not in Link).
+    pub fn timeline(&self, now: Micros) -> Option<crate::clock::link_clock::Timeline> {
+        let core = self.driver.as_ref()?.core();
+        Some(crate::clock::link_clock::Timeline {
+            tempo: core.tempo(),
+            anchor_us: now as f64,
+            anchor_beat: core.beats_at(now),
+            playing: core.playing(),
+            start_stop_us: core.start_stop_time(),
+        })
+    }
+
+    /// What OSC controllers see of the session (None while not in Link).
+    pub fn feed(&self, now: Micros, quantum: f64) -> Option<super::osc::LinkFeed> {
+        let core = self.driver.as_ref()?.core();
+        Some(super::osc::LinkFeed {
+            peers: i32::try_from(core.session_peers()).unwrap_or(i32::MAX),
+            tempo: core.tempo() as f32,
+            phase: core.beats_at(now).rem_euclid(quantum.max(1.0)) as f32,
+            playing: core.playing(),
+            offset_ms: self.offset_ms.map(|o| o as f32),
+        })
     }
 
     /// The status now.
@@ -344,8 +520,11 @@ impl LinkService {
             error: self.error.clone(),
             published: self.published,
             forced: self.forced,
+            at_micros: now,
+            offset_ms: self.offset_ms,
             note: (mode == LinkMode::Follow).then(|| {
-                "a plugin cannot drive the DAW's transport: in Follow, Lockstep reports the session"
+                "a plugin cannot drive the DAW's transport: in Follow, Lockstep's MIDI clock and \
+                 OSC transport follow the session; the DAW plays on its own"
                     .to_owned()
             }),
             ..LinkStatus::default()
@@ -365,7 +544,26 @@ impl LinkService {
             s.playing = core.playing();
             s.joins = core.counters().joins;
             s.malformed = core.counters().malformed + core.counters().foreign_group;
+            s.remeasures = core.counters().remeasures;
+            s.last_correction_us = core.last_correction();
         }
         Some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_choices_resolve_or_say_what_exists() {
+        // No socket is opened: names and addresses are looked up only.
+        assert_eq!(resolve_interface("lo"), Ok(Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            resolve_interface(" 10.1.2.3 "),
+            Ok(Ipv4Addr::new(10, 1, 2, 3))
+        );
+        let err = resolve_interface("nosuch0").expect_err("no such interface");
+        assert!(err.contains("nosuch0") && err.contains("lo"), "{err}");
     }
 }

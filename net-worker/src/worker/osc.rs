@@ -194,6 +194,50 @@ impl TransportFeed {
     }
 }
 
+/// The process's Link session as controllers see it (`/lockstep/link/...`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LinkFeed {
+    /// Peers in our session.
+    pub peers: i32,
+    /// Session tempo, BPM.
+    pub tempo: f32,
+    /// Phase in the quantum (0..quantum), beats.
+    pub phase: f32,
+    /// Session playing.
+    pub playing: bool,
+    /// The DAW's beat minus the session's, ms (DAW leads, while playing).
+    pub offset_ms: Option<f32>,
+}
+
+impl LinkFeed {
+    /// The messages for the fields that differ from `old` (all of them without one).
+    fn messages(&self, old: Option<&Self>) -> Vec<Message> {
+        let mut out = Vec::new();
+        let address = |leaf: &str| format!("/lockstep/link/{leaf}");
+        if old.is_none_or(|o| o.peers != self.peers) {
+            out.push(Message::new(address("peers"), vec![Arg::Int(self.peers)]));
+        }
+        if old.is_none_or(|o| o.tempo != self.tempo) {
+            out.push(Message::new(address("tempo"), vec![Arg::Float(self.tempo)]));
+        }
+        if old.is_none_or(|o| o.phase != self.phase) {
+            out.push(Message::new(address("phase"), vec![Arg::Float(self.phase)]));
+        }
+        if old.is_none_or(|o| o.playing != self.playing) {
+            out.push(Message::new(
+                address("playing"),
+                vec![Arg::Int(i32::from(self.playing))],
+            ));
+        }
+        if let Some(offset) = self.offset_ms
+            && old.is_none_or(|o| o.offset_ms != self.offset_ms)
+        {
+            out.push(Message::new(address("offset"), vec![Arg::Float(offset)]));
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -218,6 +262,9 @@ pub struct OscCore {
     allow: Vec<Subnet>,
     /// The due time of the bundle being handled (None = at once).
     due: Option<Nanos>,
+    /// Link as last reported, and what was last sent of it (and when).
+    link: Option<LinkFeed>,
+    link_sent: Option<(LinkFeed, Nanos)>,
     /// The host application takes transport requests (Lockstep's headless runner does; no
     /// DAW can).
     transport_control: bool,
@@ -350,6 +397,8 @@ impl OscCore {
             wall_offset_ns: 0.0,
             allow: Vec::new(),
             due: None,
+            link: None,
+            link_sent: None,
             transport_control: false,
             scheduled: VecDeque::new(),
         }
@@ -482,6 +531,14 @@ impl OscCore {
                     .errors
                     .push(format!("OSC allow-list: {e:?} is not an address or subnet")),
             }
+        }
+    }
+
+    /// The process's Link session now (None: Link is off).
+    pub fn set_link(&mut self, feed: Option<LinkFeed>) {
+        self.link = feed;
+        if feed.is_none() {
+            self.link_sent = None;
         }
     }
 
@@ -920,6 +977,7 @@ impl OscCore {
         if destinations.is_empty() {
             return;
         }
+        self.link_feedback(now, &destinations, out);
         let ids: Vec<u64> = self.instances.keys().copied().collect();
         for id in ids {
             if !self.switch_on(id, "osc_fb") {
@@ -943,14 +1001,20 @@ impl OscCore {
                         ));
                     }
                 }
+                let encoded: Vec<Vec<u8>> = messages
+                    .iter()
+                    .map(|m| {
+                        let mut bytes = Vec::new();
+                        osc::encode_message(m, &mut bytes);
+                        bytes
+                    })
+                    .collect();
                 for to in &destinations {
                     if mover.is_some_and(|(a, _)| a == *to) {
                         continue;
                     }
-                    for m in &messages {
-                        let mut bytes = Vec::new();
-                        osc::encode_message(m, &mut bytes);
-                        out.datagrams.push((*to, bytes));
+                    for bytes in &encoded {
+                        out.datagrams.push((*to, bytes.clone()));
                         self.status.feedback_sent += 1;
                     }
                 }
@@ -963,6 +1027,35 @@ impl OscCore {
 }
 
 impl OscCore {
+    /// Link's fields to everyone who takes feedback: change-only, at most every
+    /// [`TRANSPORT_INTERVAL`] (the phase moves all the time).
+    fn link_feedback(&mut self, now: Nanos, destinations: &[SocketAddr], out: &mut Output) {
+        let Some(feed) = self.link else {
+            return;
+        };
+        let old = self.link_sent;
+        if old.is_some_and(|(o, at)| o == feed || now < at + TRANSPORT_INTERVAL) {
+            return;
+        }
+        let messages = feed.messages(old.as_ref().map(|(o, _)| o));
+        self.link_sent = Some((feed, now));
+        if messages.is_empty() {
+            return;
+        }
+        let mut bytes = Vec::new();
+        osc::encode(
+            &Packet::Bundle {
+                time: osc::IMMEDIATELY,
+                elements: messages.into_iter().map(Packet::Message).collect(),
+            },
+            &mut bytes,
+        );
+        for to in destinations {
+            out.datagrams.push((*to, bytes.clone()));
+            self.status.feedback_sent += 1;
+        }
+    }
+
     fn transport_feedback(
         &mut self,
         now: Nanos,
@@ -1718,6 +1811,66 @@ mod tests {
             )],
             "only what changed"
         );
+    }
+
+    #[test]
+    fn link_feed_goes_to_subscribers_change_only() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        send(
+            &mut core,
+            SocketAddr::from(PHONE),
+            Message::new("/lockstep/subscribe", vec![]),
+        );
+        let link = |out: &Output| -> Vec<Message> {
+            out.datagrams
+                .iter()
+                .filter_map(|(_, b)| match osc::decode(b) {
+                    Ok(Packet::Bundle { elements, .. }) => Some(elements),
+                    _ => None,
+                })
+                .flatten()
+                .filter_map(|p| match p {
+                    Packet::Message(m) if m.address.starts_with("/lockstep/link/") => Some(m),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut feed = LinkFeed {
+            peers: 2,
+            tempo: 128.0,
+            phase: 1.5,
+            playing: true,
+            offset_ms: Some(0.25),
+        };
+        core.set_link(Some(feed));
+        let mut out = Output::default();
+        core.feedback(2_000 * MS, &mut out);
+        assert_eq!(
+            link(&out),
+            vec![
+                Message::new("/lockstep/link/peers", vec![Arg::Int(2)]),
+                Message::new("/lockstep/link/tempo", vec![Arg::Float(128.0)]),
+                Message::new("/lockstep/link/phase", vec![Arg::Float(1.5)]),
+                Message::new("/lockstep/link/playing", vec![Arg::Int(1)]),
+                Message::new("/lockstep/link/offset", vec![Arg::Float(0.25)]),
+            ]
+        );
+        feed.phase = 2.0;
+        core.set_link(Some(feed));
+        let mut out = Output::default();
+        core.feedback(2_010 * MS, &mut out);
+        assert!(link(&out).is_empty(), "rate-limited");
+        let mut out = Output::default();
+        core.feedback(2_050 * MS, &mut out);
+        assert_eq!(
+            link(&out),
+            vec![Message::new("/lockstep/link/phase", vec![Arg::Float(2.0)])]
+        );
+        core.set_link(None);
+        let mut out = Output::default();
+        core.feedback(3_000 * MS, &mut out);
+        assert!(link(&out).is_empty(), "Link off: nothing");
     }
 
     #[test]

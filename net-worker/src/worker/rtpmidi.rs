@@ -335,6 +335,15 @@ impl RtpMidi {
         }
     }
 
+    /// The clock's source changes (DAW ↔ Link): see [`ClockFollower::switch_source`].
+    pub fn switch_source(&mut self, now: Nanos) {
+        for d in self.destinations.values_mut() {
+            let scheduler = &mut d.scheduler;
+            d.follower
+                .switch_source(&mut |out| scheduler.handle(now as f64, out));
+        }
+    }
+
     /// Receive, run timers, send what is due. Returns the next deadline (ns), if any.
     pub fn poll(&mut self, now: Nanos) -> Option<Nanos> {
         if !self.pending.is_empty() {

@@ -3,10 +3,10 @@
 //! PING answered with PONG; measurement of a foreign session (up to 100 samples, median);
 //! election (join a session whose ghost clock is more than 500 ms older, or as old with a
 //! smaller id); the timeline conflict rule (larger beat origin wins) and start/stop by
-//! timestamp. Time is host microseconds in, datagrams out.
-//!
-//! First cut of the Link issue's session core: the worker driver, interface selection, the
-//! 30 s re-measurement of the current session and the DAW roles are the next steps.
+//! timestamp; the current session re-measured every 30 s (clocks of different machines
+//! drift apart by tens of ppm: 30 µs a second); local changes preferred over the network's for
+//! 1 s (a DAW's tempo ramp is not undone by an echo of an older state). Time is host
+//! microseconds in, datagrams out.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -31,6 +31,11 @@ pub const PING_RESENDS: u32 = 5;
 pub const SAMPLES: usize = 100;
 /// A session this much older (ghost time) wins the election.
 pub const ELECTION_MARGIN: f64 = 500_000.0;
+/// The session we are in is measured again this often (and a failed one retried as often).
+pub const REMEASURE_PERIOD: Micros = 30_000_000;
+/// After a local change, the network's timeline and start/stop state are not taken for this
+/// long (Link's local-modification grace period).
+pub const LOCAL_GRACE: Micros = 1_000_000;
 
 /// Where a datagram goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +72,8 @@ struct Measuring {
     resends: u32,
     deadline: Micros,
     samples: Vec<f64>,
+    /// When the last PONG arrived (the next PING's `_pgt` came from it).
+    last_arrival: Option<Micros>,
 }
 
 /// Counters.
@@ -80,6 +87,11 @@ pub struct Counters {
     pub joins: u64,
     /// Measurements that failed (no answer, or the peer changed session).
     pub failed_measurements: u64,
+    /// Re-measurements of the session we are in.
+    pub remeasures: u64,
+    /// Network timelines or start/stop states not taken in the grace period after a local
+    /// change.
+    pub held_by_grace: u64,
 }
 
 /// The peer.
@@ -100,6 +112,12 @@ pub struct LinkCore {
     transmits: VecDeque<Transmit>,
     counters: Counters,
     enabled: bool,
+    /// When the session we are in is measured next (once joined).
+    next_remeasure: Option<Micros>,
+    /// When the timeline and the start/stop state were last changed locally.
+    local_change: (Option<Micros>, Option<Micros>),
+    /// The last re-measurement's correction of the ghost offset, µs.
+    last_correction: f64,
 }
 
 impl LinkCore {
@@ -129,6 +147,9 @@ impl LinkCore {
             transmits: VecDeque::new(),
             counters: Counters::default(),
             enabled: true,
+            next_remeasure: None,
+            local_change: (None, None),
+            last_correction: 0.0,
         };
         core.broadcast(now);
         core
@@ -159,6 +180,22 @@ impl LinkCore {
         self.start_stop.playing
     }
 
+    /// Host time (µs) of the session's last start or stop.
+    pub fn start_stop_time(&self) -> f64 {
+        self.start_stop.timestamp as f64 - self.intercept
+    }
+
+    /// Host time (µs) at which the session's timeline reaches `beats`.
+    pub fn host_at_beats(&self, beats: f64) -> f64 {
+        self.timeline.ghost_at(beats) - self.intercept
+    }
+
+    /// How much the last re-measurement moved our ghost clock, µs (the drift between our
+    /// clock and the session's over one period).
+    pub fn last_correction(&self) -> f64 {
+        self.last_correction
+    }
+
     /// Peers heard and not expired (in any session).
     pub fn peers(&self) -> usize {
         self.peers.len()
@@ -187,7 +224,7 @@ impl LinkCore {
             beat_origin: beat_now.max(self.timeline.beat_origin + 1),
             time_origin: ghost.round() as i64,
         };
-        self.changed(now);
+        self.changed_locally(now, true);
     }
 
     /// Make `beats` fall on host time `at` (the DAW leads: its beat, where the listener hears
@@ -202,7 +239,7 @@ impl LinkCore {
             beat_origin: origin,
             time_origin: time_origin.round() as i64,
         };
-        self.changed(now);
+        self.changed_locally(now, true);
     }
 
     /// Start or stop the session at `now`.
@@ -213,7 +250,7 @@ impl LinkCore {
             beats: (self.beats_at(now) * 1e6).round() as i64,
             timestamp: ghost.max(self.start_stop.timestamp + 1),
         };
-        self.changed(now);
+        self.changed_locally(now, false);
     }
 
     /// Leave: BYEBYE, and nothing more until dropped.
@@ -271,6 +308,16 @@ impl LinkCore {
         self.last_broadcast = now;
         self.next_alive = now + ALIVE_PERIOD;
         self.pending_change = false;
+    }
+
+    /// A local change of the timeline (`timeline`) or the start/stop state.
+    fn changed_locally(&mut self, now: Micros, timeline: bool) {
+        if timeline {
+            self.local_change.0 = Some(now);
+        } else {
+            self.local_change.1 = Some(now);
+        }
+        self.changed(now);
     }
 
     fn changed(&mut self, now: Micros) {
@@ -335,15 +382,30 @@ impl LinkCore {
             return;
         };
         if session == self.session {
-            if let Some(t) = m.state.timeline
-                && t.beat_origin > self.timeline.beat_origin
-            {
-                self.timeline = t;
+            let newer_timeline = m
+                .state
+                .timeline
+                .filter(|t| t.beat_origin > self.timeline.beat_origin);
+            let newer_start_stop = m
+                .state
+                .start_stop
+                .filter(|s| s.timestamp > self.start_stop.timestamp);
+            // Ours was changed a moment ago: keep it (and keep saying it); the network's
+            // state is looked at again with the peer's next message.
+            let grace = |t: Option<Micros>| t.is_some_and(|t| now < t + LOCAL_GRACE);
+            if let Some(t) = newer_timeline {
+                if grace(self.local_change.0) {
+                    self.counters.held_by_grace += 1;
+                } else {
+                    self.timeline = t;
+                }
             }
-            if let Some(s) = m.state.start_stop
-                && s.timestamp > self.start_stop.timestamp
-            {
-                self.start_stop = s;
+            if let Some(s) = newer_start_stop {
+                if grace(self.local_change.1) {
+                    self.counters.held_by_grace += 1;
+                } else {
+                    self.start_stop = s;
+                }
             }
             return;
         }
@@ -366,6 +428,7 @@ impl LinkCore {
             resends: 0,
             deadline: now + PING_TIMEOUT,
             samples: Vec::new(),
+            last_arrival: None,
         });
         self.ping(now, None);
     }
@@ -388,8 +451,24 @@ impl LinkCore {
         });
     }
 
-    /// A datagram on the measurement socket from `from`.
+    /// A datagram on the measurement socket from `from`, handled as it arrives.
     pub fn handle_measurement(&mut self, now: Micros, from: SocketAddr, bytes: &[u8]) {
+        self.handle_measurement_at(now, now, from, bytes);
+    }
+
+    /// A datagram on the measurement socket from `from` that arrived at `arrived` (the
+    /// kernel's receive time) and is handled at `now`. The measurement is unbiased by the
+    /// wait: a PONG's arrival time is the round trip's end, and our PONG to a PING carries
+    /// our ghost time at the middle of the wait (the measurer takes the middle of its round
+    /// trip, which the wait lengthens by the same amount).
+    pub fn handle_measurement_at(
+        &mut self,
+        now: Micros,
+        arrived: Micros,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
+        let arrived = arrived.min(now);
         if !self.enabled {
             return;
         }
@@ -399,10 +478,11 @@ impl LinkCore {
                 prev_ghost,
             }) => {
                 let mut out = Vec::new();
+                let middle = arrived + (now - arrived) / 2;
                 encode_measurement(
                     &Measurement::Pong {
                         session: self.session,
-                        ghost_time: self.ghost(now).round() as i64,
+                        ghost_time: self.ghost(middle).round() as i64,
                         host_time: Some(host_time),
                         prev_ghost,
                     },
@@ -418,7 +498,7 @@ impl LinkCore {
                 ghost_time,
                 host_time,
                 prev_ghost,
-            }) => self.handle_pong(now, session, ghost_time, host_time, prev_ghost),
+            }) => self.handle_pong(now, arrived, session, ghost_time, host_time, prev_ghost),
             Err(_) => self.counters.malformed += 1,
         }
     }
@@ -426,6 +506,7 @@ impl LinkCore {
     fn handle_pong(
         &mut self,
         now: Micros,
+        arrived: Micros,
         session: NodeId,
         ghost: i64,
         host_time: Option<i64>,
@@ -442,7 +523,8 @@ impl LinkCore {
         let Some(h1) = host_time else {
             return;
         };
-        let (a, b) = offset_samples(h1, ghost, now, prev_ghost);
+        let (a, b) = offset_samples(h1, ghost, arrived, prev_ghost, measuring.last_arrival);
+        measuring.last_arrival = Some(arrived);
         measuring.samples.push(a);
         measuring.samples.extend(b);
         measuring.deadline = now + PING_TIMEOUT;
@@ -460,6 +542,15 @@ impl LinkCore {
     /// A measurement of `m.session` says its ghost time is host + `intercept`: join it if it
     /// is older than ours, or as old and with a smaller id.
     fn elect(&mut self, now: Micros, m: &Measuring, intercept: f64) {
+        if m.session == self.session {
+            // A re-measurement of our own session: follow its clock, nothing else changes.
+            if self.session != self.node {
+                self.last_correction = intercept - self.intercept;
+                self.intercept = intercept;
+                self.counters.remeasures += 1;
+            }
+            return;
+        }
         let theirs = now as f64 + intercept;
         let ours = self.ghost(now);
         let join = theirs - ours > ELECTION_MARGIN
@@ -495,6 +586,7 @@ impl LinkCore {
             self.start_stop = s;
         }
         self.counters.joins += 1;
+        self.next_remeasure = Some(now + REMEASURE_PERIOD);
         self.changed(now);
     }
 
@@ -526,6 +618,37 @@ impl LinkCore {
         if resend {
             self.ping(now, None);
         }
+        if self.measuring.is_none() && self.next_remeasure.is_some_and(|t| now >= t) {
+            self.remeasure(now);
+        }
+    }
+
+    /// Measure the session we are in again (its founder if present, else any member).
+    fn remeasure(&mut self, now: Micros) {
+        self.next_remeasure = Some(now + REMEASURE_PERIOD);
+        let session = self.session;
+        let members = || {
+            self.peers
+                .iter()
+                .filter(move |p| p.state.session == Some(session))
+        };
+        let endpoint = members()
+            .find(|p| p.node == session)
+            .or_else(|| members().next())
+            .and_then(|p| p.state.measurement);
+        let Some(endpoint) = endpoint else {
+            return;
+        };
+        self.measuring = Some(Measuring {
+            session,
+            endpoint,
+            timeline: None,
+            resends: 0,
+            deadline: now + PING_TIMEOUT,
+            samples: Vec::new(),
+            last_arrival: None,
+        });
+        self.ping(now, None);
     }
 
     /// When [`LinkCore::handle_timeout`] next has work.
@@ -539,6 +662,8 @@ impl LinkCore {
         }
         if let Some(m) = &self.measuring {
             t = t.min(m.deadline);
+        } else if let Some(r) = self.next_remeasure {
+            t = t.min(r);
         }
         if let Some(e) = self.peers.iter().map(|p| p.expires).min() {
             t = t.min(e);
@@ -569,7 +694,18 @@ mod tests {
         loss_every: usize,
         sent: usize,
         down: Vec<bool>,
+        /// Each core's clock rate error, parts per million (its host clock runs that much
+        /// fast against the network's).
+        ppm: Vec<f64>,
+        /// How long a measurement datagram waits in the socket before the core reads it
+        /// (a worker that polls every millisecond) at core `lagging`; the core is told when
+        /// it arrived.
+        lag: Micros,
+        lagging: usize,
     }
+
+    /// Where the cores' clocks agree.
+    const BASE: Micros = 1_000 * S;
 
     fn disc(i: usize) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 30_000 + i as u16))
@@ -582,9 +718,20 @@ mod tests {
     impl Net {
         fn add(&mut self, tempo: f64, id: u8) {
             let i = self.cores.len();
-            self.cores
-                .push(LinkCore::new(self.now, [id; 8], tempo, meas(i)));
+            self.ppm.push(0.0);
+            let now = self.local(i);
+            self.cores.push(LinkCore::new(now, [id; 8], tempo, meas(i)));
             self.down.push(false);
+        }
+
+        /// Core `i`'s host time now.
+        fn local(&self, i: usize) -> Micros {
+            self.now + ((self.now - BASE) as f64 * self.ppm[i] / 1e6).round() as Micros
+        }
+
+        /// The network's time when core `i`'s clock reads `t`.
+        fn global(&self, i: usize, t: Micros) -> Micros {
+            BASE + ((t - BASE) as f64 / (1.0 + self.ppm[i] / 1e6)).round() as Micros
         }
 
         fn pump(&mut self) {
@@ -623,7 +770,9 @@ mod tests {
             while self.now < until {
                 self.pump();
                 let next_flight = self.flights.iter().map(|f| f.0).min();
-                let next_timer = self.cores.iter().filter_map(LinkCore::poll_timeout).min();
+                let next_timer = (0..self.cores.len())
+                    .filter_map(|i| Some(self.global(i, self.cores[i].poll_timeout()?)))
+                    .min();
                 let next = [next_flight, next_timer, Some(until)]
                     .into_iter()
                     .flatten()
@@ -640,14 +789,27 @@ mod tests {
                     if self.down[to] {
                         continue;
                     }
-                    if measurement {
-                        self.cores[to].handle_measurement(self.now, meas(from), &bytes);
+                    let now = self.local(to);
+                    if measurement && self.lag > 0 && to == self.lagging {
+                        let core = &mut self.cores[to];
+                        core.handle_measurement_at(now + self.lag, now, meas(from), &bytes);
+                        // What it answers leaves after the wait.
+                        while let Some(t) = self.cores[to].poll_transmit() {
+                            if let Destination::Measurement(a) = t.to {
+                                let j = (a.port() - 31_000) as usize;
+                                let at = self.now + self.lag + self.delay;
+                                self.flights.push((at, j, true, to, t.bytes));
+                            }
+                        }
+                    } else if measurement {
+                        self.cores[to].handle_measurement(now, meas(from), &bytes);
                     } else {
-                        self.cores[to].handle_discovery(self.now, disc(from), &bytes);
+                        self.cores[to].handle_discovery(now, disc(from), &bytes);
                     }
                 }
-                for c in &mut self.cores {
-                    c.handle_timeout(self.now);
+                for i in 0..self.cores.len() {
+                    let now = self.local(i);
+                    self.cores[i].handle_timeout(now);
                 }
             }
             self.pump();
@@ -663,6 +825,9 @@ mod tests {
             loss_every,
             sent: 0,
             down: Vec::new(),
+            ppm: Vec::new(),
+            lag: 0,
+            lagging: 0,
         }
     }
 
@@ -748,6 +913,87 @@ mod tests {
         // The other peer took the new grid: the same beat at the same host time.
         assert!((n.cores[0].beats_at(at) - 33.25).abs() < 0.001);
         assert!((n.cores[0].tempo() - 120.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_session_is_remeasured_so_drifting_clocks_stay_in_phase() {
+        // The newcomer's clock runs 40 ppm fast: 40 µs a second apart. Without a new
+        // measurement the two would be 4.8 ms apart after two minutes; measured every 30 s,
+        // never more than 30 s of drift (1.2 ms) plus the measurement's own error.
+        let mut n = net(2 * MS, 0);
+        n.add(120.0, 5);
+        n.run(n.now + 3 * S);
+        n.add(120.0, 6);
+        n.ppm[1] = 40.0;
+        n.run(n.now + 2 * S);
+        assert_eq!(n.cores[1].session(), n.cores[0].session());
+        let mut worst: f64 = 0.0;
+        for _ in 0..120 {
+            n.run(n.now + S);
+            let (a, b) = (n.local(0), n.local(1));
+            let gap = (n.cores[0].beats_at(a) - n.cores[1].beats_at(b)).abs() * 500.0;
+            worst = worst.max(gap);
+        }
+        let c = n.cores[1].counters();
+        assert!(c.remeasures >= 3, "{c:?}");
+        assert!(worst < 1.4, "worst phase gap {worst} ms");
+        // The last correction undid about 30 s of 40 ppm drift.
+        let correction = n.cores[1].last_correction();
+        assert!((correction + 1_200.0).abs() < 100.0, "{correction}");
+        // The founder has nobody to measure: it keeps its clock.
+        assert_eq!(n.cores[0].counters().remeasures, 0);
+    }
+
+    #[test]
+    fn reading_the_measurement_socket_late_does_not_bias_the_offset() {
+        // Every pong sits 900 µs in the joiner's socket before it is read (the founder
+        // answers at once, as Link does): the measurement uses the arrival time, so the
+        // joiner's beat still matches the founder's (using the read time would put it about
+        // half the wait, 450 µs, off). The founder measuring a lagging peer is the mirror
+        // case: the lagging peer's pong carries the middle of its wait.
+        let mut n = net(2 * MS, 0);
+        n.lag = 900;
+        n.lagging = 1;
+        n.add(120.0, 5);
+        n.run(n.now + 3 * S);
+        n.add(120.0, 6);
+        n.run(n.now + 2 * S);
+        assert_eq!(n.cores[1].session(), n.cores[0].session());
+        let now = n.now;
+        let gap_us = (n.cores[0].beats_at(now) - n.cores[1].beats_at(now)).abs() * 5e5;
+        assert!(gap_us < 20.0, "{gap_us} µs apart");
+        // Mirror: the lagging peer is the founder, measured by a newcomer.
+        let mut n = net(2 * MS, 0);
+        n.lag = 900;
+        n.lagging = 0;
+        n.add(120.0, 5);
+        n.run(n.now + 3 * S);
+        n.add(120.0, 6);
+        n.run(n.now + 2 * S);
+        assert_eq!(n.cores[1].session(), n.cores[0].session());
+        let now = n.now;
+        let gap_us = (n.cores[0].beats_at(now) - n.cores[1].beats_at(now)).abs() * 5e5;
+        assert!(gap_us < 20.0, "mirror: {gap_us} µs apart");
+    }
+
+    #[test]
+    fn a_local_change_is_kept_for_the_grace_period() {
+        let mut n = net(2 * MS, 0);
+        n.add(120.0, 5);
+        n.add(120.0, 6);
+        n.run(n.now + 3 * S);
+        // Both change the tempo at once; core 0's change has the larger beat origin (it was
+        // made a moment later), so the session settles on it, but core 1 holds its own for
+        // the grace period first.
+        let now = n.now;
+        n.cores[1].set_tempo(now, 100.0);
+        let later = now + 10;
+        n.cores[0].set_tempo(later, 140.0);
+        n.run(now + 500 * MS);
+        assert!((n.cores[1].tempo() - 100.0).abs() < 1e-3, "held");
+        assert!(n.cores[1].counters().held_by_grace > 0);
+        n.run(now + 2 * S);
+        assert!((n.cores[0].tempo() - n.cores[1].tempo()).abs() < 1e-3);
     }
 
     #[test]

@@ -1,0 +1,138 @@
+//! Lockstep's Link peer against the real Link library (aalink), on loopback inside the private
+//! network namespace `cargo xtask bench` creates (Link multicasts must never leave it).
+//!
+//! aalink founds a session at 120 BPM and changes its tempo at its 15th, 30th, 45th and 60th
+//! second; Lockstep's peer (the worker's driver, polled every millisecond as the worker does)
+//! joins 2 s after it and changes the tempo itself at its 20th and 50th second. aalink reads
+//! its beat every 5 ms on Link's clock; our beat at the same instants comes from a record of
+//! what our peer believed at each moment (one machine, one clock). Prints three JSON lines:
+//! - `{"kind": "phase", "p50_us", "p99_us", "max_us", "readings", "window_s"}`: |beat
+//!   difference| in time over 60 s from one second after joining, tempo changes included;
+//! - `{"kind": "join", "join_ms"}`: from opening our peer to being in aalink's session;
+//! - `{"kind": "tempo", "to_aalink_ms", "from_aalink_ms", "changes", "resolution_ms"}`: the
+//!   slowest tempo change to converge on the other peer, each way (aalink's side is seen
+//!   through its 5 ms readings: that is the resolution).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use lockstep_host::harness::ScriptPeer;
+use lockstep_host::link::{History, beat_samples, phase_errors_us, quantile};
+use lockstep_net::worker::link::{LinkDriver, now_micros};
+use serde_json::json;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("link bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let changes = [(15, 128.0), (30, 96.0), (45, 140.0), (60, 120.0)];
+    let mut args: Vec<String> = vec!["120".into(), "1".into(), "74".into()];
+    for (at, tempo) in changes {
+        args.push(at.to_string());
+        args.push(tempo.to_string());
+    }
+    let peer = ScriptPeer::spawn_with_env("aalink_peer.py", &args, &[("AALINK_SAMPLE_MS", "5")])?;
+    peer.wait("aalink", |l| l.iter().any(|v| v["event"] == "ready"))?;
+    std::thread::sleep(Duration::from_secs(2));
+
+    let opened = Instant::now();
+    let mut ours = LinkDriver::open(Ipv4Addr::LOCALHOST, 90.0)?;
+    let mut history = History::new();
+    let mut joined: Option<(f64, Instant)> = None;
+    // Our own changes: (seconds after opening, tempo, Link time it was made).
+    let mut own = [(20.0, 110.0, None), (50.0, 133.0, None)];
+    // aalink's changes as we saw them: (tempo, Link time our peer had it).
+    let mut seen: Vec<(f64, f64)> = Vec::new();
+    let mut last_tempo = 0.0;
+    let end = opened + Duration::from_secs(66);
+    while Instant::now() < end {
+        let now = now_micros();
+        let elapsed = opened.elapsed().as_secs_f64();
+        for change in &mut own {
+            if change.2.is_none() && elapsed >= change.0 {
+                ours.core_mut().set_tempo(now, change.1);
+                change.2 = Some(now as f64);
+            }
+        }
+        ours.poll(now);
+        let core = ours.core();
+        if joined.is_none() && core.counters().joins > 0 {
+            joined = Some((now as f64, Instant::now()));
+        }
+        if (core.tempo() - last_tempo).abs() > 1e-6 {
+            last_tempo = core.tempo();
+            seen.push((last_tempo, now as f64));
+        }
+        history.record(now as f64, core.beats_at(now), core.tempo());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (joined_at, joined_instant) = joined.ok_or_else(|| anyhow::anyhow!("never joined"))?;
+    let lines = peer.lines();
+    let samples = beat_samples(&lines);
+
+    let from = joined_at + 1e6;
+    let errors: Vec<f64> = phase_errors_us(&history, &samples, from)
+        .into_iter()
+        .zip(samples.iter().filter(|s| s.t >= from))
+        .filter(|(_, s)| s.t <= from + 60e6)
+        .map(|(e, _)| e)
+        .collect();
+    anyhow::ensure!(errors.len() > 1000, "{} readings", errors.len());
+
+    // Our changes reaching aalink: its first reading at the new tempo.
+    let mut to_aalink: f64 = 0.0;
+    for (_, tempo, made) in own {
+        let made = made.ok_or_else(|| anyhow::anyhow!("change not made"))?;
+        let there = samples
+            .iter()
+            .find(|s| s.t >= made && (s.tempo - tempo).abs() < 0.01)
+            .ok_or_else(|| anyhow::anyhow!("aalink never took {tempo} BPM"))?;
+        to_aalink = to_aalink.max((there.t - made) / 1e3);
+    }
+    // aalink's changes reaching us.
+    let mut from_aalink: f64 = 0.0;
+    for v in lines.iter().filter(|v| v["event"] == "changed") {
+        let (Some(tempo), Some(made)) = (v["tempo"].as_f64(), v["t"].as_f64()) else {
+            continue;
+        };
+        let here = seen
+            .iter()
+            .find(|(t, at)| *at >= made - 1e3 && (t - tempo).abs() < 0.01)
+            .ok_or_else(|| anyhow::anyhow!("we never took aalink's {tempo} BPM"))?;
+        from_aalink = from_aalink.max((here.1 - made).max(0.0) / 1e3);
+    }
+
+    println!(
+        "{}",
+        json!({
+            "kind": "phase",
+            "p50_us": quantile(&errors, 0.5),
+            "p99_us": quantile(&errors, 0.99),
+            "max_us": quantile(&errors, 1.0),
+            "readings": errors.len(),
+            "window_s": 60,
+        })
+    );
+    println!(
+        "{}",
+        json!({
+            "kind": "join",
+            "join_ms": joined_instant.duration_since(opened).as_secs_f64() * 1e3,
+        })
+    );
+    println!(
+        "{}",
+        json!({
+            "kind": "tempo",
+            "to_aalink_ms": to_aalink,
+            "from_aalink_ms": from_aalink,
+            "changes": own.len() + changes.len(),
+            "resolution_ms": 5,
+        })
+    );
+    Ok(())
+}
