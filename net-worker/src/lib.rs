@@ -21,8 +21,10 @@
 
 pub mod bridge;
 pub mod clock;
+pub mod log;
 pub mod params;
 pub mod proto;
 pub mod settings;
 pub mod status;
+pub mod view;
 pub mod worker;

@@ -282,6 +282,22 @@ static DISCOVERY: Mutex<Option<DiscoveryStatus>> = Mutex::new(None);
 
 static CLOCK_LOG: Mutex<Option<ClockLog>> = Mutex::new(None);
 
+/// The event log the editor shows (written by the worker only).
+static EVENT_LOG: Mutex<crate::log::EventLog> = Mutex::new(crate::log::EventLog::new());
+
+/// The event log if it changed since `generation`: (its generation, entries oldest first,
+/// entries dropped for space). Thread-safe; never called from the audio thread.
+pub fn event_log_since(generation: u64) -> Option<(u64, Vec<crate::log::LogEntry>, u64)> {
+    let log = lock(&EVENT_LOG);
+    (log.generation != generation).then(|| {
+        (
+            log.generation,
+            log.entries().cloned().collect(),
+            log.dropped,
+        )
+    })
+}
+
 /// Start (or restart, emptying it) recording the clock messages the worker passes on, up to
 /// `capacity` of them; 0 stops recording. Thread-safe.
 pub fn record_clock(capacity: usize) {
@@ -381,6 +397,7 @@ fn run(inbox: Receiver<Command>) {
     let mut link_service = link::LinkService::new();
     let mut osc_error: Option<String> = None;
     let mut discovery_published = Instant::now();
+    let mut watcher = crate::log::Watcher::new();
     let mut timeout = DRAIN_PERIOD;
     loop {
         match inbox.recv_timeout(timeout) {
@@ -579,6 +596,9 @@ fn run(inbox: Receiver<Command>) {
             discovery_published = Instant::now();
             discovery.poll();
             *lock(&DISCOVERY) = Some(discovery.status());
+            // The event log: what changed in the status since the last look.
+            let snapshot = status();
+            watcher.observe(&snapshot, &mut lock(&EVENT_LOG));
         }
         let due = transmit(&mut rings);
         timeout = wait_before(due);

@@ -14,6 +14,7 @@
 
 pub mod audio;
 mod clap_shim;
+pub mod editor;
 pub mod params;
 pub mod status_export;
 
@@ -55,6 +56,10 @@ pub struct Lockstep {
     /// Producer end of the queue from the worker (remote control) to this instance's CLAP
     /// shim; shared with the worker while attached. Never touched by the audio thread.
     param_inbox: Arc<Mutex<rtrb::Producer<HostParamChange>>>,
+    /// The worker's id of this instance while active (0 otherwise), for the editor.
+    instance_id: Arc<std::sync::atomic::AtomicU64>,
+    /// The editor's size and scale.
+    editor_state: Arc<nice_plug_egui::EguiEditorState>,
 }
 
 /// The clock parameters the worker needs, compared each block to notice changes.
@@ -88,6 +93,8 @@ impl Default for Lockstep {
             reported_clock_params: None,
             reported_params: [f32::NAN; PARAM_COUNT],
             param_inbox: Arc::new(Mutex::new(producer)),
+            instance_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            editor_state: editor::default_state(),
         }
     }
 }
@@ -112,12 +119,21 @@ impl Plugin for Lockstep {
         },
     ];
 
-    type Editor = ();
+    type Editor = nice_plug_egui::EguiEditor<editor::EditorApp>;
     type SysExMessage = ();
     type BackgroundTask = ();
 
     fn params(&self) -> Arc<dyn Params> {
         self.params.clone()
+    }
+
+    fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
+        nice_plug_egui::create_egui_editor(
+            Arc::clone(&self.editor_state),
+            nice_plug_egui::RepaintNotifier::new(),
+            editor::settings(),
+            editor::EditorApp::new(Arc::clone(&self.params), Arc::clone(&self.instance_id)),
+        )
     }
 
     fn activate(
@@ -131,7 +147,11 @@ impl Plugin for Lockstep {
         let fresh = self.spine.is_none();
         if fresh {
             match worker::attach(DEFAULT_RING_CAPACITY) {
-                Ok((ring, lease)) => self.spine = Some(Spine { ring, lease }),
+                Ok((ring, lease)) => {
+                    self.instance_id
+                        .store(lease.id(), std::sync::atomic::Ordering::Relaxed);
+                    self.spine = Some(Spine { ring, lease });
+                }
                 // Audio must pass through whatever the network side does; the status export
                 // shows no instance and `worker_starts`/`running` explain why.
                 Err(err) => nice_error!("lockstep: {err}"),
@@ -236,6 +256,8 @@ impl Plugin for Lockstep {
     fn deactivate(&mut self) {
         // Drops the lease on the main thread; the last one joins the worker.
         self.spine = None;
+        self.instance_id
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

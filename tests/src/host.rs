@@ -7,6 +7,9 @@ use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clack_extensions::audio_ports_config::PluginAudioPortsConfig;
+use clack_extensions::gui::{
+    GuiApiType, GuiConfiguration, GuiSize, HostGui, HostGuiImpl, PluginGui, Window,
+};
 use clack_extensions::log::{HostLog, HostLogImpl, LogSeverity};
 use clack_extensions::params::{
     HostParams, HostParamsImplMainThread, HostParamsImplShared, ParamClearFlags, ParamInfoBuffer,
@@ -31,6 +34,7 @@ pub struct Shared {
     params: OnceLock<Option<PluginParams>>,
     state: OnceLock<Option<PluginState>>,
     ports_config: OnceLock<Option<PluginAudioPortsConfig>>,
+    gui: OnceLock<Option<PluginGui>>,
     /// The plugin asked for a restart / process / main-thread callback.
     pub restart_requested: AtomicBool,
     /// The plugin asked for `on_main_thread`.
@@ -62,7 +66,8 @@ impl HostHandlers for Host {
         builder
             .register::<HostLog>()
             .register::<HostParams>()
-            .register::<HostState>();
+            .register::<HostState>()
+            .register::<HostGui>();
     }
 }
 
@@ -71,6 +76,7 @@ impl<'a> SharedHandler<'a> for Shared {
         let _ = self.params.set(instance.get_extension());
         let _ = self.state.set(instance.get_extension());
         let _ = self.ports_config.set(instance.get_extension());
+        let _ = self.gui.set(instance.get_extension());
     }
     fn request_restart(&self) {
         self.restart_requested.store(true, Ordering::SeqCst);
@@ -82,6 +88,24 @@ impl<'a> SharedHandler<'a> for Shared {
 }
 
 impl<'a> MainThreadHandler<'a> for MainThread<'a> {}
+
+/// The editor lives in a window the host made (a fixed size here): resize requests are
+/// refused, show/hide are the host's business.
+impl HostGuiImpl for Shared {
+    fn resize_hints_changed(&self) {}
+    fn request_resize(&self, _new_size: GuiSize) -> Result<(), HostError> {
+        Err(HostError::Message(
+            "the test host's window has a fixed size",
+        ))
+    }
+    fn request_show(&self) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn request_hide(&self) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn closed(&self, _was_destroyed: bool) {}
+}
 
 impl HostLogImpl for Shared {
     fn log(&self, severity: LogSeverity, message: &str) {
@@ -373,12 +397,53 @@ impl Instance {
         self.instance.deactivate(stopped);
     }
 
+    /// Open the plugin's editor embedded in the X11 window `parent` (as a Linux DAW does);
+    /// returns its size in pixels.
+    pub fn open_editor(&mut self, parent: u64) -> Result<(u32, u32)> {
+        let gui = self
+            .shared(|s| s.gui.get().copied().flatten())
+            .context("plugin has no gui extension")?;
+        let handle = self.instance.plugin_handle();
+        let x11 = GuiConfiguration {
+            api_type: GuiApiType::X11,
+            is_floating: false,
+        };
+        ensure_that(
+            gui.is_api_supported(&handle, x11),
+            "X11 embedding not supported",
+        )?;
+        gui.create(&handle, x11)
+            .map_err(|e| anyhow!("gui create: {e:?}"))?;
+        // SAFETY: `parent` is a live X11 window the caller created and keeps until
+        // `close_editor`.
+        unsafe { gui.set_parent(&handle, Window::from_x11_handle(parent as _)) }
+            .map_err(|e| anyhow!("gui set_parent: {e:?}"))?;
+        let size = gui.get_size(&handle).context("gui get_size")?;
+        gui.show(&handle).map_err(|e| anyhow!("gui show: {e:?}"))?;
+        Ok((size.width, size.height))
+    }
+
+    /// Hide and destroy the editor.
+    pub fn close_editor(&mut self) -> Result<()> {
+        let gui = self
+            .shared(|s| s.gui.get().copied().flatten())
+            .context("plugin has no gui extension")?;
+        let handle = self.instance.plugin_handle();
+        let _ = gui.hide(&handle);
+        gui.destroy(&handle);
+        Ok(())
+    }
+
     /// Run the plugin's main-thread callback if it asked for one.
     pub fn pump_main_thread(&mut self) {
         if self.shared(|s| s.callback_requested.swap(false, Ordering::SeqCst)) {
             self.instance.call_on_main_thread_callback();
         }
     }
+}
+
+fn ensure_that(ok: bool, what: &str) -> Result<()> {
+    if ok { Ok(()) } else { bail!("{what}") }
 }
 
 /// nice-plug's CLAP state: a little-endian u64 length, then that many bytes of JSON.

@@ -119,6 +119,32 @@ pub fn main(args: &[String]) -> Result<()> {
     // and the CK latency estimate against a delay injected by a UDP proxy.
     let departures = json_bench("departure", 2)?;
     let latencies = json_bench("ck_latency", 2)?;
+    // The editor's pages drawn without a window (no sockets: no namespace needed).
+    let frames = {
+        let output = std::process::Command::new(&cargo_bin)
+            .args([
+                "bench",
+                "--offline",
+                "--quiet",
+                "-p",
+                "lockstep",
+                "--bench",
+                "editor_frame",
+            ])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("running the editor_frame bench")?;
+        anyhow::ensure!(output.status.success(), "the editor_frame bench failed");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<serde_json::Value>, _>>()?
+    };
+    anyhow::ensure!(
+        frames.len() == 3,
+        "the editor_frame bench printed {frames:?}"
+    );
     // Link against the real library (aalink), 60 s with tempo changes.
     let link = json_bench("link_sync", 3)?;
     let link_value = |kind: &str, key: &str| {
@@ -256,6 +282,24 @@ pub fn main(args: &[String]) -> Result<()> {
             None,
         ),
     ])
+    .chain(frames.iter().flat_map(|f| {
+        let page = f["page"].as_str().unwrap_or("?").to_owned();
+        let value = |k: &str| f[k].as_f64().unwrap_or(f64::NAN);
+        [
+            Row::new(
+                &format!("editor_frame_{page}_p50"),
+                value("p50_us"),
+                "µs",
+                None,
+            ),
+            Row::new(
+                &format!("editor_frame_{page}_p99"),
+                value("p99_us"),
+                "µs",
+                Some(2000.0),
+            ),
+        ]
+    }))
     .collect::<Vec<Row>>();
 
     println!();

@@ -1,13 +1,14 @@
 //! `cargo xtask test`: everything CI runs, from a fresh machine.
 //!
 //! 1. Install what the tests need (unless `--no-install`): Debian `tshark`, `liblo-tools`,
-//!    `iproute2`, `util-linux` when missing (as root), and a Python virtualenv in
+//!    `iproute2`, `util-linux`, `xvfb`, `xauth` when missing (as root), and a Python virtualenv in
 //!    `target/peers-venv` with the real peers (aalink, pymidi, python-osc, websockets, zeroconf).
 //! 2. `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`.
 //! 3. Bundle the debug allocation-checked build (`target/bundled-debug/`), the release build and
 //!    the bench baseline (`target/bundled/`), and install into `target/install-check/`.
 //! 4. Build every test, then run `cargo test --workspace --offline` inside a private network
-//!    namespace with only loopback (multicast routed to it). Nothing reaches a real network.
+//!    namespace with only loopback (multicast routed to it), under a virtual X server
+//!    (`xvfb-run`) for the editor test. Nothing reaches a real network.
 
 use std::process::Command;
 use std::time::Instant;
@@ -24,6 +25,9 @@ const DEBIAN: &[(&str, &str)] = &[
     ("liblo-tools", "oscdump"),
     ("iproute2", "ip"),
     ("util-linux", "unshare"),
+    // The editor test opens the real editor on a virtual X server.
+    ("xvfb", "xvfb-run"),
+    ("xauth", "xauth"),
 ];
 
 /// The PyPI peers, pinned so every machine tests against the same peers.
@@ -180,7 +184,11 @@ pub fn main(args: &[String]) -> Result<()> {
         started,
         || {
             let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            // Under a virtual X server (Xvfb, inside the namespace) for the editor test.
             let mut unshare = in_netns(&[
+                "xvfb-run",
+                "--auto-servernum",
+                "--server-args=-screen 0 1280x1024x24 -nolisten tcp",
                 cargo_bin.as_str(),
                 "test",
                 "--workspace",
