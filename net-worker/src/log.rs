@@ -379,6 +379,8 @@ mod tests {
                 guard_packets: 0,
                 rx_lost: 0,
                 rx_repaired: 0,
+                sent: 0,
+                received: 0,
             }],
             resolving: Vec::new(),
             malformed: 0,

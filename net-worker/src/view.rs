@@ -90,6 +90,10 @@ pub struct PeerRow {
     pub rtt_ms: Option<f64>,
     /// Round-trip spread, ms.
     pub jitter_ms: Option<f64>,
+    /// RTP-MIDI packets sent to it.
+    pub sent: u64,
+    /// RTP-MIDI packets received from it.
+    pub received: u64,
     /// Packets the peer sent us that were lost (and how many of those were repaired).
     pub lost: u64,
     /// Repaired from the journal.
@@ -316,6 +320,8 @@ pub fn peer_row(p: &PeerReport) -> PeerRow {
         health,
         rtt_ms: p.rtt_us.map(|r| r / 1e3),
         jitter_ms: p.jitter_us.map(|j| j / 1e3),
+        sent: p.sent,
+        received: p.received,
         lost: p.rx_lost,
         repaired: p.rx_repaired,
         connects: p.connects,
@@ -401,6 +407,8 @@ mod tests {
             guard_packets: 0,
             rx_lost: 0,
             rx_repaired: 0,
+            sent: 40,
+            received: 3,
         }
     }
 

@@ -783,12 +783,15 @@ fn run_link(
     if let Some(server) = osc {
         server.core.set_link(service.feed(now, quantum_));
     }
-    if now >= service.status_at + 50_000 || mode == link::LinkMode::Off {
+    // Every 50 ms while in Link; while Off only once (the lock is not taken every loop).
+    let off = mode == link::LinkMode::Off;
+    if (!off && now >= service.status_at + 50_000) || (off && service.status_shown) {
         service.status_at = now;
         let mut status = service.status(now, mode, quantum_);
         if let Some(s) = &mut status {
             s.follow = follow;
         }
+        service.status_shown = status.is_some();
         *lock(&LINK) = status;
     }
     next

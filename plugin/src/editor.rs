@@ -201,6 +201,8 @@ fn status_page(ui: &mut egui::Ui, model: &Model) {
                     ui.label(&p.protocol);
                     ui.label(ms(p.rtt_ms));
                     ui.label(ms(p.jitter_ms));
+                    ui.label(p.sent.to_string());
+                    ui.label(p.received.to_string());
                     ui.label(p.lost.to_string());
                     ui.label(p.repaired.to_string());
                     ui.label(p.connects.to_string());
@@ -791,6 +793,8 @@ pub fn demo_model(peers: usize, log_lines: usize) -> Model {
                     Health::Good
                 },
                 rtt_ms: (!lost).then_some(if slow { 31.5 } else { 1.2 + i as f64 * 0.1 }),
+                sent: if lost { 0 } else { 4_800 + i as u64 },
+                received: if lost { 0 } else { 12 },
                 jitter_ms: (!lost).then_some(0.3),
                 lost: i as u64,
                 repaired: i as u64 / 2,

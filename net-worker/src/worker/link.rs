@@ -381,6 +381,8 @@ pub struct LinkService {
     published: u64,
     /// When the status was last made (it is published every 50 ms).
     pub status_at: Micros,
+    /// A status (not None) is published.
+    pub status_shown: bool,
 }
 
 impl LinkService {

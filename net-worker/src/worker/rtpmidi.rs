@@ -75,6 +75,12 @@ pub struct PeerReport {
     pub rx_lost: u64,
     /// Of those gaps, repaired from the peer's journal.
     pub rx_repaired: u64,
+    /// RTP-MIDI packets sent to it (all sessions).
+    #[serde(default)]
+    pub sent: u64,
+    /// RTP-MIDI packets received from it and applied (current session).
+    #[serde(default)]
+    pub received: u64,
 }
 
 /// One connected peer's clock stream.
@@ -482,6 +488,8 @@ impl RtpMidi {
                     guard_packets: p.guards,
                     rx_lost: p.received.lost,
                     rx_repaired: p.received.repairs,
+                    sent: p.sent,
+                    received: p.received.packets,
                 })
                 .collect(),
             malformed: c.malformed,

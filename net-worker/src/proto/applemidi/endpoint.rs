@@ -75,6 +75,8 @@ pub struct PeerStatus {
     pub guards: u64,
     /// The peer's RTP-MIDI stream to us in the current session (loss, repairs).
     pub received: ReceiverStats,
+    /// RTP-MIDI packets sent to it (all sessions).
+    pub sent: u64,
 }
 
 /// Events for the owner.
@@ -96,11 +98,13 @@ struct Slot {
 }
 
 /// Queue a session's datagram, counting the RTP-MIDI ones (clock and guard packets alike).
-fn forward(transmits: &mut VecDeque<Transmit>, counters: &mut Counters, t: Transmit) {
-    if t.from == Port::Data && !super::is_command(&t.bytes) {
+fn forward(transmits: &mut VecDeque<Transmit>, counters: &mut Counters, t: Transmit) -> bool {
+    let rtp = t.from == Port::Data && !super::is_command(&t.bytes);
+    if rtp {
         counters.rtp_sent += 1;
     }
     transmits.push_back(t);
+    rtp
 }
 
 /// The endpoint.
@@ -197,6 +201,7 @@ impl Endpoint {
                 journal: self.journal_default,
                 guards: 0,
                 received: ReceiverStats::default(),
+                sent: 0,
             },
             session: None,
             backoff: BACKOFF_MIN,
@@ -337,6 +342,7 @@ impl Endpoint {
             journal,
             guards: 0,
             received: ReceiverStats::default(),
+            sent: 0,
         };
         match self.slots.iter_mut().find(|s| s.status.address == control) {
             Some(slot) => {
@@ -386,7 +392,9 @@ impl Endpoint {
                 continue;
             };
             while let Some(t) = session.poll_transmit() {
-                forward(&mut self.transmits, &mut self.counters, t);
+                if forward(&mut self.transmits, &mut self.counters, t) {
+                    slot.status.sent += 1;
+                }
             }
             slot.status.guards = session.journal().guards();
             slot.status.received = session.received();
@@ -448,7 +456,9 @@ impl Endpoint {
                 let ts = session.session_ticks(at);
                 session.send_midi(at, ts, commands);
                 while let Some(t) = session.poll_transmit() {
-                    forward(&mut self.transmits, &mut self.counters, t);
+                    if forward(&mut self.transmits, &mut self.counters, t) {
+                        slot.status.sent += 1;
+                    }
                 }
             }
         }

@@ -244,6 +244,12 @@ mod tests {
         net.run_until(net.now + 50 * MS);
         assert_eq!(net.endpoints[1].counters().rtp_received, 1);
         assert_eq!(net.endpoints[1].counters().unknown_ssrc, 0);
+        // Per peer too (the editor's sent / received columns): every RTP-MIDI packet A sent
+        // went to its one peer, and B applied the one clock packet.
+        let sent = net.endpoints[0].peers()[0].sent;
+        assert!(sent >= 1, "{sent}");
+        assert_eq!(sent, net.endpoints[0].counters().rtp_sent);
+        assert_eq!(net.endpoints[1].peers()[0].received.packets, 1);
     }
 
     #[test]
