@@ -398,6 +398,7 @@ fn run(inbox: Receiver<Command>) {
     let mut osc_error: Option<String> = None;
     let mut discovery_published = Instant::now();
     let mut watcher = crate::log::Watcher::new();
+    let started = Instant::now();
     let mut timeout = DRAIN_PERIOD;
     loop {
         match inbox.recv_timeout(timeout) {
@@ -596,9 +597,11 @@ fn run(inbox: Receiver<Command>) {
             discovery_published = Instant::now();
             discovery.poll();
             *lock(&DISCOVERY) = Some(discovery.status());
-            // The event log: what changed in the status since the last look.
-            let snapshot = status();
-            watcher.observe(&snapshot, &mut lock(&EVENT_LOG));
+            // The event log: what changed in the status since the last look (never through
+            // `status()`: that takes REGISTRY, held by a `Lease::drop` joining this thread).
+            let uptime_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let now_status = snapshot(true, 0, uptime_ms);
+            watcher.observe(&now_status, &mut lock(&EVENT_LOG));
         }
         let due = transmit(&mut rings);
         timeout = wait_before(due);
@@ -1109,7 +1112,26 @@ fn drain(
 
 /// A snapshot of the worker and every attached instance.
 pub fn status() -> WorkerStatus {
+    // The worker thread taking REGISTRY can deadlock with a `Lease::drop` joining it.
+    debug_assert_ne!(
+        std::thread::current().name(),
+        Some(THREAD_NAME),
+        "the worker thread must not call status()"
+    );
     let registry = lock(&REGISTRY);
+    let uptime_ms = registry.running.as_ref().map_or(0, |r| {
+        u64::try_from(r.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    });
+    snapshot(
+        registry.running.is_some(),
+        registry.worker_starts,
+        uptime_ms,
+    )
+}
+
+/// The status from everything but the registry: what the worker thread itself may read (it
+/// must never take REGISTRY, which `Lease::drop` holds while joining it).
+fn snapshot(running: bool, worker_starts: u64, uptime_ms: u64) -> WorkerStatus {
     let board = lock(&BOARD);
     let instances = board
         .iter()
@@ -1135,12 +1157,10 @@ pub fn status() -> WorkerStatus {
         })
         .collect();
     WorkerStatus {
-        running: registry.running.is_some(),
+        running,
         thread_name: THREAD_NAME.to_owned(),
-        worker_starts: registry.worker_starts,
-        uptime_ms: registry.running.as_ref().map_or(0, |r| {
-            u64::try_from(r.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-        }),
+        worker_starts,
+        uptime_ms,
         instances,
         discovery: lock(&DISCOVERY).clone().unwrap_or_default(),
         scheduling: lock(&SCHEDULING).clone(),

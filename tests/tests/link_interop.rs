@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use lockstep_host::harness::{ScriptPeer, exclusive};
 use lockstep_net::proto::link::{self, DiscoveryKind, Measurement};
+use lockstep_net::proto::osc;
 
 /// A socket on the Link multicast group (address reuse on, as Link's own sockets).
 fn multicast() -> Result<UdpSocket> {
@@ -376,6 +377,7 @@ fn in_follow_the_rtp_midi_clock_follows_aalink_and_starts_on_its_bar() -> Result
     let mut instance = bundle.instantiate()?;
     let mut settings = instance.net_settings()?;
     settings.rtp_midi_port = 5024;
+    settings.osc_port = 8024;
     settings.peers = vec![PeerSettings {
         name: "pymidi".into(),
         host: "127.0.0.1".into(),
@@ -391,17 +393,76 @@ fn in_follow_the_rtp_midi_clock_follows_aalink_and_starts_on_its_bar() -> Result
         value: 2.0,
     }];
     p.process(256, Some(&t.event()), &follow)?;
+    // A controller subscribed to Lockstep's OSC feedback sees the session, not the DAW.
+    let phone = UdpSocket::bind("127.0.0.1:0")?;
+    phone.set_nonblocking(true)?;
+    let mut subscribe = Vec::new();
+    osc::encode_message(
+        &osc::Message::new("/lockstep/subscribe", vec![]),
+        &mut subscribe,
+    );
+    let mut fed: Vec<osc::Message> = Vec::new();
+    let mut buf = [0u8; 4096];
     let period = Duration::from_secs_f64(256.0 / 48_000.0);
     let until = Instant::now() + Duration::from_secs(13);
     let mut deadline = Instant::now();
+    let mut block = 0u64;
     while Instant::now() < until {
         p.process(256, Some(&t.event()), &[])?;
+        // Until the feed arrives (the OSC port opens with the worker's first look at the
+        // parameters), ask again every ~0.5 s.
+        if fed.is_empty() && block.is_multiple_of(94) {
+            phone.send_to(&subscribe, "127.0.0.1:8024")?;
+        }
+        block += 1;
+        while let Ok((n, _)) = phone.recv_from(&mut buf) {
+            match osc::decode(&buf[..n]) {
+                Ok(osc::Packet::Message(m)) => fed.push(m),
+                Ok(osc::Packet::Bundle { elements, .. }) => {
+                    fed.extend(elements.into_iter().filter_map(|e| match e {
+                        osc::Packet::Message(m) => Some(m),
+                        osc::Packet::Bundle { .. } => None,
+                    }));
+                }
+                Err(_) => {}
+            }
+        }
         deadline += period;
         if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
     }
     instance.deactivate(p);
+    let value = |address: &str| -> Vec<f32> {
+        fed.iter()
+            .filter(|m| m.address == address)
+            .filter_map(|m| match m.args.first() {
+                Some(osc::Arg::Float(f)) => Some(*f),
+                Some(osc::Arg::Int(i)) => Some(*i as f32),
+                _ => None,
+            })
+            .collect()
+    };
+    // The DAW says 90 BPM and stopped; the feed says what the session does.
+    let tempos = value("/lockstep/transport/tempo");
+    ensure!(
+        tempos.iter().any(|t| (t - 130.0).abs() < 0.01)
+            && tempos.last().is_some_and(|t| (t - 100.0).abs() < 0.01)
+            && !tempos.iter().any(|t| (t - 90.0).abs() < 0.01),
+        "OSC transport tempo followed {tempos:?}"
+    );
+    ensure!(
+        value("/lockstep/transport/playing").last() == Some(&1.0),
+        "OSC transport playing: {:?}",
+        value("/lockstep/transport/playing")
+    );
+    ensure!(
+        value("/lockstep/link/peers").last() == Some(&1.0)
+            && value("/lockstep/link/tempo").last() == Some(&100.0),
+        "Link over OSC: peers {:?}, tempo {:?}",
+        value("/lockstep/link/peers"),
+        value("/lockstep/link/tempo")
+    );
 
     let lines = link.lines();
     let mut session = History::new();
