@@ -45,8 +45,9 @@ pub struct NetSettings {
     /// Who may send OSC: addresses or subnets (`192.168.1.0/24`, `10.0.0.7`, `::1`). Empty =
     /// loopback, private and link-local ranges.
     pub osc_allow: Vec<String>,
-    /// The network interface Link runs on: a name (`eth0`, `en0`) or an IPv4 address; empty
-    /// = the interface the system routes Link's multicast group through.
+    /// The network interfaces Link runs on: names (`eth0`, `en0`) or IPv4 addresses, comma
+    /// separated, or `all` (every interface that is up with multicast); empty = the interface
+    /// the system routes Link's multicast group through.
     pub link_interface: String,
 }
 

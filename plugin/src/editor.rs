@@ -308,7 +308,10 @@ fn settings_page(ui: &mut egui::Ui, panel: &mut Panel, model: &Model, actions: &
             }
             ui.label("interface");
             ui.add(egui::TextEdit::singleline(&mut draft.link_interface).desired_width(90.0))
-                .on_hover_text("a name (eth0) or an IPv4 address; empty = the system's route");
+                .on_hover_text(
+                    "names (eth0) or IPv4 addresses, comma separated, or all; empty = the \
+                     system's route",
+                );
         });
         ui.add_space(6.0);
         ui.strong("RTP-MIDI peers");

@@ -30,8 +30,9 @@ usage: cargo xtask run -- [options]
   --link off|lead|follow
                        Ableton Link mode (default off; lead = the DAW leads the session)
   --quantum N          Link quantum, 1..16 beats (default 4)
-  --link-interface IF  the interface Link runs on: a name (eth0) or an IPv4 address
-                       (default: the one the system routes Link's multicast group through)
+  --link-interface IF  the interfaces Link runs on: names (eth0) or IPv4 addresses, comma
+                       separated, or all (default: the one the system routes Link's
+                       multicast group through)
   --osc-port N         our OSC control port (default 8000)
   --osc-preset FILE    controller mappings to load (e.g. presets/osc/touchosc-simple.json)
   --no-journal         send no recovery journal (to --peer peers and to guests)

@@ -68,13 +68,26 @@ pub fn node_id() -> NodeId {
     (x ^ (x >> 31)).to_be_bytes()
 }
 
-/// A Link peer on one IPv4 interface.
+/// One interface's sockets: a unicast socket bound to its address (sends ALIVE/BYEBYE to the
+/// group and RESPONSEs, receives RESPONSEs) and a measurement socket (PING/PONG).
+#[derive(Debug)]
+struct Gateway {
+    address: Ipv4Addr,
+    /// Prefix length of the interface's network (which peers it reaches directly).
+    prefix: u8,
+    unicast: UdpSocket,
+    measurement: UdpSocket,
+    measurement_addr: SocketAddr,
+}
+
+/// A Link peer on one or more IPv4 interfaces: one session state, a gateway per interface
+/// (Link's own design); ALIVEs go out on every interface, each naming that interface's
+/// measurement endpoint.
 #[derive(Debug)]
 pub struct LinkDriver {
     core: LinkCore,
     group_rx: UdpSocket,
-    unicast: UdpSocket,
-    measurement: UdpSocket,
+    gateways: Vec<Gateway>,
     group: SocketAddr,
     buf: Vec<u8>,
     /// Send errors (an interface that went away, a full buffer).
@@ -93,39 +106,100 @@ fn udp(bind: SocketAddrV4, reuse: bool) -> std::io::Result<Socket> {
     Ok(s)
 }
 
+/// True if `peer` is on the network `address`/`prefix`.
+pub fn same_network(address: Ipv4Addr, prefix: u8, peer: Ipv4Addr) -> bool {
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix.min(32)))
+    };
+    u32::from(address) & mask == u32::from(peer) & mask
+}
+
+/// `bytes` (an encoded discovery message) with `endpoint` as its measurement endpoint;
+/// unchanged if it does not decode or carries none (BYEBYE).
+pub fn with_measurement_endpoint(bytes: &[u8], endpoint: SocketAddr) -> Vec<u8> {
+    let Ok(mut m) = crate::proto::link::decode_discovery(bytes) else {
+        return bytes.to_vec();
+    };
+    if m.state.measurement.is_none() {
+        return bytes.to_vec();
+    }
+    m.state.measurement = Some(endpoint);
+    let mut out = Vec::with_capacity(bytes.len());
+    match crate::proto::link::encode_discovery(&m, &mut out) {
+        Ok(()) => out,
+        Err(_) => bytes.to_vec(),
+    }
+}
+
 impl LinkDriver {
     /// Join Link on the interface with address `interface`, founding a session at `tempo`.
     pub fn open(interface: Ipv4Addr, tempo: f64) -> std::io::Result<Self> {
+        Self::open_on(&[(interface, 32)], tempo)
+    }
+
+    /// Join Link on these interfaces (address, prefix length), founding a session at `tempo`.
+    pub fn open_on(interfaces: &[(Ipv4Addr, u8)], tempo: f64) -> std::io::Result<Self> {
         let group_rx = udp(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, MULTICAST.1), true)?;
-        group_rx.join_multicast_v4(&MULTICAST.0, &interface)?;
-        let unicast = udp(SocketAddrV4::new(interface, 0), false)?;
-        unicast.set_multicast_if_v4(&interface)?;
-        // Other peers on this machine must hear us too.
-        unicast.set_multicast_loop_v4(true)?;
-        unicast.set_multicast_ttl_v4(1)?;
-        let measurement = udp(SocketAddrV4::new(interface, 0), false)?;
-        // Kernel receive times: a PONG read a millisecond late must not count as a
-        // millisecond-longer round trip (see `LinkCore::handle_measurement_at`).
-        #[cfg(target_os = "linux")]
-        let _ = nix::sys::socket::setsockopt(
-            &measurement,
-            nix::sys::socket::sockopt::ReceiveTimestampns,
-            &true,
-        );
-        let measurement_addr = measurement
-            .local_addr()?
-            .as_socket()
-            .ok_or(ErrorKind::AddrNotAvailable)?;
-        let core = LinkCore::new(now_micros(), node_id(), tempo, measurement_addr);
+        let mut gateways = Vec::new();
+        for &(address, prefix) in interfaces {
+            group_rx.join_multicast_v4(&MULTICAST.0, &address)?;
+            let unicast = udp(SocketAddrV4::new(address, 0), false)?;
+            unicast.set_multicast_if_v4(&address)?;
+            // Other peers on this machine must hear us too.
+            unicast.set_multicast_loop_v4(true)?;
+            unicast.set_multicast_ttl_v4(1)?;
+            let measurement = udp(SocketAddrV4::new(address, 0), false)?;
+            // Kernel receive times: a PONG read a millisecond late must not count as a
+            // millisecond-longer round trip (see `LinkCore::handle_measurement_at`).
+            #[cfg(target_os = "linux")]
+            let _ = nix::sys::socket::setsockopt(
+                &measurement,
+                nix::sys::socket::sockopt::ReceiveTimestampns,
+                &true,
+            );
+            let measurement_addr = measurement
+                .local_addr()?
+                .as_socket()
+                .ok_or(ErrorKind::AddrNotAvailable)?;
+            gateways.push(Gateway {
+                address,
+                prefix,
+                unicast: unicast.into(),
+                measurement: measurement.into(),
+                measurement_addr,
+            });
+        }
+        let first = gateways.first().ok_or(ErrorKind::AddrNotAvailable)?;
+        let core = LinkCore::new(now_micros(), node_id(), tempo, first.measurement_addr);
         Ok(Self {
             core,
             group_rx: group_rx.into(),
-            unicast: unicast.into(),
-            measurement: measurement.into(),
+            gateways,
             group: SocketAddr::from((MULTICAST.0, MULTICAST.1)),
             buf: vec![0; 2048],
             send_errors: 0,
         })
+    }
+
+    /// The interface addresses Link runs on.
+    pub fn interfaces(&self) -> Vec<Ipv4Addr> {
+        self.gateways.iter().map(|g| g.address).collect()
+    }
+
+    /// The gateway that reaches `to` (its network, else the first).
+    fn gateway_for(&self, to: SocketAddr) -> &Gateway {
+        let v4 = match to.ip() {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        };
+        v4.and_then(|ip| {
+            self.gateways
+                .iter()
+                .find(|g| same_network(g.address, g.prefix, ip))
+        })
+        .unwrap_or(&self.gateways[0])
     }
 
     /// The protocol state.
@@ -140,7 +214,9 @@ impl LinkDriver {
 
     /// Receive, run timers, send; returns the next deadline (host µs).
     pub fn poll(&mut self, now: Micros) -> Option<Micros> {
-        for socket in [&self.group_rx, &self.unicast] {
+        let discovery =
+            std::iter::once(&self.group_rx).chain(self.gateways.iter().map(|g| &g.unicast));
+        for socket in discovery {
             loop {
                 match socket.recv_from(&mut self.buf) {
                     Ok((n, from)) => self.core.handle_discovery(now, from, &self.buf[..n]),
@@ -149,10 +225,12 @@ impl LinkDriver {
                 }
             }
         }
-        while let Some((n, from, arrived)) = receive_stamped(&self.measurement, &mut self.buf, now)
-        {
-            self.core
-                .handle_measurement_at(now, arrived, from, &self.buf[..n]);
+        for g in &self.gateways {
+            while let Some((n, from, arrived)) = receive_stamped(&g.measurement, &mut self.buf, now)
+            {
+                self.core
+                    .handle_measurement_at(now, arrived, from, &self.buf[..n]);
+            }
         }
         self.core.handle_timeout(now);
         self.flush();
@@ -161,13 +239,41 @@ impl LinkDriver {
 
     fn flush(&mut self) {
         while let Some(t) = self.core.poll_transmit() {
-            let sent = match t.to {
-                Destination::Multicast => self.unicast.send_to(&t.bytes, self.group),
-                Destination::Unicast(to) => self.unicast.send_to(&t.bytes, to),
-                Destination::Measurement(to) => self.measurement.send_to(&t.bytes, to),
-            };
-            if sent.is_err() {
-                self.send_errors += 1;
+            match t.to {
+                // Every interface, each naming its own measurement endpoint.
+                Destination::Multicast => {
+                    for (i, g) in self.gateways.iter().enumerate() {
+                        let bytes = if i == 0 {
+                            t.bytes.clone()
+                        } else {
+                            with_measurement_endpoint(&t.bytes, g.measurement_addr)
+                        };
+                        if g.unicast.send_to(&bytes, self.group).is_err() {
+                            self.send_errors += 1;
+                        }
+                    }
+                }
+                Destination::Unicast(to) => {
+                    let g = self.gateway_for(to);
+                    let bytes = if std::ptr::eq(g, &self.gateways[0]) {
+                        t.bytes
+                    } else {
+                        with_measurement_endpoint(&t.bytes, g.measurement_addr)
+                    };
+                    if g.unicast.send_to(&bytes, to).is_err() {
+                        self.send_errors += 1;
+                    }
+                }
+                Destination::Measurement(to) => {
+                    if self
+                        .gateway_for(to)
+                        .measurement
+                        .send_to(&t.bytes, to)
+                        .is_err()
+                    {
+                        self.send_errors += 1;
+                    }
+                }
             }
         }
     }
@@ -255,36 +361,107 @@ pub fn default_interface() -> Ipv4Addr {
         .unwrap_or(Ipv4Addr::LOCALHOST)
 }
 
-/// The interface address for the user's choice (`link_interface`): an interface name, an IPv4
-/// address, or empty for the interface the system routes Link's group through.
-pub fn resolve_interface(choice: &str) -> Result<Ipv4Addr, String> {
-    let choice = choice.trim();
-    if choice.is_empty() {
-        return Ok(default_interface());
-    }
-    if let Ok(address) = choice.parse::<Ipv4Addr>() {
-        return Ok(address);
-    }
-    let mut names = Vec::new();
-    let found = nix::ifaddrs::getifaddrs()
-        .map_err(|e| format!("cannot list network interfaces: {e}"))?
-        .find_map(|i| {
-            let v4 = i
-                .address
+/// One IPv4 address of a network interface.
+#[derive(Debug, Clone)]
+struct Interface {
+    name: String,
+    address: Ipv4Addr,
+    /// Prefix length of its network.
+    prefix: u8,
+    /// Up and multicast-capable.
+    usable: bool,
+    loopback: bool,
+}
+
+/// Every IPv4 interface address.
+fn ipv4_interfaces() -> Result<Vec<Interface>, String> {
+    use nix::net::if_::InterfaceFlags;
+    let list =
+        nix::ifaddrs::getifaddrs().map_err(|e| format!("cannot list network interfaces: {e}"))?;
+    Ok(list
+        .filter_map(|i| {
+            let address = i.address.as_ref()?.as_sockaddr_in()?.ip();
+            let prefix = i
+                .netmask
                 .as_ref()
-                .and_then(|a| a.as_sockaddr_in())
-                .map(|a| a.ip());
-            if v4.is_some() && !names.contains(&i.interface_name) {
-                names.push(i.interface_name.clone());
+                .and_then(|m| m.as_sockaddr_in())
+                .map_or(32, |m| u32::from(m.ip()).count_ones() as u8);
+            let usable = i.flags.contains(InterfaceFlags::IFF_UP)
+                && i.flags.contains(InterfaceFlags::IFF_MULTICAST);
+            let loopback = i.flags.contains(InterfaceFlags::IFF_LOOPBACK);
+            Some(Interface {
+                name: i.interface_name,
+                address,
+                prefix,
+                usable,
+                loopback,
+            })
+        })
+        .collect())
+}
+
+/// The interfaces (address, prefix length) for the user's choice (`link_interface`):
+/// empty = the interface the system routes Link's group through; `all` = every interface
+/// that is up and multicast-capable (loopback only when there is nothing else); otherwise
+/// names or IPv4 addresses separated by commas.
+pub fn resolve_interfaces(choice: &str) -> Result<Vec<(Ipv4Addr, u8)>, String> {
+    let choice = choice.trim();
+    let known = ipv4_interfaces().unwrap_or_default();
+    let prefix_of = |a: Ipv4Addr| {
+        known
+            .iter()
+            .find(|k| k.address == a)
+            .map_or(32, |k| k.prefix)
+    };
+    if choice.is_empty() {
+        let a = default_interface();
+        return Ok(vec![(a, prefix_of(a))]);
+    }
+    if choice.eq_ignore_ascii_case("all") {
+        let usable: Vec<&Interface> = known.iter().filter(|k| k.usable).collect();
+        let outside: Vec<_> = usable
+            .iter()
+            .filter(|k| !k.loopback)
+            .map(|k| (k.address, k.prefix))
+            .collect();
+        let all = if outside.is_empty() {
+            usable.iter().map(|k| (k.address, k.prefix)).collect()
+        } else {
+            outside
+        };
+        if all.is_empty() {
+            return Err("Link interface \"all\": no interface is up with IPv4 multicast".into());
+        }
+        return Ok(all);
+    }
+    let mut out = Vec::new();
+    for part in choice.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Ok(address) = part.parse::<Ipv4Addr>() {
+            out.push((address, prefix_of(address)));
+            continue;
+        }
+        match known.iter().find(|k| k.name == part) {
+            Some(k) => out.push((k.address, k.prefix)),
+            None => {
+                let mut names: Vec<&str> = known.iter().map(|k| k.name.as_str()).collect();
+                names.dedup();
+                return Err(format!(
+                    "Link interface {part:?}: no such interface with an IPv4 address (have: {})",
+                    names.join(", ")
+                ));
             }
-            (i.interface_name == choice).then_some(v4).flatten()
-        });
-    found.ok_or_else(|| {
-        format!(
-            "Link interface {choice:?}: no such interface with an IPv4 address (have: {})",
-            names.join(", ")
-        )
-    })
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// The interface address for a single choice (see [`resolve_interfaces`]).
+pub fn resolve_interface(choice: &str) -> Result<Ipv4Addr, String> {
+    resolve_interfaces(choice)?
+        .first()
+        .map(|i| i.0)
+        .ok_or_else(|| format!("Link interface {choice:?}: none given"))
 }
 
 /// Link Mode as the plugin's parameter has it.
@@ -316,7 +493,7 @@ impl LinkMode {
 pub struct LinkStatus {
     /// The mode of the instance that decides (the first one not Off).
     pub mode: LinkMode,
-    /// The interface Link runs on.
+    /// The interfaces Link runs on (addresses, comma separated).
     pub interface: String,
     /// Session id (hex).
     pub session: String,
@@ -362,7 +539,7 @@ pub struct LinkStatus {
 #[derive(Debug, Default)]
 pub struct LinkService {
     driver: Option<LinkDriver>,
-    interface: Option<Ipv4Addr>,
+    interfaces: Vec<Ipv4Addr>,
     /// The user's interface choice the driver was opened for.
     choice: String,
     /// After a failed open, when to try again (host µs).
@@ -419,15 +596,16 @@ impl LinkService {
         }
         if self.driver.is_none() && (self.error.is_none() || now >= self.retry_at) {
             let tempo = daw.map_or(120.0, |d| d.0);
-            let opened = resolve_interface(interface).and_then(|address| {
-                LinkDriver::open(address, tempo)
-                    .map(|d| (d, address))
-                    .map_err(|e| format!("cannot join Link on {address}: {e}"))
+            let opened = resolve_interfaces(interface).and_then(|list| {
+                LinkDriver::open_on(&list, tempo).map_err(|e| {
+                    let names: Vec<String> = list.iter().map(|i| i.0.to_string()).collect();
+                    format!("cannot join Link on {}: {e}", names.join(", "))
+                })
             });
             match opened {
-                Ok((d, address)) => {
+                Ok(d) => {
+                    self.interfaces = d.interfaces();
                     self.driver = Some(d);
-                    self.interface = Some(address);
                     self.error = None;
                     self.last_daw = daw;
                     self.joins_seen = 0;
@@ -517,7 +695,12 @@ impl LinkService {
         }
         let mut s = LinkStatus {
             mode,
-            interface: self.interface.map(|i| i.to_string()).unwrap_or_default(),
+            interface: self
+                .interfaces
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             quantum,
             error: self.error.clone(),
             published: self.published,
@@ -567,5 +750,44 @@ mod tests {
         );
         let err = resolve_interface("nosuch0").expect_err("no such interface");
         assert!(err.contains("nosuch0") && err.contains("lo"), "{err}");
+        // Several, and "all" (loopback at least: it is always up here).
+        let two = resolve_interfaces("lo, 10.1.2.3").expect("two");
+        assert_eq!(two[0], (Ipv4Addr::LOCALHOST, 8));
+        assert_eq!(two[1].0, Ipv4Addr::new(10, 1, 2, 3));
+        let all = resolve_interfaces("all").expect("all");
+        assert!(!all.is_empty());
+    }
+
+    #[test]
+    fn each_interface_reaches_its_own_network_and_names_its_own_endpoint() {
+        let lan = Ipv4Addr::new(192, 168, 1, 20);
+        assert!(same_network(lan, 24, Ipv4Addr::new(192, 168, 1, 7)));
+        assert!(!same_network(lan, 24, Ipv4Addr::new(10, 0, 0, 7)));
+        assert!(
+            same_network(lan, 0, Ipv4Addr::new(10, 0, 0, 7)),
+            "default route"
+        );
+        // An ALIVE re-addressed for a second interface carries that interface's mep4 and
+        // nothing else changes.
+        let core = LinkCore::new(
+            0,
+            [7; 8],
+            120.0,
+            SocketAddr::from(([192, 168, 1, 20], 40_000)),
+        );
+        let mut core = core;
+        let alive = core.poll_transmit().expect("the founding ALIVE").bytes;
+        let other = SocketAddr::from(([10, 0, 0, 5], 41_000));
+        let moved = with_measurement_endpoint(&alive, other);
+        let (a, b) = (
+            crate::proto::link::decode_discovery(&alive).expect("decodes"),
+            crate::proto::link::decode_discovery(&moved).expect("decodes"),
+        );
+        assert_eq!(b.state.measurement, Some(other));
+        assert_eq!(
+            (a.node, a.state.timeline, a.state.session),
+            (b.node, b.state.timeline, b.state.session)
+        );
+        assert_eq!(with_measurement_endpoint(b"junk", other), b"junk");
     }
 }
