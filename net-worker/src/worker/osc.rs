@@ -1027,18 +1027,13 @@ impl OscCore {
 }
 
 impl OscCore {
-    /// Link's fields to everyone who takes feedback: change-only, at most every
-    /// [`TRANSPORT_INTERVAL`] (the phase moves all the time).
-    fn link_feedback(&mut self, now: Nanos, destinations: &[SocketAddr], out: &mut Output) {
-        let Some(feed) = self.link else {
-            return;
-        };
-        let old = self.link_sent;
-        if old.is_some_and(|(o, at)| o == feed || now < at + TRANSPORT_INTERVAL) {
-            return;
-        }
-        let messages = feed.messages(old.as_ref().map(|(o, _)| o));
-        self.link_sent = Some((feed, now));
+    /// `messages` as one immediate bundle, encoded once, to every destination.
+    fn send_bundle(
+        &mut self,
+        messages: Vec<Message>,
+        destinations: &[SocketAddr],
+        out: &mut Output,
+    ) {
         if messages.is_empty() {
             return;
         }
@@ -1054,6 +1049,21 @@ impl OscCore {
             out.datagrams.push((*to, bytes.clone()));
             self.status.feedback_sent += 1;
         }
+    }
+
+    /// Link's fields to everyone who takes feedback: change-only, at most every
+    /// [`TRANSPORT_INTERVAL`] (the phase moves all the time).
+    fn link_feedback(&mut self, now: Nanos, destinations: &[SocketAddr], out: &mut Output) {
+        let Some(feed) = self.link else {
+            return;
+        };
+        let old = self.link_sent;
+        if old.is_some_and(|(o, at)| o == feed || now < at + TRANSPORT_INTERVAL) {
+            return;
+        }
+        let messages = feed.messages(old.as_ref().map(|(o, _)| o));
+        self.link_sent = Some((feed, now));
+        self.send_bundle(messages, destinations, out);
     }
 
     fn transport_feedback(
@@ -1077,21 +1087,7 @@ impl OscCore {
         }
         let messages = feed.messages(&prefix, old.as_ref().map(|(o, _)| o));
         instance.transport_sent = Some((feed, now));
-        if messages.is_empty() {
-            return;
-        }
-        let mut bytes = Vec::new();
-        osc::encode(
-            &Packet::Bundle {
-                time: osc::IMMEDIATELY,
-                elements: messages.into_iter().map(Packet::Message).collect(),
-            },
-            &mut bytes,
-        );
-        for to in destinations {
-            out.datagrams.push((*to, bytes.clone()));
-            self.status.feedback_sent += 1;
-        }
+        self.send_bundle(messages, destinations, out);
     }
 }
 
