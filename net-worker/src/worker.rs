@@ -693,11 +693,17 @@ fn run_link(
     mut osc: Option<&mut osc::OscServer>,
 ) -> Option<f64> {
     let now = link::now_micros();
-    let link_minus_host = link::link_minus_host();
     let leader = rings.values().find_map(|a| {
         let mode = link::LinkMode::from_normalized(param(a, "lnk_md")?);
         (mode != link::LinkMode::Off).then_some((a, mode))
     });
+    // Only needed while some instance is in Link (a timeline exists only then): no clock
+    // reads on every worker loop while Link is Off.
+    let link_minus_host = if leader.is_some() {
+        link::link_minus_host()
+    } else {
+        0.0
+    };
     let interface = leader
         .and_then(|(a, _)| a.settings.as_ref())
         .map(|s| s.link_interface.clone())

@@ -117,22 +117,31 @@ impl ClockFollower {
         if enabled == self.enabled {
             return;
         }
-        self.enabled = enabled;
         if enabled {
+            self.enabled = true;
             self.resync_pending = true;
-        } else if self.remote != Remote::Stopped {
-            if let Some(last) = self.last {
-                self.pass(
-                    Outgoing {
-                        kind: ClockKind::Stop,
-                        repair: true,
-                        ..last
-                    },
-                    out,
-                );
-            }
-            self.remote = Remote::Stopped;
+        } else {
+            self.stop_destination(out);
+            self.enabled = false;
         }
+    }
+
+    /// A running destination gets a Stop (a repair, after the last message it had).
+    fn stop_destination(&mut self, out: &mut impl FnMut(Outgoing)) {
+        if self.enabled
+            && self.remote != Remote::Stopped
+            && let Some(last) = self.last
+        {
+            self.pass(
+                Outgoing {
+                    kind: ClockKind::Stop,
+                    repair: true,
+                    ..last
+                },
+                out,
+            );
+        }
+        self.remote = Remote::Stopped;
     }
 
     /// Pass a message on, unless transport messages are switched off.
@@ -155,20 +164,7 @@ impl ClockFollower {
     /// destination gets a Stop, and the new source's messages start a fresh sequence (its
     /// Start or Song Position puts the destination right).
     pub fn switch_source(&mut self, out: &mut impl FnMut(Outgoing)) {
-        if self.enabled
-            && self.remote != Remote::Stopped
-            && let Some(last) = self.last
-        {
-            self.pass(
-                Outgoing {
-                    kind: ClockKind::Stop,
-                    repair: true,
-                    ..last
-                },
-                out,
-            );
-        }
-        self.remote = Remote::Stopped;
+        self.stop_destination(out);
         self.expected_seq = None;
         self.resync_pending = false;
     }
