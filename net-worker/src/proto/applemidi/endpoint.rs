@@ -318,6 +318,7 @@ impl Endpoint {
                 from: on,
                 to: from,
                 bytes,
+                due: None,
             });
             self.events.push_back(EndpointEvent::Refused(from));
             return;

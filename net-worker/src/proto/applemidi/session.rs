@@ -59,6 +59,9 @@ pub struct Transmit {
     pub to: SocketAddr,
     /// Bytes.
     pub bytes: Vec<u8>,
+    /// For RTP-MIDI packets: when the packet is due to leave (host ns), so a send path can hold
+    /// it until then; `None` for AppleMIDI control datagrams, which leave at once.
+    pub due: Option<Nanos>,
 }
 
 /// Why a session ended.
@@ -141,6 +144,9 @@ pub struct Session {
     rtts: VecDeque<(f64, f64)>,
     samples: u64,
     rtp_seq: u16,
+    /// The newest RTP-MIDI packet's (due time, session timestamp): every later packet leaves no
+    /// earlier and carries no smaller timestamp, whatever built it (clock, guard, Stop).
+    last_rtp: Option<(Nanos, u64)>,
     /// What our packets' journals say, and guard packets.
     journal: JournalSender,
     /// What the peer's packets did to its sequencer state (and loss counters).
@@ -247,6 +253,7 @@ impl Session {
             receiver: SequencerReceiver::new(),
             rs_at: None,
             guard_commands: Vec::new(),
+            last_rtp: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -344,7 +351,12 @@ impl Session {
         };
         let mut bytes = Vec::with_capacity(36);
         super::encode_into(command, &mut bytes);
-        self.transmits.push_back(Transmit { from, to, bytes });
+        self.transmits.push_back(Transmit {
+            from,
+            to,
+            bytes,
+            due: None,
+        });
     }
 
     fn send_exchange(&mut self, from: Port, make: impl Fn(Exchange) -> Command, with_name: bool) {
@@ -499,7 +511,10 @@ impl Session {
         if self.state == State::Connected {
             let mut commands = std::mem::take(&mut self.guard_commands);
             if self.journal.guard_due(now, &mut commands) {
-                self.send_midi(now, ticks(self.epoch, now), &commands);
+                // Clock packets may already be built ahead of `now` (a send path holds them
+                // until due): the guard follows the newest, so timestamps never go backwards.
+                let at = self.last_rtp.map_or(now, |(due, _)| due.max(now));
+                self.send_midi(at, ticks(self.epoch, at), &commands);
             }
             self.guard_commands = commands;
             if self.rs_at.is_some_and(|t| now >= t) {
@@ -596,12 +611,19 @@ impl Session {
     }
 
     /// Queue an RTP-MIDI packet with `commands`, the first at session time `timestamp`
-    /// (10 kHz ticks; later commands' `offset`s are relative to it), sent at `now`; it carries
-    /// the journal if that is on. Ignored unless connected.
+    /// (10 kHz ticks; later commands' `offset`s are relative to it), due to leave at `now`; it
+    /// carries the journal if that is on. Ignored unless connected. Packets are monotonic in
+    /// the order they are queued: due time and timestamp are raised to the previous packet's
+    /// if they are earlier (a late-built packet never overtakes or predates an earlier one).
     pub fn send_midi(&mut self, now: Nanos, timestamp: u64, commands: &[TimedCommand]) {
         if self.state != State::Connected {
             return;
         }
+        let (now, timestamp) = match self.last_rtp {
+            Some((due, ts)) => (now.max(due), timestamp.max(ts)),
+            None => (now, timestamp),
+        };
+        self.last_rtp = Some((now, timestamp));
         let header = RtpHeader {
             marker: false,
             payload_type: rtpmidi::PAYLOAD_TYPE,
@@ -618,6 +640,7 @@ impl Session {
             from: Port::Data,
             to,
             bytes,
+            due: Some(now),
         });
     }
 

@@ -252,6 +252,104 @@ mod tests {
         assert_eq!(net.endpoints[1].peers()[0].received.packets, 1);
     }
 
+    /// The overload case a second AppleMIDI stack saw: clock packets built ahead of their due
+    /// time (for the send path) or late (a starved worker), guard packets and a Stop built
+    /// between them at whatever `now` the worker had. On the wire, in sequence order, the RTP
+    /// timestamps and due times never go backwards, and clock packets keep their own time
+    /// whenever the stream allows it.
+    #[test]
+    fn a_late_or_early_building_worker_never_sends_timestamps_backwards() {
+        let mut net = start(CLEAN, 11);
+        net.run_until(net.now + 100 * MS);
+        assert!(net.connected(0));
+        // Drain what the handshake left.
+        while net.endpoints[0].poll_transmit().is_some() {}
+        const STOP: TimedCommand = TimedCommand {
+            offset: 0,
+            command: MidiCommand::RealTime(0xFC),
+        };
+        const START: TimedCommand = TimedCommand {
+            offset: 0,
+            command: MidiCommand::RealTime(0xFA),
+        };
+        let tick = 8_333_333; // 300 BPM
+        let mut rng = 0x5eed_u64;
+        let rand = |rng: &mut u64| {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng >> 11
+        };
+        let mut now = net.now;
+        let mut next_tick = now;
+        let mut wire = Vec::new();
+        let mut clock_exact = 0;
+        // Under 30 s of virtual time: nobody answers CK here, and CK_DEAD would end the session.
+        for step in 0..2_000 {
+            // The worker wakes every few ms, and now and then stalls for up to 150 ms (overload):
+            // a stall past the guard delay builds a guard between clock packets.
+            now += if rand(&mut rng) % 10 == 0 {
+                rand(&mut rng) % (150 * MS)
+            } else {
+                rand(&mut rng) % (10 * MS)
+            } + 1;
+            // Clock packets up to 6 ms ahead of now, some already in the past.
+            let ahead = now + 6 * MS;
+            // Either order: timestamps stay monotonic whichever the driver uses.
+            let guards_first = rand(&mut rng) % 2 == 0;
+            if guards_first {
+                net.endpoints[0].handle_timeout(now);
+            }
+            while next_tick <= ahead {
+                net.endpoints[0].send_midi(next_tick, &[CLOCK]);
+                next_tick += tick;
+            }
+            if !guards_first {
+                net.endpoints[0].handle_timeout(now);
+            }
+            if step % 500 == 499 {
+                // A Stop now, a quiet spell the guards fill, and a Start.
+                net.endpoints[0].send_midi(now, &[STOP]);
+                for _ in 0..3 {
+                    now += 300 * MS;
+                    net.endpoints[0].handle_timeout(now);
+                }
+                net.endpoints[0].send_midi(now, &[START]);
+                next_tick = next_tick.max(now);
+            }
+            while let Some(t) = net.endpoints[0].poll_transmit() {
+                if let Some(due) = t.due {
+                    let p = crate::proto::rtpmidi::decode(&t.bytes).expect("our own packet");
+                    wire.push((
+                        p.header.seq,
+                        p.header.timestamp,
+                        due,
+                        !p.commands.is_empty(),
+                        guards_first,
+                    ));
+                }
+            }
+        }
+        // The driver builds due clock packets before it runs timers (guards): there, every
+        // clock packet keeps its own time.
+        let clocks = wire.iter().filter(|w| w.3 && !w.4).count();
+        assert!(clocks > 1_200, "{clocks}");
+        let mut guards = 0;
+        for pair in wire.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert_eq!(b.0, a.0.wrapping_add(1), "sequence order");
+            assert!(b.1 >= a.1, "timestamp went backwards: {a:?} then {b:?}");
+            assert!(b.2 >= a.2, "due time went backwards: {a:?} then {b:?}");
+            guards += usize::from(!b.3);
+            clock_exact += usize::from(b.3 && !b.4 && b.1 > a.1);
+        }
+        assert!(guards > 10, "guard packets were interleaved: {guards}");
+        assert!(
+            clock_exact * 100 >= clocks * 99,
+            "clock packets kept their times: {clock_exact} of {clocks} ({guards} guards)"
+        );
+    }
+
     #[test]
     fn sessions_survive_heavy_loss_duplication_and_reordering() {
         for seed in 1..=20 {
