@@ -1,0 +1,214 @@
+//! The sans-IO OSC bridge's state and its surface: [`OscCore`] (what it knows: the instances
+//! and their parameters, the subscribers and recent senders, the rate-limit buckets, the
+//! schedule, the counters), what it asks the driver to do ([`Output`], [`TransportRequest`],
+//! [`TimedChange`]), and the instance registry (names, address prefixes, current values).
+//!
+//! What it does with that state lives next door, one job a file: `dispatch` (datagrams in),
+//! `schedule` (timed bundles), `mappings` (user addresses), `feedback` (values out), `access`
+//! (allow-list, rate limit), `namespace` (OSCQuery) and `status`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use super::access::{Bucket, Subnet};
+use super::feedback::{LinkFeed, TransportFeed};
+use super::{Nanos, OscStatus};
+use crate::bridge::TransportSnapshot;
+use crate::params::{HostParamChange, ParamSpec};
+use crate::proto::osc::pattern;
+use crate::settings::OscMapping;
+
+/// One plugin instance as the bridge sees it.
+#[derive(Debug)]
+pub(super) struct Instance {
+    pub(super) name: String,
+    pub(super) specs: Vec<ParamSpec>,
+    /// Current values (normalized) as the plugin last reported them.
+    pub(super) values: Vec<f64>,
+    /// Values last sent as feedback, and when.
+    pub(super) fed_back: Vec<(f64, Nanos)>,
+    /// Who moved each parameter last, and when (no echo).
+    pub(super) moved_by: Vec<Option<(SocketAddr, Nanos)>>,
+    /// User mappings: the mapping, its compiled address, the parameter index, and whether
+    /// feedback can go to its address (a literal address with one single-argument mapping).
+    pub(super) mappings: Vec<(OscMapping, pattern::Pattern, usize, bool)>,
+    /// The host transport as last seen, and what was last sent of it (and when).
+    pub(super) transport: Option<TransportSnapshot>,
+    pub(super) transport_sent: Option<(TransportFeed, Nanos)>,
+}
+
+/// The sans-IO OSC bridge.
+#[derive(Debug)]
+pub struct OscCore {
+    pub(super) instances: BTreeMap<u64, Instance>,
+    pub(super) cache: pattern::Cache,
+    /// Subscribers (explicit) with their feedback address.
+    pub(super) subscribers: Vec<SocketAddr>,
+    /// Recent senders and when they were heard.
+    pub(super) recent: Vec<(SocketAddr, Nanos)>,
+    pub(super) buckets: BTreeMap<IpAddr, Bucket>,
+    pub(super) status: OscStatus,
+    pub(super) last_messages: VecDeque<String>,
+    /// Unix time minus host time, ns (time tags are wall-clock NTP times).
+    pub(super) wall_offset_ns: f64,
+    /// The user's allow-list (empty: [`allowed_by_default`](super::allowed_by_default)).
+    pub(super) allow: Vec<Subnet>,
+    /// The due time of the bundle being handled (None = at once).
+    pub(super) due: Option<Nanos>,
+    /// Link as last reported, and what was last sent of it (and when).
+    pub(super) link: Option<LinkFeed>,
+    pub(super) link_sent: Option<(LinkFeed, Nanos)>,
+    /// The host application takes transport requests (Lockstep's headless runner does; no
+    /// DAW can).
+    pub(super) transport_control: bool,
+    /// Timed changes: (due host time, instance, change), kept sorted by due time.
+    pub(super) scheduled: VecDeque<(Nanos, u64, HostParamChange)>,
+}
+
+/// A request to move the host's transport (only a host that asked for them gets them: a
+/// plugin cannot drive a DAW's transport).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportRequest {
+    /// Start playing.
+    Play,
+    /// Stop.
+    Stop,
+    /// Set the tempo, BPM.
+    Tempo(f64),
+    /// Move the play position, quarter notes from the song start.
+    Locate(f64),
+}
+
+/// A timed change: (due host time, instance, change).
+pub type TimedChange = (Nanos, u64, HostParamChange);
+
+/// What [`OscCore`] wants done.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Datagrams to send.
+    pub datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    /// Parameter changes for instances' hosts.
+    pub changes: Vec<(u64, HostParamChange)>,
+    /// Transport requests for the host application.
+    pub transport: Vec<TransportRequest>,
+}
+
+fn slug(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let s = s.trim_matches('-').to_owned();
+    if s.is_empty() { "lockstep".into() } else { s }
+}
+
+impl Default for OscCore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OscCore {
+    /// No instances yet.
+    pub fn new() -> Self {
+        Self {
+            instances: BTreeMap::new(),
+            cache: pattern::Cache::new(64),
+            subscribers: Vec::new(),
+            recent: Vec::new(),
+            buckets: BTreeMap::new(),
+            status: OscStatus::default(),
+            last_messages: VecDeque::new(),
+            wall_offset_ns: 0.0,
+            allow: Vec::new(),
+            due: None,
+            link: None,
+            link_sent: None,
+            transport_control: false,
+            scheduled: VecDeque::new(),
+        }
+    }
+
+    /// Register instance `id` called `name` with its parameters (at their defaults until it
+    /// reports values).
+    pub fn add_instance(&mut self, id: u64, name: &str, specs: Vec<ParamSpec>) {
+        let base = slug(name);
+        let taken = |n: &str, me: &BTreeMap<u64, Instance>| {
+            me.iter().any(|(other, i)| *other != id && i.name == n)
+        };
+        let name = (1..)
+            .map(|k| {
+                if k == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}-{k}")
+                }
+            })
+            .find(|n| !taken(n, &self.instances))
+            .unwrap_or(base);
+        let n = specs.len();
+        let values = specs.iter().map(|s| s.default).collect();
+        self.instances.insert(
+            id,
+            Instance {
+                name,
+                specs,
+                values,
+                fed_back: vec![(f64::NAN, 0); n],
+                moved_by: vec![None; n],
+                mappings: Vec::new(),
+                transport: None,
+                transport_sent: None,
+            },
+        );
+    }
+
+    /// Forget instance `id`.
+    pub fn remove_instance(&mut self, id: u64) {
+        self.instances.remove(&id);
+    }
+
+    /// True if no instance is registered.
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+
+    /// The plugin reports parameter `index` of instance `id` is now `normalized`.
+    pub fn set_current(&mut self, id: u64, index: usize, normalized: f64) {
+        if let Some(v) = self
+            .instances
+            .get_mut(&id)
+            .and_then(|i| i.values.get_mut(index))
+        {
+            *v = normalized;
+        }
+    }
+
+    /// The value of switch parameter `param` (e.g. `osc_on`) of instance `id`, on if unknown.
+    pub(super) fn switch_on(&self, id: u64, param: &str) -> bool {
+        self.instances.get(&id).is_none_or(|i| {
+            i.specs
+                .iter()
+                .position(|s| s.id == param)
+                .is_none_or(|k| i.values[k] >= 0.5)
+        })
+    }
+
+    /// The address prefix of an instance: short form when it is the only one.
+    pub(super) fn prefix(&self, id: u64) -> String {
+        match self.instances.get(&id) {
+            Some(_) if self.instances.len() == 1 => "/lockstep".into(),
+            Some(i) => format!("/lockstep/{}", i.name),
+            None => String::new(),
+        }
+    }
+}

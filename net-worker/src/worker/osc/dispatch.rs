@@ -1,0 +1,421 @@
+//! Messages in: what [`OscCore`] does with a datagram. It checks the source, size and rate
+//! (those refusals are only counted), decodes, answers `/lockstep/dump`, `/lockstep/subscribe`
+//! and `/lockstep/unsubscribe`, passes transport requests to a host that takes them, tries the
+//! user's mappings, and otherwise matches the address (a pattern may reach several parameters
+//! of several instances) and turns the first argument into a host parameter change (real
+//! units, normalized, or an enum's name). Every other mistake is counted and answered on
+//! `/lockstep/error`.
+
+use std::net::SocketAddr;
+
+use super::{MAX_PACKET, MAX_SUBSCRIBERS, Nanos, OscCore, Output, RECENT_SENDER, TransportRequest};
+use crate::params::{HostParamChange, ValueError};
+use crate::proto::osc::{self, Arg, Message};
+
+impl OscCore {
+    /// Whether the host application takes transport requests.
+    pub fn set_transport_control(&mut self, on: bool) {
+        self.transport_control = on;
+    }
+
+    /// A datagram from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Nanos,
+        from: SocketAddr,
+        bytes: &[u8],
+        out: &mut Output,
+    ) {
+        self.status.received += 1;
+        if !self.allowed(from.ip()) {
+            self.status.refused_source += 1;
+            return;
+        }
+        if bytes.len() > MAX_PACKET {
+            self.status.too_large += 1;
+            return;
+        }
+        if !self.allow_rate(now, from.ip()) {
+            self.status.rate_limited += 1;
+            return;
+        }
+        match osc::decode(bytes) {
+            Ok(packet) => {
+                self.remember_sender(now, from);
+                self.handle_packet(now, from, &packet, out);
+            }
+            Err(e) => {
+                self.status.malformed += 1;
+                self.error(from, "", &format!("malformed packet: {e}"), out);
+            }
+        }
+    }
+
+    fn remember_sender(&mut self, now: Nanos, from: SocketAddr) {
+        self.recent
+            .retain(|(a, t)| *a != from && now < t + RECENT_SENDER);
+        if self.recent.len() < MAX_SUBSCRIBERS {
+            self.recent.push((from, now));
+        }
+    }
+
+    pub(super) fn handle_message(
+        &mut self,
+        now: Nanos,
+        from: SocketAddr,
+        m: &Message,
+        out: &mut Output,
+    ) {
+        if self.last_messages.len() == 8 {
+            self.last_messages.pop_front();
+        }
+        let args: Vec<String> = m.args.iter().map(|a| format!("{a:?}")).collect();
+        self.last_messages
+            .push_back(format!("{} {} from {from}", m.address, args.join(" ")));
+        match m.address.as_str() {
+            "/lockstep/dump" => return self.dump(from, out),
+            "/lockstep/subscribe" => {
+                let port = match m.args.first() {
+                    Some(Arg::Int(p)) if (1..=65535).contains(p) => *p as u16,
+                    _ => from.port(),
+                };
+                let to = SocketAddr::new(from.ip(), port);
+                if !self.subscribers.contains(&to) && self.subscribers.len() < MAX_SUBSCRIBERS {
+                    self.subscribers.push(to);
+                }
+                return self.dump(to, out);
+            }
+            "/lockstep/transport/play"
+            | "/lockstep/transport/stop"
+            | "/lockstep/transport/tempo"
+            | "/lockstep/transport/locate" => {
+                return self.transport_request(from, m, out);
+            }
+            "/lockstep/unsubscribe" => {
+                self.subscribers.retain(|a| a.ip() != from.ip());
+                self.recent.retain(|(a, _)| *a != from);
+                return;
+            }
+            _ => {}
+        }
+        if self.handle_mapped(now, from, m, out) {
+            return;
+        }
+        let pattern = match self.cache.get(&m.address) {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                self.status.unknown_address += 1;
+                return self.error(from, &m.address, &format!("bad address pattern: {e}"), out);
+            }
+        };
+        let mut targets = Vec::new();
+        let ids: Vec<u64> = self.instances.keys().copied().collect();
+        for id in ids {
+            let prefixes = [
+                self.prefix(id),
+                format!("/lockstep/{}", self.instances[&id].name),
+            ];
+            for (index, spec) in self.instances[&id].specs.iter().enumerate() {
+                for prefix in &prefixes {
+                    let real = format!("{prefix}/param/{}", spec.id);
+                    let normalized = format!("{real}/normalized");
+                    if pattern.matches(&real) {
+                        targets.push((id, index, false));
+                        break;
+                    }
+                    if pattern.matches(&normalized) {
+                        targets.push((id, index, true));
+                        break;
+                    }
+                }
+            }
+        }
+        if targets.is_empty() {
+            self.status.unknown_address += 1;
+            return self.error(from, &m.address, "no such address", out);
+        }
+        let Some(arg) = m.args.first() else {
+            self.status.wrong_type += 1;
+            return self.error(from, &m.address, "a value is needed", out);
+        };
+        for (id, index, normalized) in targets {
+            if !self.switch_on(id, "osc_on") {
+                self.status.disabled += 1;
+                self.error(
+                    from,
+                    &m.address,
+                    "OSC Control is switched off for this instance",
+                    out,
+                );
+                continue;
+            }
+            let spec = &self.instances[&id].specs[index];
+            let value = match (arg, normalized) {
+                (Arg::Str(s) | Arg::Symbol(s), false) => spec.normalize_name(s),
+                (a, true) => match a.as_f64() {
+                    Some(v) if (0.0..=1.0).contains(&v) => Ok(v),
+                    Some(v) => Err(ValueError::OutOfRange(format!("{v} is outside 0..1"))),
+                    None => Err(ValueError::WrongType(format!(
+                        "type '{}' is not a number",
+                        a.tag()
+                    ))),
+                },
+                (a, false) => match a.as_f64() {
+                    Some(v) => spec.normalize(v),
+                    None => Err(ValueError::WrongType(format!(
+                        "type '{}' is not a number, bool or name",
+                        a.tag()
+                    ))),
+                },
+            };
+            match value {
+                Ok(v) => {
+                    let change = HostParamChange {
+                        clap_id: spec.clap_id,
+                        value: spec.clap_value(v),
+                        at_sample: None,
+                    };
+                    let instance = self.instances.get_mut(&id).expect("present");
+                    instance.moved_by[index] = Some((from, now));
+                    self.emit(id, change, out);
+                    self.status.applied += 1;
+                }
+                Err(ValueError::OutOfRange(why)) => {
+                    self.status.out_of_range += 1;
+                    self.error(from, &m.address, &why, out);
+                }
+                Err(ValueError::WrongType(why)) => {
+                    self.status.wrong_type += 1;
+                    self.error(from, &m.address, &why, out);
+                }
+            }
+        }
+    }
+
+    fn transport_request(&mut self, from: SocketAddr, m: &Message, out: &mut Output) {
+        if !self.transport_control {
+            self.status.disabled += 1;
+            return self.error(
+                from,
+                &m.address,
+                "a plugin cannot move the DAW's transport: use the DAW's own remote control",
+                out,
+            );
+        }
+        let number = m.args.first().and_then(Arg::as_f64);
+        let request = match (m.address.rsplit('/').next().unwrap_or_default(), number) {
+            ("play", _) => TransportRequest::Play,
+            ("stop", _) => TransportRequest::Stop,
+            ("tempo", Some(bpm)) if (20.0..=999.0).contains(&bpm) => TransportRequest::Tempo(bpm),
+            ("locate", Some(beats)) if beats >= 0.0 && beats.is_finite() => {
+                TransportRequest::Locate(beats)
+            }
+            ("tempo" | "locate", Some(v)) => {
+                self.status.out_of_range += 1;
+                return self.error(from, &m.address, &format!("{v} is out of range"), out);
+            }
+            _ => {
+                self.status.wrong_type += 1;
+                return self.error(from, &m.address, "a number is needed", out);
+            }
+        };
+        self.status.applied += 1;
+        out.transport.push(request);
+    }
+
+    pub(super) fn error(&mut self, to: SocketAddr, address: &str, why: &str, out: &mut Output) {
+        let mut bytes = Vec::new();
+        osc::encode_message(
+            &Message::new(
+                "/lockstep/error",
+                vec![Arg::Str(address.to_owned()), Arg::Str(why.to_owned())],
+            ),
+            &mut bytes,
+        );
+        out.datagrams.push((to, bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{ParamKind, ParamSpec};
+    use crate::worker::osc::MS;
+    use crate::worker::osc::tests::{PHONE, errors, send, specs};
+
+    #[test]
+    fn sets_parameters_in_real_units_normalized_and_by_name() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        let phone = SocketAddr::from(PHONE);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/clk_ofs", vec![Arg::Float(-125.0)]),
+        );
+        assert_eq!(
+            out.changes,
+            vec![(
+                1,
+                HostParamChange {
+                    clap_id: 11,
+                    value: 0.25,
+                    at_sample: None
+                }
+            )]
+        );
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/mac_1/normalized", vec![Arg::Double(0.75)]),
+        );
+        assert_eq!(out.changes[0].1.value, 0.75);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/lnk_md", vec![Arg::Symbol("Follow".into())]),
+        );
+        assert_eq!(
+            out.changes[0].1,
+            HostParamChange {
+                clap_id: 12,
+                value: 2.0,
+                at_sample: None
+            }
+        );
+        // Patterns reach several parameters at once.
+        let out = send(
+            &mut core,
+            phone,
+            Message::new(
+                "/lockstep/param/{mac_1,clk_ofs}/normalized",
+                vec![Arg::Int(1)],
+            ),
+        );
+        assert_eq!(out.changes.len(), 2);
+        assert_eq!(core.status().applied, 5);
+    }
+
+    #[test]
+    fn bad_input_is_answered_and_counted() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        let phone = SocketAddr::from(PHONE);
+        let out = send(&mut core, phone, Message::new("/nope", vec![Arg::Int(1)]));
+        assert_eq!(errors(&out)[0].args[1], Arg::Str("no such address".into()));
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/clk_ofs", vec![Arg::Float(300.0)]),
+        );
+        assert!(out.changes.is_empty());
+        assert!(matches!(&errors(&out)[0].args[1], Arg::Str(s) if s.contains("outside")));
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/clk_ofs", vec![Arg::Blob(vec![1])]),
+        );
+        assert!(matches!(&errors(&out)[0].args[1], Arg::Str(s) if s.contains("'b'")));
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/lnk_md", vec![Arg::Str("Chase".into())]),
+        );
+        assert_eq!(errors(&out).len(), 1);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/mac_1", vec![]),
+        );
+        assert_eq!(errors(&out).len(), 1);
+        let mut out = Output::default();
+        core.handle_datagram(0, phone, b"garbage!", &mut out);
+        let s = core.status();
+        assert_eq!(
+            (s.unknown_address, s.out_of_range, s.wrong_type, s.malformed),
+            (1, 2, 2, 1)
+        );
+        // A public address is refused silently (and counted).
+        let mut out = Output::default();
+        core.handle_datagram(
+            0,
+            SocketAddr::from(([203, 0, 113, 9], 9000)),
+            b"/x\0\0",
+            &mut out,
+        );
+        assert!(out.datagrams.is_empty());
+        assert_eq!(core.status().refused_source, 1);
+        // Oversized.
+        core.handle_datagram(0, phone, &vec![b'/'; MAX_PACKET + 4], &mut out);
+        assert_eq!(core.status().too_large, 1);
+    }
+
+    #[test]
+    fn the_osc_switches_are_honoured() {
+        let mut specs = specs();
+        for id in ["osc_on", "osc_fb"] {
+            specs.push(ParamSpec {
+                id: id.into(),
+                name: id.into(),
+                kind: ParamKind::Bool,
+                clap_id: 20,
+                default: 1.0,
+            });
+        }
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs);
+        let phone = SocketAddr::from(PHONE);
+        send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/subscribe", vec![]),
+        );
+        core.set_current(1, 4, 0.0); // feedback off
+        core.set_current(1, 2, 0.3);
+        let mut out = Output::default();
+        core.feedback(2_000 * MS, &mut out);
+        assert!(out.datagrams.is_empty(), "no feedback while osc_fb is off");
+        core.set_current(1, 3, 0.0); // control off
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/mac_1", vec![Arg::Float(1.0)]),
+        );
+        assert!(out.changes.is_empty());
+        assert_eq!(errors(&out).len(), 1);
+        assert_eq!(core.status().disabled, 1);
+    }
+
+    #[test]
+    fn transport_requests_only_when_the_host_takes_them() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        let phone = SocketAddr::from(PHONE);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/transport/play", vec![]),
+        );
+        assert!(out.transport.is_empty());
+        assert_eq!(errors(&out).len(), 1, "a DAW's transport cannot be driven");
+        core.set_transport_control(true);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/transport/tempo", vec![Arg::Float(140.0)]),
+        );
+        assert_eq!(out.transport, vec![TransportRequest::Tempo(140.0)]);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/transport/tempo", vec![Arg::Float(5.0)]),
+        );
+        assert!(out.transport.is_empty() && errors(&out).len() == 1);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/transport/locate", vec![Arg::Int(8)]),
+        );
+        assert_eq!(out.transport, vec![TransportRequest::Locate(8.0)]);
+    }
+}
