@@ -26,5 +26,6 @@ pub mod params;
 pub mod proto;
 pub mod settings;
 pub mod status;
+pub mod sys;
 pub mod view;
 pub mod worker;

@@ -390,6 +390,7 @@ mod tests {
             rtp_sent: 0,
             rtp_received: 0,
             send_errors: 0,
+            oversize: 0,
         });
         s
     }

@@ -45,6 +45,10 @@ pub struct NetSettings {
     /// Who may send OSC: addresses or subnets (`192.168.1.0/24`, `10.0.0.7`, `::1`). Empty =
     /// loopback, private and link-local ranges.
     pub osc_allow: Vec<String>,
+    /// Most OSC messages a second from one source address (bursts to twice that); more are
+    /// refused and counted. Protective by default; a studio with a fast controller (or a
+    /// benchmark) raises it.
+    pub osc_rate_limit: f64,
     /// The network interfaces Link runs on: names (`eth0`, `en0`) or IPv4 addresses, comma
     /// separated, or `all` (every interface that is up with multicast); empty = the interface
     /// the system routes Link's multicast group through.
@@ -177,6 +181,7 @@ impl Default for NetSettings {
             osc_mappings: Vec::new(),
             oscquery_lan: false,
             osc_allow: Vec::new(),
+            osc_rate_limit: crate::worker::osc::RATE_PER_SOURCE,
             link_interface: String::new(),
             macro_names: vec![String::new(); MACRO_COUNT],
         }

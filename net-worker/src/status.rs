@@ -39,6 +39,59 @@ pub struct WorkerStatus {
     /// Ableton Link (None while every instance's Link Mode is Off).
     #[serde(default)]
     pub link: Option<crate::worker::link::LinkStatus>,
+    /// The clock send path: datagrams sent, late, errors (None until the worker started it).
+    #[serde(default)]
+    pub send_path: Option<crate::worker::sender::SenderStats>,
+    /// How the send path's thread is scheduled.
+    #[serde(default)]
+    pub send_scheduling: String,
+    /// Passes of the worker's loop so far (each one a wake-up: a socket, a command or a
+    /// deadline), for the idle-cost checks.
+    #[serde(default)]
+    pub passes: u64,
+}
+
+impl WorkerStatus {
+    /// Nothing published yet.
+    pub fn empty() -> Self {
+        Self {
+            running: false,
+            thread_name: crate::worker::THREAD_NAME.to_owned(),
+            worker_starts: 0,
+            uptime_ms: 0,
+            instances: Vec::new(),
+            discovery: DiscoveryStatus::default(),
+            scheduling: String::new(),
+            osc: None,
+            link: None,
+            send_path: None,
+            send_scheduling: String::new(),
+            passes: 0,
+        }
+    }
+}
+
+impl InstanceStatus {
+    /// An instance the worker has not reported on yet.
+    pub fn new(id: u64) -> Self {
+        Self {
+            id,
+            events_pushed: 0,
+            events_dropped_full: 0,
+            events_drained: 0,
+            blocks: 0,
+            last_transport: None,
+            clock_state: ClockState::default(),
+            clock_messages: 0,
+            clock_ticks: 0,
+            clock_gaps: 0,
+            clock_lost: 0,
+            last_clock: None,
+            clock_schedule: crate::worker::instance::DEFAULT_SCHEDULE,
+            clock_timing: SchedulerStats::default(),
+            rtpmidi: None,
+        }
+    }
 }
 
 /// One activated plugin instance, as the worker sees it.

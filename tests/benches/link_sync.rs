@@ -61,7 +61,7 @@ fn run() -> anyhow::Result<()> {
                 change.2 = Some(now as f64);
             }
         }
-        ours.poll(now);
+        ours.poll(now, true);
         let core = ours.core();
         if joined.is_none() && core.counters().joins > 0 {
             joined = Some((now as f64, Instant::now()));

@@ -150,7 +150,7 @@ fn lockstep_joins_an_aalink_session_and_tempo_changes_go_both_ways() -> Result<(
     let run = |ours: &mut LinkDriver, for_: Duration| {
         let until = Instant::now() + for_;
         while Instant::now() < until {
-            ours.poll(now_micros());
+            ours.poll(now_micros(), true);
             std::thread::sleep(Duration::from_millis(2));
         }
     };
@@ -313,7 +313,7 @@ fn lockstep_and_aalink_play_the_same_beat_at_the_same_time() -> Result<()> {
     let mut run = |ours: &mut LinkDriver, until: Instant| {
         while Instant::now() < until {
             let now = now_micros();
-            ours.poll(now);
+            ours.poll(now, true);
             let core = ours.core();
             history.record(now as f64, core.beats_at(now), core.tempo());
             std::thread::sleep(Duration::from_millis(1));
@@ -334,13 +334,22 @@ fn lockstep_and_aalink_play_the_same_beat_at_the_same_time() -> Result<()> {
         errors.len(),
         samples.len()
     );
-    let (p50, max) = (quantile(&errors, 0.5), quantile(&errors, 1.0));
-    println!(
-        "phase vs aalink over {} readings: p50 {p50:.1} µs, p99 {:.1} µs, max {max:.1} µs",
-        errors.len(),
-        quantile(&errors, 0.99)
+    let (p50, p99, max) = (
+        quantile(&errors, 0.5),
+        quantile(&errors, 0.99),
+        quantile(&errors, 1.0),
     );
-    ensure!(p50 < 1_000.0 && max < 3_000.0, "p50 {p50} µs, max {max} µs");
+    println!(
+        "phase vs aalink over {} readings: p50 {p50:.1} µs, p99 {p99:.1} µs, max {max:.1} µs",
+        errors.len(),
+    );
+    // The README's claims: the same beat at the same time as aalink (measured p50 10–35 µs),
+    // p99 within the bench's 500 µs, max within Link's own 3 ms test-plan tolerance. A
+    // p50 of 100 µs (3× the worst seen, on this busy machine) already fails.
+    ensure!(
+        p50 < 100.0 && p99 < 500.0 && max < 3_000.0,
+        "p50 {p50} µs, p99 {p99} µs, max {max} µs"
+    );
     Ok(())
 }
 

@@ -337,7 +337,11 @@ fn the_touchosc_preset_maps_controller_addresses_onto_macros() -> Result<()> {
     for (id, v) in want {
         ensure!((instance.param_value(id)? - v).abs() < 1e-6, "param {id}");
     }
-    let osc = probe.read()?.worker.osc.context("osc status")?;
+    // The status is a snapshot published at most ~30 times a second: wait for it.
+    let status = wait_for(&probe, "three applied", |s| {
+        s.worker.osc.as_ref().is_some_and(|o| o.applied >= 3)
+    })?;
+    let osc = status.worker.osc.context("osc status")?;
     ensure!(
         osc.applied == 3 && osc.mapping_errors.is_empty() && osc.unknown_address == 0,
         "{osc:?}"
@@ -455,8 +459,12 @@ fn timed_bundles_land_on_their_sample() -> Result<()> {
         "timed bundle: sample {actual} (offset {} in its block), expected {expected:.1}: error {error:+.1} samples",
         offset[0]
     );
+    // The README claims within 2 samples of where this host's own clock puts the time tag
+    // (measured −1.8…+0.6: the reference is a line through the wall-clock times at which this
+    // debug-built host calls process(), a few tens of µs before the plugin reads its clock);
+    // the margin to 2.5 is for that reference on a busy machine. Three samples off fails.
     ensure!(
-        error.abs() <= 48.0,
+        error.abs() < 2.5,
         "landed {error:+.1} samples from its time (block {BLOCK})"
     );
     let osc = probe.read()?.worker.osc.context("osc")?;

@@ -92,7 +92,20 @@ impl Discovery {
 
     fn daemon(&mut self) -> Option<&ServiceDaemon> {
         if self.daemon.is_none() {
-            match ServiceDaemon::new() {
+            // The daemon's thread inherits its creator's scheduling: start it from a helper at
+            // normal priority, so a flood of mDNS traffic never competes with the clock.
+            let started = std::thread::scope(|scope| {
+                std::thread::Builder::new()
+                    .name("lockstep-mdns-start".into())
+                    .spawn_scoped(scope, || {
+                        crate::sys::normal_priority();
+                        ServiceDaemon::new()
+                    })
+                    .map_err(|e| mdns_sd::Error::Msg(e.to_string()))?
+                    .join()
+                    .unwrap_or_else(|_| Err(mdns_sd::Error::Msg("start panicked".into())))
+            });
+            match started {
                 Ok(daemon) => {
                     match daemon.browse(APPLE_MIDI) {
                         Ok(rx) => self.browsing = Some(rx),
@@ -173,10 +186,14 @@ impl Discovery {
         }
     }
 
-    /// Take in what the browser found (never blocks).
-    pub fn poll(&mut self) {
-        let Some(rx) = &self.browsing else { return };
+    /// Take in what the browser found (never blocks). True if the list changed.
+    pub fn poll(&mut self) -> bool {
+        let Some(rx) = &self.browsing else {
+            return false;
+        };
+        let mut changed = false;
         while let Ok(event) = rx.try_recv() {
+            changed = true;
             match event {
                 ServiceEvent::ServiceResolved(service) => {
                     let mut addresses: Vec<String> = service
@@ -207,6 +224,7 @@ impl Discovery {
                 _ => {}
             }
         }
+        changed
     }
 
     /// The status.

@@ -16,7 +16,10 @@
 use std::io::ErrorKind;
 
 use serde::{Deserialize, Serialize};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use mio::net::UdpSocket;
+use mio::{Interest, Registry, Token};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -153,12 +156,7 @@ impl LinkDriver {
             let measurement = udp(SocketAddrV4::new(address, 0), false)?;
             // Kernel receive times: a PONG read a millisecond late must not count as a
             // millisecond-longer round trip (see `LinkCore::handle_measurement_at`).
-            #[cfg(target_os = "linux")]
-            let _ = nix::sys::socket::setsockopt(
-                &measurement,
-                nix::sys::socket::sockopt::ReceiveTimestampns,
-                &true,
-            );
+            crate::sys::enable_rx_timestamps(&measurement);
             let measurement_addr = measurement
                 .local_addr()?
                 .as_socket()
@@ -166,8 +164,8 @@ impl LinkDriver {
             gateways.push(Gateway {
                 address,
                 prefix,
-                unicast: unicast.into(),
-                measurement: measurement.into(),
+                unicast: UdpSocket::from_std(unicast.into()),
+                measurement: UdpSocket::from_std(measurement.into()),
                 measurement_addr,
             });
         }
@@ -175,7 +173,7 @@ impl LinkDriver {
         let core = LinkCore::new(now_micros(), node_id(), tempo, first.measurement_addr);
         Ok(Self {
             core,
-            group_rx: group_rx.into(),
+            group_rx: UdpSocket::from_std(group_rx.into()),
             gateways,
             group: SocketAddr::from((MULTICAST.0, MULTICAST.1)),
             buf: vec![0; 2048],
@@ -212,8 +210,28 @@ impl LinkDriver {
         &mut self.core
     }
 
-    /// Receive, run timers, send; returns the next deadline (host µs).
-    pub fn poll(&mut self, now: Micros) -> Option<Micros> {
+    /// Register every socket with the worker's readiness loop under `token`.
+    pub fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        registry.register(&mut self.group_rx, token, Interest::READABLE)?;
+        for g in &mut self.gateways {
+            registry.register(&mut g.unicast, token, Interest::READABLE)?;
+            registry.register(&mut g.measurement, token, Interest::READABLE)?;
+        }
+        Ok(())
+    }
+
+    /// Receive (if `readable`: the loop saw the token fire), run timers, send; returns the
+    /// next deadline (Link µs).
+    pub fn poll(&mut self, now: Micros, readable: bool) -> Option<Micros> {
+        if readable {
+            self.receive(now);
+        }
+        self.core.handle_timeout(now);
+        self.flush();
+        self.core.poll_timeout()
+    }
+
+    fn receive(&mut self, now: Micros) {
         let discovery =
             std::iter::once(&self.group_rx).chain(self.gateways.iter().map(|g| &g.unicast));
         for socket in discovery {
@@ -226,15 +244,20 @@ impl LinkDriver {
             }
         }
         for g in &self.gateways {
-            while let Some((n, from, arrived)) = receive_stamped(&g.measurement, &mut self.buf, now)
-            {
-                self.core
-                    .handle_measurement_at(now, arrived, from, &self.buf[..n]);
+            loop {
+                match crate::sys::recv_stamped(&g.measurement, &mut self.buf) {
+                    Ok((n, from, age)) => {
+                        // The kernel's receive time, moved to Link's clock by its age.
+                        let arrived = age.map_or(now, |age| now_micros() - (age / 1_000) as Micros);
+                        self.core
+                            .handle_measurement_at(now, arrived, from, &self.buf[..n]);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
             }
         }
-        self.core.handle_timeout(now);
-        self.flush();
-        self.core.poll_timeout()
     }
 
     fn flush(&mut self) {
@@ -285,60 +308,6 @@ impl LinkDriver {
     }
 }
 
-/// One datagram from a non-blocking socket: (length, sender, arrival on Link's clock). The
-/// arrival is the kernel's receive time where the kernel gives one (Linux), else `now`.
-#[cfg(target_os = "linux")]
-fn receive_stamped(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-    now: Micros,
-) -> Option<(usize, SocketAddr, Micros)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
-    use nix::sys::time::TimeSpec;
-    use std::os::fd::AsRawFd;
-    let mut iov = [std::io::IoSliceMut::new(buf)];
-    let mut cmsg = nix::cmsg_space!(TimeSpec);
-    let msg = recvmsg::<SockaddrStorage>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_DONTWAIT,
-    )
-    .ok()?;
-    let from = msg.address.and_then(|a| {
-        a.as_sockaddr_in()
-            .map(|v4| SocketAddr::from((v4.ip(), v4.port())))
-    })?;
-    let stamp = msg.cmsgs().ok().and_then(|mut c| {
-        c.find_map(|m| match m {
-            ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
-            _ => None,
-        })
-    });
-    // The stamp is on the wall clock: its age, taken now, moves to Link's clock.
-    let arrived = stamp
-        .and_then(|ts| {
-            let wall = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).ok()?;
-            let age_ns =
-                (wall.tv_sec() - ts.tv_sec()) * 1_000_000_000 + wall.tv_nsec() - ts.tv_nsec();
-            // A stamp from the future or older than a second is not believed.
-            (0..1_000_000_000)
-                .contains(&age_ns)
-                .then(|| now_micros() - age_ns / 1_000)
-        })
-        .unwrap_or(now);
-    Some((msg.bytes, from, arrived))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn receive_stamped(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-    now: Micros,
-) -> Option<(usize, SocketAddr, Micros)> {
-    socket.recv_from(buf).ok().map(|(n, from)| (n, from, now))
-}
-
 impl Drop for LinkDriver {
     fn drop(&mut self) {
         self.close();
@@ -348,7 +317,7 @@ impl Drop for LinkDriver {
 /// The interface address the kernel would use for Link's multicast group (no packet is sent:
 /// a UDP connect only picks the route). Loopback if there is no route.
 pub fn default_interface() -> Ipv4Addr {
-    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+    std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
         .and_then(|s| {
             s.connect((MULTICAST.0, MULTICAST.1))?;
             s.local_addr()
@@ -539,6 +508,8 @@ pub struct LinkStatus {
 #[derive(Debug, Default)]
 pub struct LinkService {
     driver: Option<LinkDriver>,
+    /// The worker's readiness loop and our token in it (a new driver registers there).
+    registration: Option<(Registry, Token)>,
     interfaces: Vec<Ipv4Addr>,
     /// The user's interface choice the driver was opened for.
     choice: String,
@@ -560,12 +531,25 @@ pub struct LinkService {
     pub status_at: Micros,
     /// A status (not None) is published.
     pub status_shown: bool,
+    /// The status as last made, for the worker's published snapshot.
+    pub published_status: Option<LinkStatus>,
 }
 
 impl LinkService {
     /// Nothing running.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A Link peer is open (some instance's Link Mode is not Off).
+    pub fn is_open(&self) -> bool {
+        self.driver.is_some()
+    }
+
+    /// Register every peer this opens with the worker's readiness loop under `token`.
+    pub fn set_registry(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        self.registration = Some((registry.try_clone()?, token));
+        Ok(())
     }
 
     /// Run for `mode` with the leading DAW's `tempo` and `playing` (the first instance whose
@@ -579,6 +563,7 @@ impl LinkService {
         daw: Option<(f64, bool)>,
         start_stop: bool,
         daw_beat: Option<(f64, Micros)>,
+        readable: bool,
     ) -> Option<Micros> {
         if mode == LinkMode::Off {
             self.driver = None;
@@ -596,11 +581,19 @@ impl LinkService {
         }
         if self.driver.is_none() && (self.error.is_none() || now >= self.retry_at) {
             let tempo = daw.map_or(120.0, |d| d.0);
+            let registration = self.registration.as_ref();
             let opened = resolve_interfaces(interface).and_then(|list| {
-                LinkDriver::open_on(&list, tempo).map_err(|e| {
-                    let names: Vec<String> = list.iter().map(|i| i.0.to_string()).collect();
-                    format!("cannot join Link on {}: {e}", names.join(", "))
-                })
+                LinkDriver::open_on(&list, tempo)
+                    .and_then(|mut d| {
+                        if let Some((registry, token)) = registration {
+                            d.register(registry, *token)?;
+                        }
+                        Ok(d)
+                    })
+                    .map_err(|e| {
+                        let names: Vec<String> = list.iter().map(|i| i.0.to_string()).collect();
+                        format!("cannot join Link on {}: {e}", names.join(", "))
+                    })
             });
             match opened {
                 Ok(d) => {
@@ -661,7 +654,7 @@ impl LinkService {
         } else {
             self.offset_ms = None;
         }
-        driver.poll(now)
+        driver.poll(now, readable)
     }
 
     /// The session's timeline now, for a Link-driven clock (None while not in Link).

@@ -9,7 +9,10 @@
 //! listened path's value then arrives as a binary frame holding the OSC message.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
 
 use serde_json::{Value, json};
 
@@ -149,6 +152,11 @@ pub fn respond(request: &[u8], core: &OscCore, host: &HostInfo) -> Vec<u8> {
 struct Connection {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Bytes still to write (a reply, WebSocket frames): written as the socket takes them,
+    /// never by blocking the worker.
+    out: Vec<u8>,
+    /// Close once `out` is written (an HTTP reply).
+    closing: bool,
     since: Nanos,
     /// Upgraded to a WebSocket: the paths it listens to, with the value last sent.
     socket: Option<Vec<(String, Option<Vec<u8>>)>>,
@@ -320,7 +328,7 @@ fn upgrade_key(request: &[u8]) -> Option<String> {
 /// Read the client's frames (LISTEN / IGNORE, ping, close) and send changed values of the
 /// listened paths as binary OSC frames. False when the connection is done.
 fn serve_websocket(
-    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
     buf: &mut Vec<u8>,
     listens: &mut Vec<(String, Option<Vec<u8>>)>,
     core: &OscCore,
@@ -345,12 +353,10 @@ fn serve_websocket(
                         }
                     }
                     0x8 => {
-                        let _ = stream.write_all(&websocket_frame(0x8, &[]));
+                        out.extend_from_slice(&websocket_frame(0x8, &[]));
                         return false;
                     }
-                    0x9 => {
-                        let _ = stream.write_all(&websocket_frame(0xA, &payload));
-                    }
+                    0x9 => out.extend_from_slice(&websocket_frame(0xA, &payload)),
                     _ => {}
                 }
             }
@@ -364,12 +370,27 @@ fn serve_websocket(
         };
         let mut bytes = Vec::new();
         crate::proto::osc::encode_message(&message, &mut bytes);
-        if last.as_ref() != Some(&bytes) {
-            match stream.write(&websocket_frame(0x2, &bytes)) {
-                Ok(_) => *last = Some(bytes),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(_) => return false,
+        // A client that does not read gets no more frames once a few are waiting (it sees the
+        // newest value when it reads again); whole frames only, so the stream stays intact.
+        if last.as_ref() != Some(&bytes) && out.len() < MAX_REQUEST {
+            out.extend_from_slice(&websocket_frame(0x2, &bytes));
+            *last = Some(bytes);
+        }
+    }
+    true
+}
+
+/// Write what `c.out` holds as far as the socket takes it. False when the connection broke.
+fn flush(c: &mut Connection) -> bool {
+    while !c.out.is_empty() {
+        match c.stream.write(&c.out) {
+            Ok(0) => return false,
+            Ok(n) => {
+                c.out.drain(..n);
             }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return false,
         }
     }
     true
@@ -379,6 +400,8 @@ fn serve_websocket(
 #[derive(Debug)]
 pub struct QueryServer {
     listener: TcpListener,
+    /// Where the sockets are registered (accepted connections join it).
+    registration: Option<(Registry, Token)>,
     port: u16,
     lan: bool,
     connections: Vec<Connection>,
@@ -404,18 +427,20 @@ impl QueryServer {
         } else {
             Ipv4Addr::LOCALHOST
         };
-        let listener = TcpListener::bind((ip, port))
-            .or_else(|_| TcpListener::bind((ip, 0)))
+        let listener = std::net::TcpListener::bind((ip, port))
+            .or_else(|_| std::net::TcpListener::bind((ip, 0)))
             .map_err(|e| format!("cannot open the OSCQuery port: {e}"))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| format!("OSCQuery socket: {e}"))?;
+        let listener = TcpListener::from_std(listener);
         let port = listener
             .local_addr()
             .map_err(|e| format!("OSCQuery socket: {e}"))?
             .port();
         Ok(Self {
             listener,
+            registration: None,
             port,
             lan,
             connections: Vec::new(),
@@ -434,15 +459,31 @@ impl QueryServer {
         self.lan
     }
 
-    /// Accept, read and answer whatever is ready; never blocks.
+    /// Register the listener (and, later, every accepted connection) with the worker's
+    /// readiness loop under `token`.
+    pub fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        registry.register(&mut self.listener, token, Interest::READABLE)?;
+        self.registration = Some((registry.try_clone()?, token));
+        Ok(())
+    }
+
+    /// Accept, read and answer whatever is ready; never blocks. Replies a client does not
+    /// read at once wait in its connection's output buffer until the socket takes them (or
+    /// the request timeout ends the connection).
     pub fn poll(&mut self, now: Nanos, core: &OscCore, host: &HostInfo) {
         while self.connections.len() < MAX_CONNECTIONS {
             match self.listener.accept() {
-                Ok((stream, _peer)) => {
-                    if stream.set_nonblocking(true).is_ok() {
+                Ok((mut stream, _peer)) => {
+                    let registered = self.registration.as_ref().is_none_or(|(r, t)| {
+                        r.register(&mut stream, *t, Interest::READABLE | Interest::WRITABLE)
+                            .is_ok()
+                    });
+                    if registered {
                         self.connections.push(Connection {
                             stream,
                             buf: Vec::new(),
+                            out: Vec::new(),
+                            closing: false,
                             since: now,
                             socket: None,
                         });
@@ -453,11 +494,19 @@ impl QueryServer {
         }
         let mut chunk = [0u8; 2048];
         self.connections.retain_mut(|c| {
+            if !flush(c) {
+                return false;
+            }
+            if c.closing {
+                // Waiting for the client to take the reply, not forever.
+                return !c.out.is_empty() && now <= c.since + REQUEST_TIMEOUT;
+            }
             loop {
                 match c.stream.read(&mut chunk) {
                     Ok(0) => return false,
                     Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => return false,
                 }
                 if c.buf.len() > MAX_REQUEST {
@@ -465,7 +514,8 @@ impl QueryServer {
                 }
             }
             if let Some(listens) = &mut c.socket {
-                return serve_websocket(&mut c.stream, &mut c.buf, listens, core);
+                let open = serve_websocket(&mut c.out, &mut c.buf, listens, core);
+                return flush(c) && open;
             }
             let complete = c.buf.windows(4).any(|w| w == b"\r\n\r\n");
             if complete && let Some(key) = upgrade_key(&c.buf) {
@@ -476,7 +526,8 @@ impl QueryServer {
                 self.served += 1;
                 c.buf.clear();
                 c.socket = Some(Vec::new());
-                return c.stream.write_all(reply.as_bytes()).is_ok();
+                c.out.extend_from_slice(reply.as_bytes());
+                return flush(c);
             }
             let reply = if c.buf.len() > MAX_REQUEST {
                 self.refused += 1;
@@ -492,14 +543,10 @@ impl QueryServer {
             };
             match reply {
                 Some(bytes) => {
-                    // Small replies fit the socket buffer; a client that does not read is
-                    // dropped rather than waited for.
-                    let _ = c.stream.set_nonblocking(false);
-                    let _ = c
-                        .stream
-                        .set_write_timeout(Some(std::time::Duration::from_millis(50)));
-                    let _ = c.stream.write_all(&bytes);
-                    false
+                    c.out = bytes;
+                    c.closing = true;
+                    c.since = now;
+                    flush(c) && !c.out.is_empty()
                 }
                 None => true,
             }

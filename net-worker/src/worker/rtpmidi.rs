@@ -2,13 +2,24 @@
 //! AppleMIDI [`Endpoint`], and one clock destination (follower + scheduler) per connected peer,
 //! so a peer that joins mid-song is resynchronised on its own and each peer has its own offset.
 //!
-//! Runs on the worker thread only; sockets are non-blocking and polled every loop.
+//! Runs on the worker thread only. The sockets are non-blocking and registered with the
+//! worker's readiness loop; they are read only when it says they are readable, with the
+//! kernel's receive time (so a CK answer read late does not lengthen the measured round trip).
+//! RTP-MIDI packets are built a little ahead of their due time and handed to the send path
+//! ([`super::sender`]), which sends them exactly then; AppleMIDI control (invitations, CK, BY,
+//! RS) leaves at once from here.
 
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, TryRecvError};
+use mio::{Interest, Registry, Token};
+
+use super::resolver::{Lookup, Resolver};
+use super::sender::{Departure, SendPath};
+use crate::bridge::host_time_ns;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +57,9 @@ pub struct RtpMidiStatus {
     pub rtp_received: u64,
     /// Socket send errors.
     pub send_errors: u64,
+    /// RTP-MIDI packets too long for the send path (sent by the worker at once).
+    #[serde(default)]
+    pub oversize: u64,
 }
 
 /// One peer in the status.
@@ -96,44 +110,17 @@ const RESOLVE_RETRY: Nanos = 30_000_000_000;
 struct Pending {
     peer: PeerSettings,
     /// The lookup under way, or when to start the next one.
-    lookup: Result<Receiver<Result<SocketAddr, String>>, Nanos>,
-}
-
-/// Look `host:port` up on a short-lived helper thread (name lookups block for as long as the
-/// resolver likes; the worker thread never waits for one).
-fn resolve(host: &str, port: u16) -> Receiver<Result<SocketAddr, String>> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let host = host.to_owned();
-    let spawned = std::thread::Builder::new()
-        .name("lockstep-resolve".into())
-        .spawn(move || {
-            let result = (host.as_str(), port)
-                .to_socket_addrs()
-                .map_err(|e| e.to_string())
-                .and_then(|addrs| {
-                    let addrs: Vec<SocketAddr> = addrs.collect();
-                    // Our sockets are IPv4: prefer an IPv4 address.
-                    addrs
-                        .iter()
-                        .find(|a| a.is_ipv4())
-                        .or(addrs.first())
-                        .copied()
-                        .ok_or_else(|| "no address".to_owned())
-                });
-            let _ = tx.send(result);
-        });
-    if let Err(e) = spawned {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let _ = tx.send(Err(format!("cannot start a lookup: {e}")));
-        return rx;
-    }
-    rx
+    lookup: Result<Receiver<Lookup>, Nanos>,
 }
 
 /// The driver.
 pub struct RtpMidi {
-    control: UdpSocket,
-    data: UdpSocket,
+    control: mio::net::UdpSocket,
+    data: mio::net::UdpSocket,
+    /// The data socket again (same socket, another handle) for the send path's thread.
+    data_out: Arc<UdpSocket>,
+    /// Where the sockets are registered, to take them off again when this goes.
+    registry: Option<Registry>,
     port: u16,
     endpoint: Endpoint,
     destinations: BTreeMap<SocketAddr, Destination>,
@@ -159,7 +146,8 @@ impl std::fmt::Debug for RtpMidi {
     }
 }
 
-/// Bind control port `port` and data port `port + 1` on all interfaces.
+/// Bind control port `port` and data port `port + 1` on all interfaces, non-blocking, with
+/// kernel receive timestamps where the OS has them.
 fn bind_pair(port: u16) -> std::io::Result<(UdpSocket, UdpSocket)> {
     let control = UdpSocket::bind(("0.0.0.0", port))?;
     let data = UdpSocket::bind((
@@ -168,6 +156,8 @@ fn bind_pair(port: u16) -> std::io::Result<(UdpSocket, UdpSocket)> {
     ))?;
     control.set_nonblocking(true)?;
     data.set_nonblocking(true)?;
+    crate::sys::enable_rx_timestamps(&control);
+    crate::sys::enable_rx_timestamps(&data);
     Ok((control, data))
 }
 
@@ -186,6 +176,7 @@ impl RtpMidi {
         settings: &NetSettings,
         base: SchedulerConfig,
         seed: u64,
+        resolver: &mut Resolver,
     ) -> Result<Self, String> {
         let port = settings.rtp_midi_port;
         let (control, data) = bind_pair(port).map_err(|e| match e.kind() {
@@ -199,9 +190,15 @@ impl RtpMidi {
             },
             _ => format!("cannot open RTP-MIDI ports {port}/{}: {e}", port.saturating_add(1)),
         })?;
+        let data_out = data
+            .try_clone()
+            .map(Arc::new)
+            .map_err(|e| format!("cannot share the RTP-MIDI data socket: {e}"))?;
         let mut driver = Self {
-            control,
-            data,
+            control: mio::net::UdpSocket::from_std(control),
+            data: mio::net::UdpSocket::from_std(data),
+            data_out,
+            registry: None,
             port,
             endpoint: Endpoint::new(
                 &settings.session_name,
@@ -237,12 +234,20 @@ impl RtpMidi {
                 Ok(ip) => driver.add_peer(now, peer, SocketAddr::new(ip, peer.port)),
                 Err(_) => driver.pending.push(Pending {
                     peer: peer.clone(),
-                    lookup: Ok(resolve(&peer.host, peer.port)),
+                    lookup: Ok(resolver.lookup(&peer.host, peer.port)),
                 }),
             }
         }
-        driver.flush();
+        driver.flush(None);
         Ok(driver)
+    }
+
+    /// Register both sockets with the worker's readiness loop under `token`.
+    pub fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        registry.register(&mut self.control, token, Interest::READABLE)?;
+        registry.register(&mut self.data, token, Interest::READABLE)?;
+        self.registry = Some(registry.try_clone()?);
+        Ok(())
     }
 
     fn add_peer(&mut self, now: Nanos, peer: &PeerSettings, address: SocketAddr) {
@@ -253,7 +258,7 @@ impl RtpMidi {
     }
 
     /// Collect finished host-name lookups; retry failed ones.
-    fn poll_lookups(&mut self, now: Nanos) {
+    fn poll_lookups(&mut self, now: Nanos, resolver: &mut Resolver) {
         let mut i = 0;
         while i < self.pending.len() {
             let host = self.pending[i].peer.host.clone();
@@ -266,7 +271,7 @@ impl RtpMidi {
                 },
                 Err(retry_at) => {
                     if now >= *retry_at {
-                        self.pending[i].lookup = Ok(resolve(&host, port));
+                        self.pending[i].lookup = Ok(resolver.lookup(&host, port));
                     }
                     None
                 }
@@ -350,11 +355,53 @@ impl RtpMidi {
         }
     }
 
-    /// Receive, run timers, send what is due. Returns the next deadline (ns), if any.
-    pub fn poll(&mut self, now: Nanos) -> Option<Nanos> {
+    /// Receive (if the loop said the sockets are `readable`), build the clock packets due
+    /// within `ahead` ns for the send path, run timers, send the rest. Returns when this next
+    /// has work (ns): a timer, or a clock packet's due time minus `ahead`.
+    pub fn poll(
+        &mut self,
+        now: Nanos,
+        readable: bool,
+        ahead: Nanos,
+        send_path: Option<&mut SendPath>,
+        resolver: &mut Resolver,
+    ) -> Option<Nanos> {
         if !self.pending.is_empty() {
-            self.poll_lookups(now);
+            self.poll_lookups(now, resolver);
         }
+        if readable {
+            self.receive(now);
+        }
+        self.handle_events();
+        // Clock packets first, then timers: a guard packet built now follows every clock packet
+        // already due (and so never carries a later timestamp than the next one).
+        let horizon = now.saturating_add(ahead) as f64;
+        for (peer, d) in &mut self.destinations {
+            while let Some(t) = d.scheduler.poll_transmit(horizon) {
+                let command = TimedCommand {
+                    offset: 0,
+                    command: t.message.kind.into(),
+                };
+                let at = t.send_at_ns.max(0.0) as Nanos;
+                self.endpoint.send_midi_to(*peer, at, &[command]);
+            }
+        }
+        self.endpoint.handle_timeout(now);
+        self.handle_events();
+        let mut next = self.endpoint.poll_timeout();
+        for d in self.destinations.values() {
+            let build_at = d
+                .scheduler
+                .poll_timeout()
+                .map(|t| (t.max(0.0) as Nanos).saturating_sub(ahead));
+            next = [next, build_at].into_iter().flatten().min();
+        }
+        self.flush(send_path);
+        next
+    }
+
+    /// Everything waiting on both sockets, each at its kernel receive time.
+    fn receive(&mut self, now: Nanos) {
         let Self {
             control,
             data,
@@ -365,40 +412,23 @@ impl RtpMidi {
         } = self;
         for (port, socket) in [(Port::Control, &*control), (Port::Data, &*data)] {
             loop {
-                match socket.recv_from(buf) {
-                    Ok((len, from)) => endpoint.handle_datagram(now, port, from, &buf[..len]),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    // ICMP port-unreachable from a dead peer shows up here on Linux: count it.
-                    Err(_) => {
-                        status.send_errors += 1;
-                        break;
+                match crate::sys::recv_stamped(socket, buf) {
+                    Ok((len, from, age)) => {
+                        let arrived = age.map_or(now, |age| host_time_ns().saturating_sub(age));
+                        endpoint.handle_datagram(arrived, port, from, &buf[..len]);
                     }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    // ICMP port-unreachable from a dead peer shows up here on Linux: count it.
+                    Err(_) => status.send_errors += 1,
                 }
             }
         }
-        self.endpoint.handle_timeout(now);
-        self.handle_events();
-        let mut next = self.endpoint.poll_timeout();
-        for (peer, d) in &mut self.destinations {
-            while let Some(t) = d.scheduler.poll_transmit(now as f64) {
-                let command = TimedCommand {
-                    offset: 0,
-                    command: t.message.kind.into(),
-                };
-                let at = t.send_at_ns.max(0.0) as Nanos;
-                self.endpoint.send_midi_to(*peer, at, &[command]);
-            }
-            let timeout = d.scheduler.poll_timeout().map(|t| t.max(0.0) as Nanos);
-            next = [next, timeout].into_iter().flatten().min();
-        }
-        self.flush();
-        next
     }
 
-    /// True while a CK answer is due: the worker then looks at the sockets more often, since
-    /// the answer's arrival time is the measurement.
-    pub fn awaiting_ck(&self, now: Nanos) -> bool {
-        self.endpoint.awaiting_ck(now)
+    /// A peer is connected: its clock messages must be built in time.
+    pub fn has_destinations(&self) -> bool {
+        !self.destinations.is_empty()
     }
 
     fn handle_events(&mut self) {
@@ -425,9 +455,23 @@ impl RtpMidi {
         }
     }
 
-    /// Send everything the endpoint queued.
-    fn flush(&mut self) {
+    /// Send everything the endpoint queued: RTP-MIDI packets through the send path (at their
+    /// due time), the rest at once.
+    fn flush(&mut self, mut send_path: Option<&mut SendPath>) {
+        let mut queued = false;
         while let Some(t) = self.endpoint.poll_transmit() {
+            if let (Some(due), Port::Data, Some(path)) = (t.due, t.from, send_path.as_deref_mut()) {
+                let departure = Departure::new(due, Arc::clone(&self.data_out), t.to, &t.bytes);
+                match departure.map(|d| path.push(d)) {
+                    Some(Ok(())) => {
+                        queued = true;
+                        continue;
+                    }
+                    // Full ring or an oversize packet: it leaves now, from here (counted).
+                    Some(Err(_)) => {}
+                    None => self.status.oversize += 1,
+                }
+            }
             let socket = match t.from {
                 Port::Control => &self.control,
                 Port::Data => &self.data,
@@ -436,11 +480,14 @@ impl RtpMidi {
                 self.status.send_errors += 1;
             }
         }
+        if queued && let Some(path) = send_path {
+            path.wake();
+        }
     }
 
     /// Stop every running destination (a Stop now, not at its scheduled time) and leave every
     /// session (BY), e.g. when the instance goes away.
-    pub fn shutdown(&mut self, now: Nanos) {
+    pub fn shutdown(&mut self, now: Nanos, send_path: Option<&mut SendPath>) {
         for (peer, d) in &mut self.destinations {
             let mut stop = false;
             d.follower
@@ -455,7 +502,7 @@ impl RtpMidi {
         }
         self.destinations.clear();
         self.endpoint.shutdown();
-        self.flush();
+        self.flush(send_path);
     }
 
     /// The status.
@@ -499,6 +546,18 @@ impl RtpMidi {
             rtp_sent: c.rtp_sent,
             rtp_received: c.rtp_received,
             send_errors: self.status.send_errors,
+            oversize: self.status.oversize,
+        }
+    }
+}
+
+impl Drop for RtpMidi {
+    fn drop(&mut self) {
+        // The send path may still hold a handle on the data socket: take both off the loop
+        // explicitly (epoll forgets a socket only when its last handle closes).
+        if let Some(registry) = self.registry.take() {
+            let _ = registry.deregister(&mut self.control);
+            let _ = registry.deregister(&mut self.data);
         }
     }
 }

@@ -104,13 +104,24 @@ impl OscCore {
         }
     }
 
+    /// Messages a second allowed per source (bursting to twice that); non-finite or below 1
+    /// falls back to [`RATE_PER_SOURCE`].
+    pub fn set_rate_limit(&mut self, per_second: f64) {
+        self.rate = if per_second.is_finite() && per_second >= 1.0 {
+            per_second
+        } else {
+            RATE_PER_SOURCE
+        };
+    }
+
     pub(super) fn allow_rate(&mut self, now: Nanos, ip: IpAddr) -> bool {
+        let rate = self.rate;
         let bucket = self.buckets.entry(ip).or_insert(Bucket {
-            tokens: 2.0 * RATE_PER_SOURCE,
+            tokens: 2.0 * rate,
             at: now,
         });
         let elapsed = now.saturating_sub(bucket.at) as f64 / 1e9;
-        bucket.tokens = (bucket.tokens + elapsed * RATE_PER_SOURCE).min(2.0 * RATE_PER_SOURCE);
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(2.0 * rate);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;

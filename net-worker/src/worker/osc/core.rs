@@ -55,6 +55,8 @@ pub struct OscCore {
     pub(super) wall_offset_ns: f64,
     /// The user's allow-list (empty: [`allowed_by_default`](super::allowed_by_default)).
     pub(super) allow: Vec<Subnet>,
+    /// Messages a second per source ([`super::RATE_PER_SOURCE`] unless set).
+    pub(super) rate: f64,
     /// The due time of the bundle being handled (None = at once).
     pub(super) due: Option<Nanos>,
     /// Link as last reported, and what was last sent of it (and when).
@@ -130,6 +132,7 @@ impl OscCore {
             last_messages: VecDeque::new(),
             wall_offset_ns: 0.0,
             allow: Vec::new(),
+            rate: super::RATE_PER_SOURCE,
             due: None,
             link: None,
             link_sent: None,

@@ -178,6 +178,12 @@ impl OscCore {
         }
     }
 
+    /// Someone gets feedback: a subscriber, or a controller heard in the last
+    /// [`super::RECENT_SENDER`] (the worker then looks at changes at the feed rate).
+    pub fn has_listeners(&self) -> bool {
+        !self.subscribers.is_empty() || !self.recent.is_empty()
+    }
+
     /// Change-only feedback, at most every [`FEEDBACK_INTERVAL`] per parameter, to subscribers
     /// and recent senders, except the controller moving that parameter.
     pub fn feedback(&mut self, now: Nanos, out: &mut Output) {

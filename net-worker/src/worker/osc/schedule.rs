@@ -37,6 +37,11 @@ impl OscCore {
         }
     }
 
+    /// When the earliest timed change is due (host ns), if any is waiting.
+    pub fn next_due(&self) -> Option<Nanos> {
+        self.scheduled.front().map(|(d, _, _)| *d)
+    }
+
     /// Timed changes due within `lookahead` of `now`, with their due host time.
     pub fn take_due(&mut self, now: Nanos, lookahead: Nanos) -> Vec<TimedChange> {
         let n = self

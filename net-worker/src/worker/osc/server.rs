@@ -1,10 +1,17 @@
 //! The socket side of the OSC bridge: [`OscServer`] owns the process's one UDP port (and OSC
 //! over TCP on the same port number, SLIP or size-prefixed framing), feeds what arrives to its
 //! [`OscCore`], and sends what the core asks for. Everything else in `osc` is sans-IO.
+//!
+//! Every socket is registered with the worker's readiness loop under one token
+//! ([`OscServer::register`]); the worker calls [`OscServer::poll`] with `readable` set when
+//! that token fired, so an idle OSC port costs no system call.
 
 use std::io::ErrorKind;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
 
 use super::{MAX_PACKET, Nanos, OscCore, OscStatus, Output, TimedChange, TransportRequest};
 use crate::params::HostParamChange;
@@ -13,7 +20,9 @@ use crate::proto::osc;
 /// The socket side: one UDP port for the process.
 #[derive(Debug)]
 pub struct OscServer {
-    socket: UdpSocket,
+    socket: mio::net::UdpSocket,
+    /// Where the sockets are registered (accepted TCP controllers join it).
+    registration: Option<(Registry, Token)>,
     port: u16,
     /// OSC over TCP on the same port number (1.0 size-prefixed or 1.1 SLIP, told apart by the
     /// first byte a client sends), if it could be opened.
@@ -71,9 +80,9 @@ impl OscServer {
         socket
             .set_nonblocking(true)
             .map_err(|e| format!("OSC socket: {e}"))?;
-        let tcp = TcpListener::bind(("0.0.0.0", actual)).and_then(|l| {
+        let tcp = std::net::TcpListener::bind(("0.0.0.0", actual)).and_then(|l| {
             l.set_nonblocking(true)?;
-            Ok(l)
+            Ok(TcpListener::from_std(l))
         });
         let tcp = match tcp {
             Ok(l) => Some(l),
@@ -83,7 +92,8 @@ impl OscServer {
             }
         };
         Ok(Self {
-            socket,
+            socket: mio::net::UdpSocket::from_std(socket),
+            registration: None,
             port: actual,
             tcp,
             streams: Vec::new(),
@@ -99,11 +109,24 @@ impl OscServer {
         self.port
     }
 
-    /// Receive everything waiting, run feedback, send what is due; return host changes (at
-    /// once) and timed ones due within `lookahead` (with their due host time).
+    /// Register the UDP socket and the TCP listener (and, later, every accepted controller)
+    /// with the worker's readiness loop under `token`.
+    pub fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
+        registry.register(&mut self.socket, token, Interest::READABLE)?;
+        if let Some(listener) = &mut self.tcp {
+            registry.register(listener, token, Interest::READABLE)?;
+        }
+        self.registration = Some((registry.try_clone()?, token));
+        Ok(())
+    }
+
+    /// Receive everything waiting (if `readable`: the loop saw the token fire), run feedback,
+    /// send what is due; return host changes (at once) and timed ones due within `lookahead`
+    /// (with their due host time).
     pub fn poll(
         &mut self,
         now: Nanos,
+        readable: bool,
         lookahead: Nanos,
     ) -> (Vec<(u64, HostParamChange)>, Vec<TimedChange>) {
         let mut out = Output::default();
@@ -112,23 +135,27 @@ impl OscServer {
             .map_or(0.0, |d| d.as_nanos() as f64);
         self.core
             .set_wall_offset(unix - crate::bridge::host_time_ns() as f64);
-        loop {
-            match self.socket.recv_from(&mut self.buf) {
-                Ok((len, from)) => {
-                    // A datagram that filled the whole buffer was longer than MAX_PACKET.
-                    let bytes = if len > MAX_PACKET {
-                        &self.buf[..MAX_PACKET + 1]
-                    } else {
-                        &self.buf[..len]
-                    };
-                    self.core.handle_datagram(now, from, bytes, &mut out);
+        if readable {
+            loop {
+                match self.socket.recv_from(&mut self.buf) {
+                    Ok((len, from)) => {
+                        // A datagram that filled the whole buffer was longer than MAX_PACKET.
+                        let bytes = if len > MAX_PACKET {
+                            &self.buf[..MAX_PACKET + 1]
+                        } else {
+                            &self.buf[..len]
+                        };
+                        self.core.handle_datagram(now, from, bytes, &mut out);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    // ICMP errors from earlier sends to gone controllers: ignore and go on.
+                    Err(_) => continue,
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                // ICMP errors from earlier sends to gone controllers: ignore and go on.
-                Err(_) => continue,
             }
         }
-        self.poll_streams(now, &mut out);
+        if readable {
+            self.poll_streams(now, &mut out);
+        }
         self.core.feedback(now, &mut out);
         for (to, bytes) in &out.datagrams {
             // Replies to a TCP controller go back on its connection, in its framing.
@@ -144,7 +171,7 @@ impl OscServer {
                     let _ = s.stream.write_all(&framed);
                 }
                 None => {
-                    let _ = self.socket.send_to(bytes, to);
+                    let _ = self.socket.send_to(bytes, *to);
                 }
             }
         }
@@ -157,8 +184,11 @@ impl OscServer {
         if let Some(listener) = &self.tcp {
             while self.streams.len() < MAX_STREAMS {
                 match listener.accept() {
-                    Ok((stream, peer)) => {
-                        if stream.set_nonblocking(true).is_ok() {
+                    Ok((mut stream, peer)) => {
+                        let registered = self.registration.as_ref().is_none_or(|(r, t)| {
+                            r.register(&mut stream, *t, Interest::READABLE).is_ok()
+                        });
+                        if registered {
                             let _ = stream.set_nodelay(true);
                             self.streams.push(Stream {
                                 stream,
