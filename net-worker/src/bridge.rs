@@ -1,5 +1,10 @@
 //! The audio-thread boundary: `Copy` event types, the host clock and the ring pair.
 //!
+//! This is the bottom layer of the crate: it imports nothing from it. The clock engine's
+//! messages ([`ClockKind`], [`ClockEvent`], [`ClockState`]) are defined here because they cross
+//! the boundary inside [`BridgeEvent`]; the `clock` module re-exports them and holds the rules
+//! that produce them.
+//!
 //! Realtime-safe: [`AudioSide::push`] and [`host_time_ns`] never allocate, lock or block. All
 //! allocation happens in [`ring`], which runs on the main thread during activation.
 
@@ -9,8 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-
-use crate::clock::{ClockEvent, ClockState};
 
 /// Default ring capacity in events. At 1 event per block, a 1-sample block size at 192 kHz
 /// fills this in ~21 ms, which is still many worker drain periods (1 ms).
@@ -109,6 +112,72 @@ impl TransportSnapshot {
             loop_range_beats: None,
         }
     }
+}
+
+/// Largest Song Position Pointer value (14 bits), in 16th notes.
+pub const MAX_SPP: u16 = 0x3fff;
+
+/// A MIDI real-time or system-common message the engine emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClockKind {
+    /// 0xF8 timing clock.
+    Tick,
+    /// 0xFA start (from the song start).
+    Start,
+    /// 0xFB continue (from the last Song Position Pointer).
+    Continue,
+    /// 0xFC stop.
+    Stop,
+    /// 0xF2 song position pointer, in 16th notes.
+    SongPosition(u16),
+}
+
+impl ClockKind {
+    /// The MIDI bytes of this message.
+    pub fn midi_bytes(self) -> ([u8; 3], usize) {
+        match self {
+            ClockKind::Tick => ([0xF8, 0, 0], 1),
+            ClockKind::Start => ([0xFA, 0, 0], 1),
+            ClockKind::Continue => ([0xFB, 0, 0], 1),
+            ClockKind::Stop => ([0xFC, 0, 0], 1),
+            ClockKind::SongPosition(sixteenths) => {
+                let v = sixteenths.min(MAX_SPP);
+                ([0xF2, (v & 0x7f) as u8, (v >> 7) as u8], 3)
+            }
+        }
+    }
+}
+
+/// One stamped message.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClockEvent {
+    /// What to send.
+    pub kind: ClockKind,
+    /// Song position in quarter notes the message belongs to (the tick's beat; for Stop the
+    /// position where playing ended; for SPP and Continue the SPP position).
+    pub beat: f64,
+    /// Position on the instance's sample clock, fractional samples kept.
+    pub sample_pos: f64,
+    /// Smoothed host time at that sample, nanoseconds on [`host_time_ns`]'s clock.
+    pub host_time_ns: f64,
+    /// Per-instance sequence number of clock events, so a receiver notices a dropped one.
+    pub seq: u64,
+}
+
+/// Why the engine is or is not sending clock, for the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ClockState {
+    /// No block seen yet.
+    #[default]
+    Idle,
+    /// Transport stopped; positions are sent as SPP.
+    Stopped,
+    /// Transport running; ticks are sent.
+    Running,
+    /// Pre-roll / count-in: waiting for the song start.
+    PreRoll,
+    /// The host reports no tempo: no clock can be derived.
+    NoTempo,
 }
 
 /// One item on an instance's audio → worker ring.
@@ -290,6 +359,21 @@ mod tests {
         assert!(!worker.is_abandoned());
         drop(audio);
         assert!(worker.is_abandoned());
+    }
+
+    #[test]
+    fn midi_bytes() {
+        assert_eq!(ClockKind::Tick.midi_bytes(), ([0xF8, 0, 0], 1));
+        assert_eq!(ClockKind::Stop.midi_bytes(), ([0xFC, 0, 0], 1));
+        // SPP 0x1234 = LSB 0x34, MSB 0x24 (7 bits each).
+        assert_eq!(
+            ClockKind::SongPosition(0x1234).midi_bytes(),
+            ([0xF2, 0x34, 0x24], 3)
+        );
+        assert_eq!(
+            ClockKind::SongPosition(u16::MAX).midi_bytes(),
+            ([0xF2, 0x7f, 0x7f], 3)
+        );
     }
 
     #[test]

@@ -2,17 +2,27 @@
 //!
 //! # Layout
 //! - [`bridge`]: every `Copy` type that crosses the audio-thread boundary (the per-block
-//!   [`bridge::TransportSnapshot`], [`bridge::BridgeEvent`]), the host monotonic clock, and the
-//!   ring-buffer pair constructor whose audio end never allocates, locks or blocks.
+//!   [`bridge::TransportSnapshot`], [`bridge::BridgeEvent`], the clock messages
+//!   [`bridge::ClockEvent`]), the host monotonic clock, and the ring-buffer pair constructor
+//!   whose audio end never allocates, locks or blocks.
 //! - [`clock`]: the clock engine (transport → MIDI clock, Start/Stop/Continue, SPP, stamped
 //!   with sample position and smoothed host time), its estimator and its reference model.
-//! - [`proto`]: sans-IO protocol cores (AppleMIDI, RTP-MIDI, OSC).
+//! - [`proto`]: sans-IO protocol cores (AppleMIDI, RTP-MIDI, OSC, Link).
 //! - [`params`]: the plugin's parameters as remote control sees them (ids, ranges, host values).
 //! - [`worker`]: the one network worker per process. A named thread, started by the first plugin
 //!   instance that activates and joined when the last one goes; it drains every instance's ring.
 //! - [`settings`]: the persistent (saved-with-the-project) network settings.
 //! - [`status`]: the serialisable status snapshot that the headless runner, the tests and (later)
 //!   the editor read.
+//! - [`health`]: the green / amber / red / grey judgement that log entries and editor rows carry.
+//! - [`log`]: the bounded event log the worker derives from successive status snapshots.
+//! - [`view`]: the editor's view model, pure functions of the status.
+//!
+//! Types flow down, never up: [`bridge`], [`proto`], [`params`], [`settings`] and [`health`]
+//! import nothing from the rest of this crate; [`clock`] builds on [`bridge`] (and turns its
+//! messages into [`proto`]'s RTP-MIDI commands); [`log`] reads [`status`] and [`health`];
+//! [`view`] reads [`status`], [`health`], [`clock`] and the worker's status types, and nothing
+//! in this crate imports it. ([`status`] and [`worker`] still import each other.)
 //!
 //! This crate never depends on nice-plug: the plugin converts the host's transport into bridge
 //! types, and everything here can be tested without a plugin host.
@@ -21,6 +31,7 @@
 
 pub mod bridge;
 pub mod clock;
+pub mod health;
 pub mod log;
 pub mod params;
 pub mod proto;

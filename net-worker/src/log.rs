@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::Health;
 use crate::status::WorkerStatus;
-use crate::view::Health;
 
 /// Most entries kept; older ones are dropped (counted).
 pub const LOG_CAPACITY: usize = 1_000;

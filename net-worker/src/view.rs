@@ -6,50 +6,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::ClockState;
+pub use crate::health::Health;
 use crate::status::{InstanceStatus, WorkerStatus};
 use crate::worker::link::{LinkMode, LinkStatus};
 use crate::worker::osc::OscStatus;
 use crate::worker::rtpmidi::PeerReport;
-
-/// How a row is doing, for its colour and its symbol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Health {
-    /// In sync / connected (green).
-    Good,
-    /// Working, but something is off (amber).
-    Degraded,
-    /// Not working (red).
-    Lost,
-    /// Switched off or waiting, nothing wrong (grey).
-    Idle,
-}
-
-impl Health {
-    /// A mark that says the same as the colour (ASCII: every font has it).
-    pub fn symbol(self) -> &'static str {
-        match self {
-            Health::Good => "[+]",
-            Health::Degraded => "[!]",
-            Health::Lost => "[x]",
-            Health::Idle => "[-]",
-        }
-    }
-
-    /// The worse of two.
-    pub fn worst(self, other: Health) -> Health {
-        let rank = |h: Health| match h {
-            Health::Idle => 0,
-            Health::Good => 1,
-            Health::Degraded => 2,
-            Health::Lost => 3,
-        };
-        if rank(other) > rank(self) {
-            other
-        } else {
-            self
-        }
-    }
-}
 
 /// Round trips above this are "degraded" (ms): a clock a musician can feel.
 pub const SLOW_RTT_MS: f64 = 20.0;

@@ -16,8 +16,6 @@
 
 use thiserror::Error;
 
-use crate::clock::ClockKind;
-
 pub mod journal;
 
 /// RTP version 2, no padding, no extension, no CSRC.
@@ -72,16 +70,6 @@ pub enum MidiCommand {
         /// Length in bytes.
         len: u16,
     },
-}
-
-impl From<ClockKind> for MidiCommand {
-    fn from(kind: ClockKind) -> Self {
-        match kind {
-            ClockKind::SongPosition(sixteenths) => MidiCommand::SongPosition(sixteenths),
-            // The clock's real-time messages are single status bytes.
-            other => MidiCommand::RealTime(other.midi_bytes().0[0]),
-        }
-    }
 }
 
 /// A command with its time: `offset` RTP units after the packet's timestamp.
