@@ -183,8 +183,9 @@ pub fn main(args: &[String]) -> Result<()> {
         frames.len() == 3,
         "the editor_frame bench printed {frames:?}"
     );
-    // Link against the real library (aalink), 60 s with tempo changes.
-    let link = json_bench("link_sync", 3)?;
+    // Link against the real library (aalink), 60 s with tempo changes; beside it, in the same
+    // session and run, the real library against itself (a second aalink peer) as the baseline.
+    let link = json_bench("link_sync", 4)?;
     let link_value = |kind: &str, key: &str| {
         link.iter()
             .find(|r| r["kind"] == kind)
@@ -354,6 +355,34 @@ pub fn main(args: &[String]) -> Result<()> {
             link_value("phase", "max_steady_us"),
             "µs",
             Some(3000.0),
+        ),
+        // Two aalink peers measured the same way (same readings, window and quantiles; modulo
+        // their 1-beat quantum, as Link shares only phase between library peers): what the
+        // real library does against itself here, the yardstick for the rows above.
+        Row::new(
+            "link_phase_error_baseline_p50",
+            link_value("phase_baseline", "p50_us"),
+            "µs",
+            None,
+        ),
+        Row::new(
+            "link_phase_error_baseline_p99",
+            link_value("phase_baseline", "p99_us"),
+            "µs",
+            None,
+        ),
+        Row::new(
+            "link_phase_error_baseline_max_steady",
+            link_value("phase_baseline", "max_steady_us"),
+            "µs",
+            None,
+        ),
+        // Lockstep's p99 in units of the library's own: 1 is as good as Link itself.
+        Row::new(
+            "link_phase_error_p99_ratio",
+            link_value("phase", "p99_us") / link_value("phase_baseline", "p99_us"),
+            "x",
+            None,
         ),
         Row::new("link_join_time", link_value("join", "join_ms"), "ms", None),
         Row::new(
