@@ -347,7 +347,7 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::rtpmidi::{PeerReport, RtpMidiStatus};
+    use crate::status::rtpmidi::{PeerReport, RtpMidiStatus};
 
     fn status(connected: bool, refused: u64) -> WorkerStatus {
         let mut s: WorkerStatus = serde_json::from_value(serde_json::json!({

@@ -17,6 +17,9 @@ pub const DEFAULT_OSC_PORT: u16 = 8000;
 /// Number of user macro parameters.
 pub const MACRO_COUNT: usize = 16;
 
+/// Default [`NetSettings::osc_rate_limit`]: messages a second per source.
+pub const DEFAULT_OSC_RATE_LIMIT: f64 = 500.0;
+
 /// All persistent network settings of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -181,7 +184,7 @@ impl Default for NetSettings {
             osc_mappings: Vec::new(),
             oscquery_lan: false,
             osc_allow: Vec::new(),
-            osc_rate_limit: crate::worker::osc::RATE_PER_SOURCE,
+            osc_rate_limit: DEFAULT_OSC_RATE_LIMIT,
             link_interface: String::new(),
             macro_names: vec![String::new(); MACRO_COUNT],
         }

@@ -9,8 +9,15 @@ use serde::{Deserialize, Serialize};
 use crate::bridge::TransportSnapshot;
 use crate::clock::scheduler::{SchedulerConfig, SchedulerStats};
 use crate::clock::{ClockEvent, ClockState};
-use crate::worker::discovery::DiscoveryStatus;
-use crate::worker::rtpmidi::RtpMidiStatus;
+
+pub mod discovery;
+pub mod link;
+pub mod osc;
+pub mod rtpmidi;
+pub mod send;
+
+use discovery::DiscoveryStatus;
+use rtpmidi::RtpMidiStatus;
 
 /// The whole worker, one snapshot in time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,13 +42,13 @@ pub struct WorkerStatus {
     /// OSC control: port, counters, subscribers, recent messages (None before the first
     /// instance describes its parameters).
     #[serde(default)]
-    pub osc: Option<crate::worker::osc::OscStatus>,
+    pub osc: Option<osc::OscStatus>,
     /// Ableton Link (None while every instance's Link Mode is Off).
     #[serde(default)]
-    pub link: Option<crate::worker::link::LinkStatus>,
+    pub link: Option<link::LinkStatus>,
     /// The clock send path: datagrams sent, late, errors (None until the worker started it).
     #[serde(default)]
-    pub send_path: Option<crate::worker::sender::SenderStats>,
+    pub send_path: Option<send::SenderStats>,
     /// How the send path's thread is scheduled.
     #[serde(default)]
     pub send_scheduling: String,
@@ -56,7 +63,7 @@ impl WorkerStatus {
     pub fn empty() -> Self {
         Self {
             running: false,
-            thread_name: crate::worker::THREAD_NAME.to_owned(),
+            thread_name: String::new(),
             worker_starts: 0,
             uptime_ms: 0,
             instances: Vec::new(),
@@ -87,7 +94,7 @@ impl InstanceStatus {
             clock_gaps: 0,
             clock_lost: 0,
             last_clock: None,
-            clock_schedule: crate::worker::instance::DEFAULT_SCHEDULE,
+            clock_schedule: SchedulerConfig::DEFAULT,
             clock_timing: SchedulerStats::default(),
             rtpmidi: None,
         }
@@ -137,6 +144,6 @@ pub struct ExportedStatus {
     /// The worker's own view.
     #[serde(flatten)]
     pub worker: WorkerStatus,
-    /// Threads named [`crate::worker::THREAD_NAME`] that exist right now (0 or 1 when healthy).
+    /// Threads named like the worker (`lockstep-net`) that exist right now (0 or 1 when healthy).
     pub live_worker_threads: usize,
 }

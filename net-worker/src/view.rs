@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::ClockState;
 pub use crate::health::Health;
+use crate::status::link::{LinkMode, LinkStatus};
+use crate::status::osc::OscStatus;
+use crate::status::rtpmidi::PeerReport;
 use crate::status::{InstanceStatus, WorkerStatus};
-use crate::worker::link::{LinkMode, LinkStatus};
-use crate::worker::osc::OscStatus;
-use crate::worker::rtpmidi::PeerReport;
 
 /// Round trips above this are "degraded" (ms): a clock a musician can feel.
 pub const SLOW_RTT_MS: f64 = 20.0;

@@ -53,6 +53,14 @@ pub struct SchedulerConfig {
     pub offset_ns: f64,
 }
 
+impl SchedulerConfig {
+    /// Until an instance reports its block size: 2 × 512 samples at 48 kHz, no offset.
+    pub const DEFAULT: Self = Self {
+        latency_ns: 2.0 * 512.0 / 48_000.0 * 1e9,
+        offset_ns: 0.0,
+    };
+}
+
 /// One message to send now.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Transmit {

@@ -8,39 +8,13 @@
 //! worker only sends it commands and drains its events, never waits on it. The daemon starts
 //! with the first advertisement and stops with the worker.
 
+pub use crate::status::discovery::{DiscoveryStatus, FoundService};
 use std::collections::BTreeMap;
 
 use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
-use serde::{Deserialize, Serialize};
 
 /// AppleMIDI's DNS-SD service type.
 pub const APPLE_MIDI: &str = "_apple-midi._udp.local.";
-
-/// One service found on the network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FoundService {
-    /// Instance name as advertised ("Studio B").
-    pub name: String,
-    /// Service type (`_apple-midi._udp.local.`).
-    pub service: String,
-    /// Host name it gave (`studio-b.local.`).
-    pub host: String,
-    /// Its port (the AppleMIDI control port).
-    pub port: u16,
-    /// Its addresses.
-    pub addresses: Vec<String>,
-}
-
-/// What the status shows about discovery.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DiscoveryStatus {
-    /// The names we advertise, as full DNS-SD names.
-    pub advertised: Vec<String>,
-    /// Services found on the network (our own excluded).
-    pub found: Vec<FoundService>,
-    /// Why discovery is not working, if it is not.
-    pub error: Option<String>,
-}
 
 /// The process's mDNS responder and browser.
 #[derive(Default)]

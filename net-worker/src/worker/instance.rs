@@ -44,11 +44,8 @@ impl Default for ClockSummary {
     }
 }
 
-/// Until an instance reports its block size: 2 × 512 samples at 48 kHz.
-pub const DEFAULT_SCHEDULE: SchedulerConfig = SchedulerConfig {
-    latency_ns: 2.0 * 512.0 / 48_000.0 * 1e9,
-    offset_ns: 0.0,
-};
+/// Until an instance reports its block size (see [`SchedulerConfig::DEFAULT`]).
+pub const DEFAULT_SCHEDULE: SchedulerConfig = SchedulerConfig::DEFAULT;
 
 /// The worker's own per-instance state.
 pub struct Attached {

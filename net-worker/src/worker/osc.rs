@@ -50,7 +50,7 @@ const MS: Nanos = 1_000_000;
 /// Largest datagram we accept (bigger ones are refused and counted).
 pub const MAX_PACKET: usize = 8192;
 /// Messages per second one source may send (burst twice that).
-pub const RATE_PER_SOURCE: f64 = 500.0;
+pub const RATE_PER_SOURCE: f64 = crate::settings::DEFAULT_OSC_RATE_LIMIT;
 /// Bundles timed further ahead than this are refused (the schedule is bounded in time).
 pub const MAX_HORIZON: Nanos = 10_000 * MS;
 /// At most this many timed changes wait at once (the schedule is bounded in size).

@@ -9,6 +9,7 @@
 //! ([`super::sender`]), which sends them exactly then; AppleMIDI control (invitations, CK, BY,
 //! RS) leaves at once from here.
 
+pub use crate::status::rtpmidi::{PeerReport, RtpMidiStatus};
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -21,8 +22,6 @@ use super::resolver::{Lookup, Resolver};
 use super::sender::{Departure, SendPath};
 use crate::bridge::host_time_ns;
 
-use serde::{Deserialize, Serialize};
-
 use crate::clock::follower::ClockFollower;
 use crate::clock::scheduler::{Scheduler, SchedulerConfig};
 use crate::clock::{ClockEvent, ClockKind};
@@ -30,72 +29,6 @@ use crate::proto::applemidi::endpoint::{Access, Endpoint, EndpointEvent};
 use crate::proto::applemidi::session::{Nanos, Port};
 use crate::proto::rtpmidi::TimedCommand;
 use crate::settings::{AccessMode, NetSettings, PeerSettings};
-
-/// What the status shows about the RTP-MIDI side of an instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct RtpMidiStatus {
-    /// Our control port (data port = control + 1), when bound.
-    pub control_port: Option<u16>,
-    /// Why the sockets could not be opened, or a peer could not be used.
-    pub errors: Vec<String>,
-    /// Every known peer.
-    pub peers: Vec<PeerReport>,
-    /// Directory peers' host names still being looked up (or failing: see `errors`).
-    #[serde(default)]
-    pub resolving: Vec<String>,
-    /// Datagrams that did not decode.
-    pub malformed: u64,
-    /// Invitations refused.
-    pub refused: u64,
-    /// BY datagrams for sessions that are not ours.
-    pub stale_bye: u64,
-    /// Datagrams for no known session or SSRC.
-    pub unknown: u64,
-    /// RTP-MIDI packets sent.
-    pub rtp_sent: u64,
-    /// RTP-MIDI packets received.
-    pub rtp_received: u64,
-    /// Socket send errors.
-    pub send_errors: u64,
-    /// RTP-MIDI packets too long for the send path (sent by the worker at once).
-    #[serde(default)]
-    pub oversize: u64,
-}
-
-/// One peer in the status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PeerReport {
-    /// Control address.
-    pub address: String,
-    /// Name it announced.
-    pub name: Option<String>,
-    /// In the directory (we invite it) or a guest.
-    pub in_directory: bool,
-    /// Connected now.
-    pub connected: bool,
-    /// Round trip of the best recent CK exchange, µs.
-    pub rtt_us: Option<f64>,
-    /// Spread of recent round trips, µs.
-    pub jitter_us: Option<f64>,
-    /// How the last session ended.
-    pub last_close: Option<String>,
-    /// Connections so far.
-    pub connects: u64,
-    /// Our packets to it carry the recovery journal.
-    pub journal: bool,
-    /// Guard packets sent in this session (journal protection of the last change).
-    pub guard_packets: u64,
-    /// Packets the peer sent us that were lost or reordered (sequence gaps).
-    pub rx_lost: u64,
-    /// Of those gaps, repaired from the peer's journal.
-    pub rx_repaired: u64,
-    /// RTP-MIDI packets sent to it (all sessions).
-    #[serde(default)]
-    pub sent: u64,
-    /// RTP-MIDI packets received from it and applied (current session).
-    #[serde(default)]
-    pub received: u64,
-}
 
 /// One connected peer's clock stream.
 struct Destination {

@@ -13,6 +13,7 @@
 //! Thread-safe: the [`SendPath`] handle lives on the worker thread; dropping it sends what is
 //! still queued at once (a Stop at shutdown must not be lost) and joins the thread.
 
+pub use crate::status::send::SenderStats;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::net::{SocketAddr, UdpSocket};
@@ -20,8 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use crate::bridge::host_time_ns;
 
@@ -102,24 +101,6 @@ impl Ord for Departure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the clock send path is full")]
 pub struct Full;
-
-/// What the send path did, for the status.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct SenderStats {
-    /// How the sender thread is scheduled.
-    #[serde(skip)]
-    pub realtime: bool,
-    /// Datagrams sent.
-    pub sent: u64,
-    /// Socket errors on send.
-    pub send_errors: u64,
-    /// Sent more than 1 ms after their due time.
-    pub late_over_1ms: u64,
-    /// Worst lateness (send time − due time), µs.
-    pub worst_late_us: f64,
-    /// Datagrams the ring had no room for (the worker sent them itself, at once).
-    pub full: u64,
-}
 
 /// Counters shared with the thread.
 #[derive(Default)]

@@ -5,66 +5,9 @@
 //! schedule's length, the recent messages) when a snapshot is asked for, and the server adds
 //! its port, socket errors and TCP clients on top.
 
-use serde::{Deserialize, Serialize};
+pub use crate::status::osc::OscStatus;
 
 use super::OscCore;
-
-/// Counters and recent activity for the status.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct OscStatus {
-    /// The UDP port we listen on, when open.
-    pub port: Option<u16>,
-    /// Why the port is not what the settings asked for, or not open.
-    pub errors: Vec<String>,
-    /// Packets received (before any check).
-    pub received: u64,
-    /// Messages that set a parameter.
-    pub applied: u64,
-    /// Packets that did not decode.
-    pub malformed: u64,
-    /// Messages whose address matched nothing.
-    pub unknown_address: u64,
-    /// Messages with an argument of the wrong type.
-    pub wrong_type: u64,
-    /// Values outside a parameter's range.
-    pub out_of_range: u64,
-    /// Packets from addresses outside the allow-list.
-    pub refused_source: u64,
-    /// Packets over the per-source rate limit.
-    pub rate_limited: u64,
-    /// Datagrams over [`MAX_PACKET`](super::MAX_PACKET).
-    pub too_large: u64,
-    /// Changes the plugin could not take (its inbox was full, or no CLAP shim under VST3).
-    pub dropped_full: u64,
-    /// Messages for an instance whose OSC Control parameter is off.
-    pub disabled: u64,
-    /// Mappings that could not be used (unknown parameter, bad address).
-    pub mapping_errors: Vec<String>,
-    /// Bundles whose time tag had passed (applied at once).
-    pub late: u64,
-    /// Bundles timed beyond the horizon, or changes refused because the schedule was full.
-    pub schedule_refused: u64,
-    /// Timed changes waiting now.
-    pub scheduled: usize,
-    /// The OSCQuery HTTP port, when serving.
-    pub oscquery_port: Option<u16>,
-    /// OSCQuery is reachable from the LAN (else loopback only).
-    pub oscquery_lan: bool,
-    /// OSCQuery requests answered / refused.
-    pub oscquery_served: u64,
-    /// OSCQuery requests refused (malformed, too large, timed out).
-    pub oscquery_refused: u64,
-    /// OSC over TCP is open on the same port number.
-    pub tcp: bool,
-    /// TCP controllers connected now.
-    pub tcp_clients: usize,
-    /// Feedback messages sent.
-    pub feedback_sent: u64,
-    /// Where feedback goes (subscribers and recent senders).
-    pub subscribers: Vec<String>,
-    /// The last few messages received, as text.
-    pub last_messages: Vec<String>,
-}
 
 impl OscCore {
     /// Status with counters.
