@@ -57,13 +57,19 @@ pub fn normal_priority() {
             NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
             set_thread_priority_and_policy, thread_native_id,
         };
+        // thread-priority maps its 0..99 scale onto nice 19..-20 for SCHED_OTHER: 48 is nice 0
+        // (the unit test below reads the nice value back, so a change there fails loudly).
         let _ = set_thread_priority_and_policy(
             thread_native_id(),
-            ThreadPriority::Crossplatform(0u8.try_into().unwrap_or_default()),
+            ThreadPriority::Crossplatform(NICE_ZERO.try_into().unwrap_or_default()),
             ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
         );
     }
 }
+
+/// thread-priority's cross-platform value that is nice 0 under `SCHED_OTHER`.
+#[cfg(target_os = "linux")]
+const NICE_ZERO: u8 = 48;
 
 /// Make the calling thread's timed sleeps as precise as the OS allows (Linux: timer slack of
 /// 1 µs instead of 50 µs; realtime threads have none anyway).
@@ -154,6 +160,25 @@ pub fn recv_stamped(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A helper thread started from a realtime one ends up at plain normal priority: policy
+    /// SCHED_OTHER (0) and nice 0, read back from /proc.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn normal_priority_is_sched_other_at_nice_zero() {
+        let (policy, nice) = std::thread::spawn(|| {
+            normal_priority();
+            let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+            let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+                .split_whitespace()
+                .collect();
+            // Fields after the command: state is 3, nice 19, policy 41 (man 5 proc).
+            (fields[41 - 3].to_owned(), fields[19 - 3].to_owned())
+        })
+        .join()
+        .expect("thread");
+        assert_eq!((policy.as_str(), nice.as_str()), ("0", "0"));
+    }
 
     /// No socket leaves the process: one datagram to ourselves on loopback (the suite runs in a
     /// private network namespace).

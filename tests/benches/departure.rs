@@ -33,6 +33,8 @@ fn run(bpm: f64, seconds: f64) -> (usize, f64, f64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let finish = responder(PEER, Arc::clone(&stop));
     let bundle = Bundle::load(&Build::Release.clap_path()).expect("bundle built");
+    let probe =
+        lockstep_host::status::StatusProbe::open(&Build::Release.clap_path()).expect("status");
     let mut instance = bundle.instantiate().expect("instance");
     let mut settings = instance.net_settings().expect("settings");
     settings.rtp_midi_port = 5104;
@@ -62,6 +64,14 @@ fn run(bpm: f64, seconds: f64) -> (usize, f64, f64, f64) {
         }
     }
     std::thread::sleep(Duration::from_millis(200));
+    if let Ok(status) = probe.read() {
+        let w = &status.worker;
+        let timing = w.instances.first().map(|i| i.clock_timing);
+        eprintln!(
+            "departure {bpm} BPM: send path {:?} ({}), worker {} passes ({}), clock timing {timing:?}",
+            w.send_path, w.send_scheduling, w.passes, w.scheduling
+        );
+    }
     instance.deactivate(p);
     let arrivals = finish();
     let ideal = 60.0 / bpm / 24.0 * 1e6;
@@ -99,6 +109,9 @@ impl Load {
             .map(|_| {
                 let stop = Arc::clone(&stop);
                 std::thread::spawn(move || {
+                    // Threads inherit the realtime priority the process() thread asked for:
+                    // the load is normal-priority work, as a DAW's other threads are.
+                    lockstep_net::sys::normal_priority();
                     let mut x = 0u64;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         x = std::hint::black_box(
