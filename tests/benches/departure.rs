@@ -11,8 +11,12 @@
 //! loading both cores. The thread that calls `process()` asks for realtime priority, as a DAW's
 //! audio thread has.
 //!
-//! Prints one JSON object per tempo and load: {"bpm", "load", "runs", "ticks", "p50_us",
-//! "p99_us", "max_us"} (each the worst of the runs).
+//! Before each load's runs, the machine's floor: a bare thread with the send path's scheduling
+//! sleeping to the same deadlines (no plugin, no network) — how late any sender wakes here.
+//!
+//! Prints one JSON object per load for the floor: {"kind": "floor", "load", "p50_us",
+//! "p99_us", "max_us"}, and one per tempo and load: {"bpm", "load", "runs", "ticks",
+//! "p50_us", "p99_us", "max_us"} (each the worst of the runs).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -96,6 +100,43 @@ fn run(bpm: f64, seconds: f64) -> (usize, f64, f64, f64) {
     )
 }
 
+/// The machine's own floor: a bare thread with the send path's scheduling that sleeps to a
+/// deadline every tick period at `bpm` (parking until 150 µs before, then spinning, as the
+/// send path does) for `seconds`; how late it wakes, p50 / p99 / max in µs. No network, no
+/// plugin: what any clock sender on this machine would see.
+fn floor(bpm: f64, seconds: f64) -> (f64, f64, f64) {
+    std::thread::spawn(move || {
+        lockstep_net::sys::realtime(lockstep_net::worker::sender::PRIORITY);
+        let period = Duration::from_secs_f64(60.0 / bpm / 24.0);
+        let spin = lockstep_net::worker::sender::SPIN;
+        let n = (seconds / period.as_secs_f64()) as usize;
+        let mut late = Vec::with_capacity(n);
+        let mut deadline = Instant::now() + period;
+        for _ in 0..n {
+            loop {
+                let now = Instant::now();
+                if deadline > now + spin {
+                    std::thread::park_timeout(deadline - now - spin);
+                } else {
+                    break;
+                }
+            }
+            let mut now = Instant::now();
+            while now < deadline {
+                std::hint::spin_loop();
+                now = Instant::now();
+            }
+            late.push((now - deadline).as_secs_f64() * 1e6);
+            deadline += period;
+        }
+        late.sort_by(f64::total_cmp);
+        let pct = |q: f64| late[((late.len() as f64 - 1.0) * q) as usize];
+        (pct(0.5), pct(0.99), pct(1.0))
+    })
+    .join()
+    .expect("floor thread")
+}
+
 /// Two threads at normal priority that keep both cores busy until dropped.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -150,6 +191,11 @@ fn main() {
     );
     for load in ["idle", "busy"] {
         let _load = (load == "busy").then(Load::start);
+        let (p50, p99, max) = floor(120.0, seconds);
+        eprintln!("machine floor {load}: p50 {p50:.1} µs, p99 {p99:.1} µs, max {max:.1} µs");
+        println!(
+            "{{\"kind\": \"floor\", \"load\": \"{load}\", \"p50_us\": {p50:.3}, \"p99_us\": {p99:.3}, \"max_us\": {max:.3}}}"
+        );
         for bpm in [120.0, 300.0] {
             let mut worst = (0usize, 0.0f64, 0.0f64, 0.0f64);
             for i in 0..runs {

@@ -132,7 +132,10 @@ pub fn main(args: &[String]) -> Result<()> {
 
     // RTP-MIDI on loopback, in a private network namespace: departure jitter of clock packets,
     // and the CK latency estimate against a delay injected by a UDP proxy.
-    let departures = json_bench("departure", 4)?;
+    let departures_all = json_bench("departure", 6)?;
+    let (floors, departures): (Vec<_>, Vec<_>) = departures_all
+        .into_iter()
+        .partition(|d| d["kind"] == "floor");
     let latencies = json_bench("ck_latency", 2)?;
     // What the worker and the send path cost at rest and playing (CPU and wake-ups).
     let idle = json_bench("idle_cost", 3)?;
@@ -245,6 +248,26 @@ pub fn main(args: &[String]) -> Result<()> {
         ),
     ]
     .into_iter()
+    .chain(floors.iter().flat_map(|f| {
+        let suffix = if f["load"] == "busy" { "_busy" } else { "" };
+        let value = |k: &str| f[k].as_f64().unwrap_or(f64::NAN);
+        // Reference rows: how late a bare thread with the send path's scheduling wakes on
+        // this machine, so the departure rows read against the machine's own floor.
+        [
+            Row::new(
+                &format!("machine_wake_floor_p99{suffix}"),
+                value("p99_us"),
+                "µs",
+                None,
+            ),
+            Row::new(
+                &format!("machine_wake_floor_max{suffix}"),
+                value("max_us"),
+                "µs",
+                None,
+            ),
+        ]
+    }))
     .chain(departures.iter().flat_map(|d| {
         let bpm = d["bpm"].as_f64().unwrap_or(0.0);
         let busy = d["load"] == "busy";

@@ -16,6 +16,13 @@ pub struct SenderStats {
     pub late_over_1ms: u64,
     /// Worst lateness (send time − due time), µs.
     pub worst_late_us: f64,
+    /// Of all sent, handed to the send path only after their due time (built late: the
+    /// worker or the audio side was late, not the sender).
+    #[serde(default)]
+    pub built_late: u64,
+    /// Worst of those (hand-over time − due time), µs.
+    #[serde(default)]
+    pub worst_built_late_us: f64,
     /// Datagrams the ring had no room for (the worker sent them itself, at once).
     pub full: u64,
 }

@@ -54,6 +54,8 @@ pub struct Departure {
     bytes: [u8; MAX_DATAGRAM],
     /// Push order, for a stable order among equal due times.
     order: u64,
+    /// When it was handed over, host ns (to tell a late build from a late send).
+    pushed_ns: u64,
 }
 
 impl Departure {
@@ -71,6 +73,7 @@ impl Departure {
             len,
             bytes: buf,
             order: 0,
+            pushed_ns: 0,
         })
     }
 
@@ -111,6 +114,8 @@ struct Shared {
     send_errors: AtomicU64,
     late_over_1ms: AtomicU64,
     worst_late_ns: AtomicU64,
+    built_late: AtomicU64,
+    worst_built_late_ns: AtomicU64,
 }
 
 /// The worker's handle on the send path.
@@ -157,6 +162,7 @@ impl SendPath {
     /// caller still has the bytes: send them at once). Call [`SendPath::wake`] after a batch.
     pub fn push(&mut self, mut departure: Departure) -> Result<(), Full> {
         departure.order = self.next_order;
+        departure.pushed_ns = host_time_ns();
         self.next_order += 1;
         self.ring.push(departure).map_err(|_| {
             self.full += 1;
@@ -180,6 +186,8 @@ impl SendPath {
             send_errors: s.send_errors.load(Ordering::Relaxed),
             late_over_1ms: s.late_over_1ms.load(Ordering::Relaxed),
             worst_late_us: s.worst_late_ns.load(Ordering::Relaxed) as f64 / 1e3,
+            built_late: s.built_late.load(Ordering::Relaxed),
+            worst_built_late_us: s.worst_built_late_ns.load(Ordering::Relaxed) as f64 / 1e3,
             full: self.full,
         }
     }
@@ -262,6 +270,13 @@ fn run(
                 shared.late_over_1ms.fetch_add(1, Ordering::Relaxed);
             }
             shared.worst_late_ns.fetch_max(late, Ordering::Relaxed);
+            // Handed over after its due time: the build was late, not the send.
+            if d.pushed_ns > d.due_ns {
+                shared.built_late.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .worst_built_late_ns
+                    .fetch_max(d.pushed_ns - d.due_ns, Ordering::Relaxed);
+            }
         }
     }
 }
