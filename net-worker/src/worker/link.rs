@@ -31,11 +31,7 @@ use crate::proto::link::{MULTICAST, NodeId};
 /// difference to drift through), and between machines the 30 s re-measurement takes care of
 /// the crystals' drift. Elsewhere the worker's host clock.
 pub fn now_micros() -> Micros {
-    #[cfg(target_os = "linux")]
-    if let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_RAW) {
-        return t.tv_sec() * 1_000_000 + t.tv_nsec() / 1_000;
-    }
-    (crate::bridge::host_time_ns() / 1_000) as Micros
+    crate::sys::link_clock_micros()
 }
 
 /// Link's clock minus the worker's host clock ([`crate::bridge::host_time_ns`]), µs: read
@@ -100,9 +96,7 @@ pub struct LinkDriver {
 fn udp(bind: SocketAddrV4, reuse: bool) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     if reuse {
-        s.set_reuse_address(true)?;
-        #[cfg(unix)]
-        s.set_reuse_port(true)?;
+        crate::sys::share_port(&s)?;
     }
     s.bind(&bind.into())?;
     s.set_nonblocking(true)?;
@@ -239,6 +233,13 @@ impl LinkDriver {
                 match socket.recv_from(&mut self.buf) {
                     Ok((n, from)) => self.core.handle_discovery(now, from, &self.buf[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    // Windows reports an ICMP "port unreachable" from an earlier send as an
+                    // error on the next read; the datagrams behind it are still there.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::ConnectionReset | ErrorKind::Interrupted
+                        ) => {}
                     Err(_) => break,
                 }
             }
@@ -253,7 +254,11 @@ impl LinkDriver {
                             .handle_measurement_at(now, arrived, from, &self.buf[..n]);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::ConnectionReset | ErrorKind::Interrupted
+                        ) => {}
                     Err(_) => break,
                 }
             }
@@ -330,52 +335,13 @@ pub fn default_interface() -> Ipv4Addr {
         .unwrap_or(Ipv4Addr::LOCALHOST)
 }
 
-/// One IPv4 address of a network interface.
-#[derive(Debug, Clone)]
-struct Interface {
-    name: String,
-    address: Ipv4Addr,
-    /// Prefix length of its network.
-    prefix: u8,
-    /// Up and multicast-capable.
-    usable: bool,
-    loopback: bool,
-}
-
-/// Every IPv4 interface address.
-fn ipv4_interfaces() -> Result<Vec<Interface>, String> {
-    use nix::net::if_::InterfaceFlags;
-    let list =
-        nix::ifaddrs::getifaddrs().map_err(|e| format!("cannot list network interfaces: {e}"))?;
-    Ok(list
-        .filter_map(|i| {
-            let address = i.address.as_ref()?.as_sockaddr_in()?.ip();
-            let prefix = i
-                .netmask
-                .as_ref()
-                .and_then(|m| m.as_sockaddr_in())
-                .map_or(32, |m| u32::from(m.ip()).count_ones() as u8);
-            let usable = i.flags.contains(InterfaceFlags::IFF_UP)
-                && i.flags.contains(InterfaceFlags::IFF_MULTICAST);
-            let loopback = i.flags.contains(InterfaceFlags::IFF_LOOPBACK);
-            Some(Interface {
-                name: i.interface_name,
-                address,
-                prefix,
-                usable,
-                loopback,
-            })
-        })
-        .collect())
-}
-
 /// The interfaces (address, prefix length) for the user's choice (`link_interface`):
 /// empty = the interface the system routes Link's group through; `all` = every interface
 /// that is up and multicast-capable (loopback only when there is nothing else); otherwise
 /// names or IPv4 addresses separated by commas.
 pub fn resolve_interfaces(choice: &str) -> Result<Vec<(Ipv4Addr, u8)>, String> {
     let choice = choice.trim();
-    let known = ipv4_interfaces().unwrap_or_default();
+    let known = crate::sys::ipv4_interfaces().unwrap_or_default();
     let prefix_of = |a: Ipv4Addr| {
         known
             .iter()

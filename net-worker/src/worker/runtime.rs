@@ -501,6 +501,7 @@ impl Runtime {
             link: self.link.published_status.clone(),
             send_path,
             send_scheduling,
+            receive_times: crate::sys::RX_STAMPS.to_owned(),
             passes: self.passes,
             ..WorkerStatus::empty()
         };
