@@ -387,6 +387,7 @@ mod tests {
             refused,
             stale_bye: 0,
             unknown: 0,
+            wrong_source: 0,
             rtp_sent: 0,
             rtp_received: 0,
             send_errors: 0,

@@ -52,6 +52,10 @@ pub struct WorkerStatus {
     /// How the send path's thread is scheduled.
     #[serde(default)]
     pub send_scheduling: String,
+    /// How datagram arrival times are taken on this OS (kernel receive time, or read time on
+    /// Windows), which the CK latency and Link's measurement depend on.
+    #[serde(default)]
+    pub receive_times: String,
     /// Passes of the worker's loop so far (each one a wake-up: a socket, a command or a
     /// deadline), for the idle-cost checks.
     #[serde(default)]
@@ -73,6 +77,7 @@ impl WorkerStatus {
             link: None,
             send_path: None,
             send_scheduling: String::new(),
+            receive_times: String::new(),
             passes: 0,
         }
     }

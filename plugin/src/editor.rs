@@ -695,7 +695,9 @@ impl EditorApp {
 /// Write the log to `lockstep-log-<unix seconds>.txt` in the home folder (the temporary
 /// folder without one); says where, or why not.
 fn export_log(entries: &[LogEntry], filter: &BTreeSet<Source>) -> String {
+    // HOME on Linux and macOS, USERPROFILE on Windows.
     let dir = std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let stamp = std::time::SystemTime::now()

@@ -3,6 +3,7 @@
 //! | command | what it does |
 //! |---|---|
 //! | `bundle <pkg> [--release]` | nice-plug-xtask bundling into `target/bundled/` |
+//! | `bundle <pkg> --release --target T` | cross-built bundles into `target/bundled-T/` (checked for Windows) |
 //! | `install [--dest DIR] [--force]` | release bundles into the platform's plug-in folders |
 //! | `run [-- FLAGS]` | build what is missing, then the headless runner (README's run command) |
 //! | `test [--no-install]` | install peers, lint, build, run the suite in a private netns |
@@ -11,6 +12,7 @@
 mod bench;
 mod build;
 mod install;
+mod platforms;
 mod run;
 mod test;
 
@@ -20,6 +22,8 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
   bundle <package> [--release]   bundle a plugin (nice-plug-xtask)
+  bundle <package> --release --target TRIPLE
+                                 cross-build (Windows from Linux: target/bundled-TRIPLE/)
   install [--dest DIR] [--force] build release bundles and install them
   run [-- FLAGS]                 run Lockstep headless (`cargo xtask run -- --help`)
   test [--no-install]            everything CI runs
@@ -35,6 +39,7 @@ fn main() -> Result<()> {
     let rest: Vec<String> = args.collect();
     build::chdir_workspace_root()?;
     match command.as_str() {
+        "bundle" if rest.iter().any(|a| a == "--target") => platforms::bundle_command(&rest),
         "bundle" | "bundle-universal" | "known-packages" => nice_plug_xtask::main_with_args(
             "cargo xtask",
             std::iter::once(command.clone()).chain(rest),

@@ -3,7 +3,10 @@
 //! 1. Install what the tests need (unless `--no-install`): Debian `tshark`, `liblo-tools`,
 //!    `iproute2`, `util-linux`, `xvfb`, `xauth` when missing (as root), and a Python virtualenv in
 //!    `target/peers-venv` with the real peers (aalink, pymidi, python-osc, websockets, zeroconf).
-//! 2. `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`.
+//! 2. `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`; then the other
+//!    platforms: clippy for `x86_64-pc-windows-gnu`, `aarch64-apple-darwin` and
+//!    `x86_64-apple-darwin` (Rust targets added with rustup, mingw-w64 from Debian), and the
+//!    Windows bundles built, linked and checked.
 //! 3. Bundle the debug allocation-checked build (`target/bundled-debug/`), the release build and
 //!    the bench baseline (`target/bundled/`), and install into `target/install-check/`.
 //! 4. Build every test, then run `cargo test --workspace --offline` inside a private network
@@ -28,6 +31,8 @@ const DEBIAN: &[(&str, &str)] = &[
     // The editor test opens the real editor on a virtual X server.
     ("xvfb", "xvfb-run"),
     ("xauth", "xauth"),
+    // Links the Windows bundles (cross-built and checked, see platforms.rs).
+    ("gcc-mingw-w64-x86-64", "x86_64-w64-mingw32-gcc"),
 ];
 
 /// The PyPI peers, pinned so every machine tests against the same peers.
@@ -152,8 +157,18 @@ pub fn main(args: &[String]) -> Result<()> {
     if !no_install {
         stage("install test peers", started, || {
             install_debian()?;
-            install_python_peers()
+            install_python_peers()?;
+            crate::platforms::install_targets()
         })?;
+    } else {
+        let missing = crate::platforms::missing_targets();
+        if !missing.is_empty() {
+            bail!(
+                "Rust targets {missing:?} are missing: run `cargo xtask test` once without \
+                 --no-install, or `rustup target add {}`",
+                missing.join(" ")
+            );
+        }
     }
     stage("format and lint", started, || {
         run(&mut cargo(&["fmt", "--all", "--check"]))?;
@@ -167,6 +182,14 @@ pub fn main(args: &[String]) -> Result<()> {
             "warnings",
         ]))
     })?;
+    stage(
+        "other platforms: clippy for Windows and macOS, Windows bundles",
+        started,
+        || {
+            crate::platforms::lint_targets()?;
+            crate::platforms::windows_bundles()
+        },
+    )?;
     stage(
         "bundle debug (allocation-checked) and release",
         started,

@@ -25,6 +25,9 @@ pub const TTL: u8 = 5;
 /// Tempo range Link allows.
 pub const TEMPO_RANGE: (f64, f64) = (20.0, 999.0);
 
+/// Largest plausible timeline origin: 10^15 µs (31 years of ghost time) or micro-beats.
+pub const MAX_ORIGIN: u64 = 1_000_000_000_000_000;
+
 /// A node or session id.
 pub type NodeId = [u8; 8];
 
@@ -80,6 +83,17 @@ impl Timeline {
             return TEMPO_RANGE.0;
         }
         (60e6 / self.micros_per_beat as f64).clamp(TEMPO_RANGE.0, TEMPO_RANGE.1)
+    }
+
+    /// A timeline a real peer could send: a tempo inside Link's range (µs per beat rounded
+    /// either way) and origins within [`MAX_ORIGIN`] (about 31 years of µs, a billion beats).
+    /// Anything else is forged or broken and must not move a session.
+    pub fn is_plausible(&self) -> bool {
+        let slowest = (60e6 / TEMPO_RANGE.0).ceil() as i64 + 1;
+        let fastest = (60e6 / TEMPO_RANGE.1).floor() as i64 - 1;
+        (fastest..=slowest).contains(&self.micros_per_beat)
+            && self.beat_origin.unsigned_abs() <= MAX_ORIGIN
+            && self.time_origin.unsigned_abs() <= MAX_ORIGIN
     }
 
     /// Beats (fractional) at ghost time `ghost_us`.

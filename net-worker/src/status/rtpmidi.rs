@@ -22,6 +22,10 @@ pub struct RtpMidiStatus {
     pub stale_bye: u64,
     /// Datagrams for no known session or SSRC.
     pub unknown: u64,
+    /// Session control or RTP-MIDI for one of our sessions from an address that is not its
+    /// peer (forged or misrouted): counted, never acted on.
+    #[serde(default)]
+    pub wrong_source: u64,
     /// RTP-MIDI packets sent.
     pub rtp_sent: u64,
     /// RTP-MIDI packets received.

@@ -38,11 +38,7 @@ impl std::fmt::Debug for Discovery {
 
 /// This computer's name, for "Lockstep (host)" and `host.local.`.
 pub fn host_name() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("COMPUTERNAME").ok())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_default();
+    let raw = crate::sys::host_name();
     let name: String = raw
         .trim()
         .split('.')

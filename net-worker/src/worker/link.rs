@@ -14,6 +14,11 @@
 //! cannot be driven by a plugin.
 
 pub use crate::status::link::{LinkMode, LinkStatus};
+use super::runtime::{MAX_READ_ERRORS, READ_BUDGET};
+
+pub use service::LinkService;
+
+mod service;
 use std::io::ErrorKind;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -31,11 +36,7 @@ use crate::proto::link::{MULTICAST, NodeId};
 /// difference to drift through), and between machines the 30 s re-measurement takes care of
 /// the crystals' drift. Elsewhere the worker's host clock.
 pub fn now_micros() -> Micros {
-    #[cfg(target_os = "linux")]
-    if let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_RAW) {
-        return t.tv_sec() * 1_000_000 + t.tv_nsec() / 1_000;
-    }
-    (crate::bridge::host_time_ns() / 1_000) as Micros
+    crate::sys::link_clock_micros()
 }
 
 /// Link's clock minus the worker's host clock ([`crate::bridge::host_time_ns`]), µs: read
@@ -95,14 +96,15 @@ pub struct LinkDriver {
     buf: Vec<u8>,
     /// Send errors (an interface that went away, a full buffer).
     pub send_errors: u64,
+    /// The last read stopped at its budget with datagrams still waiting.
+    unread: bool,
 }
+
 
 fn udp(bind: SocketAddrV4, reuse: bool) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     if reuse {
-        s.set_reuse_address(true)?;
-        #[cfg(unix)]
-        s.set_reuse_port(true)?;
+        crate::sys::share_port(&s)?;
     }
     s.bind(&bind.into())?;
     s.set_nonblocking(true)?;
@@ -178,6 +180,7 @@ impl LinkDriver {
             group: SocketAddr::from((MULTICAST.0, MULTICAST.1)),
             buf: vec![0; 2048],
             send_errors: 0,
+            unread: false,
         })
     }
 
@@ -223,28 +226,54 @@ impl LinkDriver {
     /// Receive (if `readable`: the loop saw the token fire), run timers, send; returns the
     /// next deadline (Link µs).
     pub fn poll(&mut self, now: Micros, readable: bool) -> Option<Micros> {
-        if readable {
+        if readable || self.unread {
             self.receive(now);
         }
         self.core.handle_timeout(now);
         self.flush();
+        if self.unread {
+            return Some(now);
+        }
         self.core.poll_timeout()
     }
 
+    /// What waits on every socket, up to [`READ_BUDGET`] datagrams per socket and pass (a
+    /// flood of ALIVEs cannot hold the worker; the rest is read on the next pass, at once).
     fn receive(&mut self, now: Micros) {
+        self.unread = false;
         let discovery =
             std::iter::once(&self.group_rx).chain(self.gateways.iter().map(|g| &g.unicast));
         for socket in discovery {
+            let (mut budget, mut errors) = (READ_BUDGET, 0);
             loop {
+                if budget == 0 {
+                    self.unread = true;
+                    break;
+                }
+                budget -= 1;
                 match socket.recv_from(&mut self.buf) {
                     Ok((n, from)) => self.core.handle_discovery(now, from, &self.buf[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(_) => break,
+                    // Windows reports an ICMP "port unreachable" from an earlier send as an
+                    // error on the next read; the datagrams behind it are still there. A
+                    // socket that keeps failing is left until it is readable again.
+                    Err(_) => {
+                        errors += 1;
+                        if errors >= MAX_READ_ERRORS {
+                            break;
+                        }
+                    }
                 }
             }
         }
         for g in &self.gateways {
+            let (mut budget, mut errors) = (READ_BUDGET, 0);
             loop {
+                if budget == 0 {
+                    self.unread = true;
+                    break;
+                }
+                budget -= 1;
                 match crate::sys::recv_stamped(&g.measurement, &mut self.buf) {
                     Ok((n, from, age)) => {
                         // The kernel's receive time, moved to Link's clock by its age.
@@ -253,8 +282,12 @@ impl LinkDriver {
                             .handle_measurement_at(now, arrived, from, &self.buf[..n]);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => break,
+                    Err(_) => {
+                        errors += 1;
+                        if errors >= MAX_READ_ERRORS {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -330,52 +363,13 @@ pub fn default_interface() -> Ipv4Addr {
         .unwrap_or(Ipv4Addr::LOCALHOST)
 }
 
-/// One IPv4 address of a network interface.
-#[derive(Debug, Clone)]
-struct Interface {
-    name: String,
-    address: Ipv4Addr,
-    /// Prefix length of its network.
-    prefix: u8,
-    /// Up and multicast-capable.
-    usable: bool,
-    loopback: bool,
-}
-
-/// Every IPv4 interface address.
-fn ipv4_interfaces() -> Result<Vec<Interface>, String> {
-    use nix::net::if_::InterfaceFlags;
-    let list =
-        nix::ifaddrs::getifaddrs().map_err(|e| format!("cannot list network interfaces: {e}"))?;
-    Ok(list
-        .filter_map(|i| {
-            let address = i.address.as_ref()?.as_sockaddr_in()?.ip();
-            let prefix = i
-                .netmask
-                .as_ref()
-                .and_then(|m| m.as_sockaddr_in())
-                .map_or(32, |m| u32::from(m.ip()).count_ones() as u8);
-            let usable = i.flags.contains(InterfaceFlags::IFF_UP)
-                && i.flags.contains(InterfaceFlags::IFF_MULTICAST);
-            let loopback = i.flags.contains(InterfaceFlags::IFF_LOOPBACK);
-            Some(Interface {
-                name: i.interface_name,
-                address,
-                prefix,
-                usable,
-                loopback,
-            })
-        })
-        .collect())
-}
-
 /// The interfaces (address, prefix length) for the user's choice (`link_interface`):
 /// empty = the interface the system routes Link's group through; `all` = every interface
 /// that is up and multicast-capable (loopback only when there is nothing else); otherwise
 /// names or IPv4 addresses separated by commas.
 pub fn resolve_interfaces(choice: &str) -> Result<Vec<(Ipv4Addr, u8)>, String> {
     let choice = choice.trim();
-    let known = ipv4_interfaces().unwrap_or_default();
+    let known = crate::sys::ipv4_interfaces().unwrap_or_default();
     let prefix_of = |a: Ipv4Addr| {
         known
             .iter()
@@ -431,231 +425,6 @@ pub fn resolve_interface(choice: &str) -> Result<Ipv4Addr, String> {
         .first()
         .map(|i| i.0)
         .ok_or_else(|| format!("Link interface {choice:?}: none given"))
-}
-
-/// The process's Link peer and the role the instances give it.
-#[derive(Debug, Default)]
-pub struct LinkService {
-    driver: Option<LinkDriver>,
-    /// The worker's readiness loop and our token in it (a new driver registers there).
-    registration: Option<(Registry, Token)>,
-    interfaces: Vec<Ipv4Addr>,
-    /// The user's interface choice the driver was opened for.
-    choice: String,
-    /// After a failed open, when to try again (host µs).
-    retry_at: Micros,
-    error: Option<String>,
-    /// The DAW tempo and playing state last published (or seen when we joined).
-    last_daw: Option<(f64, bool)>,
-    /// The DAW's last (beat, host µs where it is heard) while playing, to notice a start or
-    /// a jump.
-    last_beat: Option<(f64, Micros)>,
-    /// Beats forced into the session (DAW starts and jumps).
-    forced: u64,
-    /// The DAW's beat minus the session's, ms (Lead, playing).
-    offset_ms: Option<f64>,
-    joins_seen: u64,
-    published: u64,
-    /// When the status was last made (it is published every 50 ms).
-    pub status_at: Micros,
-    /// A status (not None) is published.
-    pub status_shown: bool,
-    /// The status as last made, for the worker's published snapshot.
-    pub published_status: Option<LinkStatus>,
-}
-
-impl LinkService {
-    /// Nothing running.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A Link peer is open (some instance's Link Mode is not Off).
-    pub fn is_open(&self) -> bool {
-        self.driver.is_some()
-    }
-
-    /// Register every peer this opens with the worker's readiness loop under `token`.
-    pub fn set_registry(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
-        self.registration = Some((registry.try_clone()?, token));
-        Ok(())
-    }
-
-    /// Run for `mode` with the leading DAW's `tempo` and `playing` (the first instance whose
-    /// mode is not Off), `start_stop` sync on or off. Opens or closes the peer as needed.
-    #[allow(clippy::too_many_arguments)]
-    pub fn update(
-        &mut self,
-        now: Micros,
-        mode: LinkMode,
-        interface: &str,
-        daw: Option<(f64, bool)>,
-        start_stop: bool,
-        daw_beat: Option<(f64, Micros)>,
-        readable: bool,
-    ) -> Option<Micros> {
-        if mode == LinkMode::Off {
-            self.driver = None;
-            self.last_daw = None;
-            self.last_beat = None;
-            self.offset_ms = None;
-            self.error = None;
-            return None;
-        }
-        if interface != self.choice {
-            // Another interface chosen: leave (BYEBYE) and join again there.
-            self.driver = None;
-            self.error = None;
-            self.choice = interface.to_owned();
-        }
-        if self.driver.is_none() && (self.error.is_none() || now >= self.retry_at) {
-            let tempo = daw.map_or(120.0, |d| d.0);
-            let registration = self.registration.as_ref();
-            let opened = resolve_interfaces(interface).and_then(|list| {
-                LinkDriver::open_on(&list, tempo)
-                    .and_then(|mut d| {
-                        if let Some((registry, token)) = registration {
-                            d.register(registry, *token)?;
-                        }
-                        Ok(d)
-                    })
-                    .map_err(|e| {
-                        let names: Vec<String> = list.iter().map(|i| i.0.to_string()).collect();
-                        format!("cannot join Link on {}: {e}", names.join(", "))
-                    })
-            });
-            match opened {
-                Ok(d) => {
-                    self.interfaces = d.interfaces();
-                    self.driver = Some(d);
-                    self.error = None;
-                    self.last_daw = daw;
-                    self.joins_seen = 0;
-                }
-                Err(e) => {
-                    // Shown, and tried again every 5 s (an interface that comes up later).
-                    self.error = Some(e);
-                    self.retry_at = now + 5_000_000;
-                    return None;
-                }
-            }
-        }
-        let driver = self.driver.as_mut()?;
-        let joins = driver.core().counters().joins;
-        if joins != self.joins_seen {
-            // Joined a session: adopt it; publish only what the DAW changes from now on.
-            self.joins_seen = joins;
-            self.last_daw = daw;
-        }
-        if mode == LinkMode::Lead
-            && let Some((tempo, playing)) = daw
-        {
-            let (last_tempo, last_playing) = self.last_daw.unwrap_or((tempo, playing));
-            if (tempo - last_tempo).abs() > 1e-6 {
-                driver.core_mut().set_tempo(now, tempo);
-                self.published += 1;
-            }
-            if start_stop && playing != last_playing {
-                driver.core_mut().set_playing(now, playing);
-            }
-            self.last_daw = Some((tempo, playing));
-            // The DAW's beat phase: forced into the session when the DAW starts or jumps
-            // (not on joining, not for drift), so the beat Link peers play is the one heard.
-            match (playing, daw_beat) {
-                (true, Some((beat, at))) => {
-                    let expected = self
-                        .last_beat
-                        .map(|(b, t)| b + (at - t) as f64 / 1e6 * tempo / 60.0);
-                    let jumped = expected.is_none_or(|e| (e - beat).abs() > 0.01);
-                    if jumped {
-                        driver.core_mut().force_beat(now, beat, at);
-                        self.forced += 1;
-                    }
-                    self.last_beat = Some((beat, at));
-                    let session = driver.core().beats_at(at);
-                    self.offset_ms = Some((beat - session) * 60e3 / tempo.max(1.0));
-                }
-                _ => {
-                    self.last_beat = None;
-                    self.offset_ms = None;
-                }
-            }
-        } else {
-            self.offset_ms = None;
-        }
-        driver.poll(now, readable)
-    }
-
-    /// The session's timeline now, for a Link-driven clock (None while not in Link).
-    pub fn timeline(&self, now: Micros) -> Option<crate::clock::link_clock::Timeline> {
-        let core = self.driver.as_ref()?.core();
-        Some(crate::clock::link_clock::Timeline {
-            tempo: core.tempo(),
-            anchor_us: now as f64,
-            anchor_beat: core.beats_at(now),
-            playing: core.playing(),
-            start_stop_us: core.start_stop_time(),
-        })
-    }
-
-    /// What OSC controllers see of the session (None while not in Link).
-    pub fn feed(&self, now: Micros, quantum: f64) -> Option<super::osc::LinkFeed> {
-        let core = self.driver.as_ref()?.core();
-        Some(super::osc::LinkFeed {
-            peers: i32::try_from(core.session_peers()).unwrap_or(i32::MAX),
-            tempo: core.tempo() as f32,
-            phase: core.beats_at(now).rem_euclid(quantum.max(1.0)) as f32,
-            playing: core.playing(),
-            offset_ms: self.offset_ms.map(|o| o as f32),
-        })
-    }
-
-    /// The status now.
-    pub fn status(&self, now: Micros, mode: LinkMode, quantum: f64) -> Option<LinkStatus> {
-        if mode == LinkMode::Off && self.error.is_none() {
-            return None;
-        }
-        let mut s = LinkStatus {
-            mode,
-            interface: self
-                .interfaces
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-            quantum,
-            error: self.error.clone(),
-            published: self.published,
-            forced: self.forced,
-            at_micros: now,
-            offset_ms: self.offset_ms,
-            note: (mode == LinkMode::Follow).then(|| {
-                "a plugin cannot drive the DAW's transport: in Follow, Lockstep's MIDI clock and \
-                 OSC transport follow the session; the DAW plays on its own"
-                    .to_owned()
-            }),
-            ..LinkStatus::default()
-        };
-        if let Some(d) = &self.driver {
-            let core = d.core();
-            s.session = core.session().iter().map(|b| format!("{b:02x}")).collect();
-            s.peers = core.peers();
-            s.session_peers = core.session_peers();
-            s.tempo = core.tempo();
-            s.beat = core.beats_at(now);
-            s.phase = if quantum > 0.0 {
-                s.beat.rem_euclid(quantum)
-            } else {
-                0.0
-            };
-            s.playing = core.playing();
-            s.joins = core.counters().joins;
-            s.malformed = core.counters().malformed + core.counters().foreign_group;
-            s.remeasures = core.counters().remeasures;
-            s.last_correction_us = core.last_correction();
-        }
-        Some(s)
-    }
 }
 
 #[cfg(test)]

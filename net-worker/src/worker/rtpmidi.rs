@@ -10,6 +10,7 @@
 //! RS) leaves at once from here.
 
 pub use crate::status::rtpmidi::{PeerReport, RtpMidiStatus};
+use super::runtime::{MAX_READ_ERRORS, READ_BUDGET};
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -35,6 +36,7 @@ struct Destination {
     follower: ClockFollower,
     scheduler: Scheduler,
 }
+
 
 /// How long after a failed lookup a host name is tried again.
 const RESOLVE_RETRY: Nanos = 30_000_000_000;
@@ -66,6 +68,9 @@ pub struct RtpMidi {
     status: RtpMidiStatus,
     /// Directory peers given by host name, until their lookup succeeds.
     pending: Vec<Pending>,
+    /// The last read stopped at its budget with datagrams still waiting: read again on the
+    /// next pass (edge-triggered readiness will not say so again).
+    unread: bool,
     /// The latest lookup failure per host.
     resolve_errors: BTreeMap<String, String>,
     buf: Vec<u8>,
@@ -154,6 +159,7 @@ impl RtpMidi {
             pending: Vec::new(),
             resolve_errors: BTreeMap::new(),
             buf: vec![0; 2048],
+            unread: false,
         };
         driver
             .endpoint
@@ -302,7 +308,7 @@ impl RtpMidi {
         if !self.pending.is_empty() {
             self.poll_lookups(now, resolver);
         }
-        if readable {
+        if readable || self.unread {
             self.receive(now);
         }
         self.handle_events();
@@ -330,10 +336,15 @@ impl RtpMidi {
             next = [next, build_at].into_iter().flatten().min();
         }
         self.flush(send_path);
+        if self.unread {
+            next = Some(now);
+        }
         next
     }
 
-    /// Everything waiting on both sockets, each at its kernel receive time.
+    /// What waits on both sockets, each datagram at its kernel receive time, up to
+    /// [`READ_BUDGET`] per socket and pass (a flood cannot hold the worker here; the rest is
+    /// read on the next pass, which comes at once).
     fn receive(&mut self, now: Nanos) {
         let Self {
             control,
@@ -341,19 +352,34 @@ impl RtpMidi {
             endpoint,
             status,
             buf,
+            unread,
             ..
         } = self;
+        *unread = false;
         for (port, socket) in [(Port::Control, &*control), (Port::Data, &*data)] {
+            let (mut budget, mut errors) = (READ_BUDGET, 0);
             loop {
+                if budget == 0 {
+                    *unread = true;
+                    break;
+                }
+                budget -= 1;
                 match crate::sys::recv_stamped(socket, buf) {
                     Ok((len, from, age)) => {
                         let arrived = age.map_or(now, |age| host_time_ns().saturating_sub(age));
                         endpoint.handle_datagram(arrived, port, from, &buf[..len]);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    // ICMP port-unreachable from a dead peer shows up here (Linux, and as
+                    // ConnectionReset on Windows): count it and go on reading.
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    // ICMP port-unreachable from a dead peer shows up here on Linux: count it.
-                    Err(_) => status.send_errors += 1,
+                    Err(_) => {
+                        status.send_errors += 1;
+                        errors += 1;
+                        if errors >= MAX_READ_ERRORS {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -476,6 +502,7 @@ impl RtpMidi {
             refused: c.refused,
             stale_bye: c.stale_bye,
             unknown: c.unknown_session + c.unknown_ssrc,
+            wrong_source: c.wrong_source,
             rtp_sent: c.rtp_sent,
             rtp_received: c.rtp_received,
             send_errors: self.status.send_errors,

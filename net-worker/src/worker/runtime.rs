@@ -62,6 +62,14 @@ pub const HOUSEKEEPING: Duration = Duration::from_millis(250);
 /// well below the audio threads DAWs and JACK run at (typically 70 and up).
 pub const REALTIME_PRIORITY: u8 = 10;
 
+/// Datagrams (and TCP reads per controller) a driver takes from one socket in one pass, at
+/// most: a flood cannot hold the worker; the driver asks for the next pass at once for the
+/// rest (edge-triggered readiness will not say so again).
+pub const READ_BUDGET: u32 = 256;
+/// Read errors (ICMP reports of earlier sends) taken from one socket in one pass, at most: a
+/// socket that keeps failing is left until it is readable again.
+pub const MAX_READ_ERRORS: u32 = 8;
+
 /// Timed OSC changes go to the plugin this long before they are due (covers a block of up
 /// to 2048 samples at 48 kHz); the CLAP shim holds them until their block.
 const OSC_LOOKAHEAD: u64 = 50_000_000;
@@ -428,6 +436,10 @@ impl Runtime {
         {
             q.poll(now, &server.core, host);
         }
+        if server.unread() {
+            // Stopped at its read budget: come back at once for the rest.
+            return Some(now);
+        }
         server
             .core
             .next_due()
@@ -501,6 +513,7 @@ impl Runtime {
             link: self.link.published_status.clone(),
             send_path,
             send_scheduling,
+            receive_times: crate::sys::RX_STAMPS.to_owned(),
             passes: self.passes,
             ..WorkerStatus::empty()
         };

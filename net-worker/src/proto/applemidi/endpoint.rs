@@ -44,6 +44,10 @@ pub struct Counters {
     pub unknown_session: u64,
     /// RTP packets from an SSRC we have no session with.
     pub unknown_ssrc: u64,
+    /// Session control (OK, NO, BY, CK, RS, RL) or RTP-MIDI naming one of our sessions but
+    /// coming from an address that is not that session's peer: forged or misrouted, never
+    /// acted on.
+    pub wrong_source: u64,
     /// RTP-MIDI packets received from connected peers.
     pub rtp_received: u64,
     /// RTP-MIDI packets sent.
@@ -234,10 +238,11 @@ impl Endpoint {
                 Ok(packet) => {
                     let ssrc = packet.header.ssrc;
                     match self.find(|x| x.is_connected() && x.is_peer_ssrc(ssrc)) {
-                        Some(session) => {
+                        Some(session) if session.is_from_peer(from) => {
                             session.handle_rtp(now, &packet);
                             self.counters.rtp_received += 1;
                         }
+                        Some(_) => self.counters.wrong_source += 1,
                         None => self.counters.unknown_ssrc += 1,
                     }
                 }
@@ -259,25 +264,38 @@ impl Endpoint {
     fn handle_command(&mut self, now: Nanos, on: Port, from: SocketAddr, command: &Command) {
         match command {
             Command::Invitation(e) => self.handle_invitation(now, on, from, e),
+            // Only the session's own peer (its address pair) may answer, end or measure it.
             Command::Accepted(e) | Command::Rejected(e) => {
                 match self.find(|s| s.token() == e.token) {
-                    Some(session) => session.handle_command(now, on, command),
+                    Some(session) if session.is_from_peer(from) => {
+                        session.handle_command(now, on, command);
+                    }
+                    Some(_) => self.counters.wrong_source += 1,
                     None => self.counters.unknown_session += 1,
                 }
             }
             Command::Bye(e) => {
                 match self.find(|s| s.is_peer_ssrc(e.ssrc) && s.closed().is_none()) {
-                    Some(session) => session.handle_command(now, on, command),
+                    Some(session) if session.is_from_peer(from) => {
+                        session.handle_command(now, on, command);
+                    }
+                    Some(_) => self.counters.wrong_source += 1,
                     None => self.counters.stale_bye += 1,
                 }
             }
             Command::Ck(ck) => match self.find(|s| s.is_peer_ssrc(ck.ssrc)) {
-                Some(session) => session.handle_command(now, on, command),
+                Some(session) if session.is_from_peer(from) => {
+                    session.handle_command(now, on, command);
+                }
+                Some(_) => self.counters.wrong_source += 1,
                 None => self.counters.unknown_session += 1,
             },
             Command::ReceiverFeedback { ssrc, .. } | Command::BitrateLimit { ssrc, .. } => {
                 match self.find(|s| s.is_peer_ssrc(*ssrc)) {
-                    Some(session) => session.handle_command(now, on, command),
+                    Some(session) if session.is_from_peer(from) => {
+                        session.handle_command(now, on, command);
+                    }
+                    Some(_) => self.counters.wrong_source += 1,
                     None => self.counters.unknown_session += 1,
                 }
             }

@@ -264,6 +264,12 @@ impl Session {
         self.peer_control
     }
 
+    /// True if `from` is one of the peer's two ports: only the session's owner may change it
+    /// (a BY, CK, RS or RTP-MIDI from anyone else is not acted on).
+    pub fn is_from_peer(&self, from: SocketAddr) -> bool {
+        from == self.peer_control || from == self.peer_data()
+    }
+
     /// The peer's data address (control port + 1).
     pub fn peer_data(&self) -> SocketAddr {
         SocketAddr::new(

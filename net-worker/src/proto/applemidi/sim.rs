@@ -483,6 +483,50 @@ mod tests {
         assert_eq!(net.endpoints[1].counters().stale_bye, 1);
     }
 
+    /// A third party that knows (or sweeps) the peer's SSRC cannot end the session with a
+    /// forged BY, keep it alive with CK, or inject RTP-MIDI: all counted, none acted on.
+    #[test]
+    fn forged_control_from_another_address_is_counted_and_ignored() {
+        let mut net = start(CLEAN, 4);
+        net.run_until(net.now + SECOND);
+        assert!(net.connected(0) && net.connected(1));
+        let peer_ssrc = net.endpoints[1]
+            .session(net.addrs[0])
+            .and_then(|s| s.peer_ssrc())
+            .expect("B knows A's SSRC");
+        let attacker = SocketAddr::from(([127, 0, 0, 1], 40_000));
+        let now = net.now;
+        let mut bye = Vec::new();
+        super::super::encode_into(
+            &super::super::Command::Bye(super::super::Exchange {
+                token: 1,
+                ssrc: peer_ssrc,
+                name: None,
+            }),
+            &mut bye,
+        );
+        net.endpoints[1].handle_datagram(now, Port::Control, attacker, &bye);
+        net.endpoints[1].handle_datagram(now, Port::Data, attacker, &bye);
+        let mut ck = Vec::new();
+        super::super::encode_into(
+            &super::super::Command::Ck(super::super::Ck {
+                ssrc: peer_ssrc,
+                count: 0,
+                timestamps: [1, 0, 0],
+            }),
+            &mut ck,
+        );
+        net.endpoints[1].handle_datagram(now, Port::Data, attacker, &ck);
+        net.run_until(net.now + 5 * SECOND);
+        assert!(net.connected(0) && net.connected(1), "the forged BY ended nothing");
+        let c = net.endpoints[1].counters();
+        assert_eq!((c.wrong_source, c.stale_bye), (3, 0), "{c:?}");
+        // The real peer's BY still ends it.
+        let a = net.addrs[0];
+        net.endpoints[1].handle_datagram(net.now, Port::Control, a, &bye);
+        assert!(!net.connected(1));
+    }
+
     #[test]
     fn access_modes_refuse_with_no_and_count() {
         let mut net = Net::new(CLEAN, 5);

@@ -92,7 +92,16 @@ pub struct Counters {
     /// Network timelines or start/stop states not taken in the grace period after a local
     /// change.
     pub held_by_grace: u64,
+    /// ALIVEs / RESPONSEs with an impossible timeline (tempo outside 20–999 BPM, absurd
+    /// origins): forged or broken, dropped before they touch any state.
+    pub implausible: u64,
+    /// New peers not taken because [`MAX_PEERS`] are known already.
+    pub peers_refused: u64,
 }
+
+/// Most peers kept at once (a studio has a handful; a flood of forged node ids cannot grow
+/// the table or the work per message past this).
+pub const MAX_PEERS: usize = 64;
 
 /// The peer.
 #[derive(Debug)]
@@ -352,6 +361,16 @@ impl LinkCore {
                 self.peers.retain(|p| p.node != message.node);
             }
             DiscoveryKind::Alive | DiscoveryKind::Response => {
+                if message.state.timeline.is_some_and(|t| !t.is_plausible()) {
+                    self.counters.implausible += 1;
+                    return;
+                }
+                let known = self.peers.iter().any(|p| p.node == message.node);
+                if !known && self.peers.len() >= MAX_PEERS {
+                    // Known peers keep their place; a new one waits until one leaves.
+                    self.counters.peers_refused += 1;
+                    return;
+                }
                 if message.kind == DiscoveryKind::Alive {
                     let bytes = self.message(DiscoveryKind::Response);
                     self.transmits.push_back(Transmit {
@@ -829,6 +848,61 @@ mod tests {
             lag: 0,
             lagging: 0,
         }
+    }
+
+    /// Forged ALIVEs: our own session id with an impossible tempo or origin never move the
+    /// session; a flood of new node ids stops at MAX_PEERS (known peers keep their place).
+    #[test]
+    fn impossible_timelines_are_dropped_and_peers_are_capped() {
+        let now = BASE;
+        let mut core = LinkCore::new(now, [1; 8], 120.0, meas(0));
+        let session = core.session();
+        let forged = |node: u8, micros_per_beat: i64, origin: i64| {
+            let m = Discovery {
+                kind: DiscoveryKind::Alive,
+                ttl: 5,
+                group: 0,
+                node: [node, 0, 0, 0, 0, 0, 0, 9],
+                state: PeerState {
+                    timeline: Some(Timeline {
+                        micros_per_beat,
+                        beat_origin: origin,
+                        time_origin: 0,
+                    }),
+                    session: Some(session),
+                    start_stop: None,
+                    measurement: Some(meas(1)),
+                },
+            };
+            let mut bytes = Vec::new();
+            crate::proto::link::encode_discovery(&m, &mut bytes).expect("encodes");
+            bytes
+        };
+        for (i, (mpb, origin)) in [(1, 1 << 40), (-5, 1 << 40), (i64::MAX, 1 << 40), (500_000, -4_600_000_000_000_000_000)]
+            .into_iter()
+            .enumerate()
+        {
+            core.handle_discovery(now, disc(1), &forged(i as u8, mpb, origin));
+        }
+        assert_eq!(core.counters().implausible, 4);
+        assert!((core.tempo() - 120.0).abs() < 1e-9, "{}", core.tempo());
+        assert_eq!(core.session_peers(), 0);
+        // 200 new node ids with a sane timeline: 64 kept, the rest refused and counted.
+        for i in 0..200u16 {
+            let mut bytes = forged(0, 500_000, 1 << 40);
+            // A distinct node id per message (bytes 8..16 of the header hold it).
+            let id = 1_000 + u32::from(i);
+            let m = crate::proto::link::decode_discovery(&bytes).expect("decodes");
+            let m = Discovery {
+                node: [0, 0, 0, 0, (id >> 24) as u8, (id >> 16) as u8, (id >> 8) as u8, id as u8],
+                ..m
+            };
+            bytes.clear();
+            crate::proto::link::encode_discovery(&m, &mut bytes).expect("encodes");
+            core.handle_discovery(now, disc(2), &bytes);
+        }
+        assert_eq!(core.counters().peers_refused, 200 - MAX_PEERS as u64);
+        assert!(core.session_peers() <= MAX_PEERS);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! ([`OscServer::register`]); the worker calls [`OscServer::poll`] with `readable` set when
 //! that token fired, so an idle OSC port costs no system call.
 
+use crate::worker::runtime::{MAX_READ_ERRORS, READ_BUDGET};
 use std::io::ErrorKind;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -34,7 +35,11 @@ pub struct OscServer {
     buf: Vec<u8>,
     /// Transport requests from the last poll.
     pub transport: Vec<TransportRequest>,
+    /// The last poll stopped at its read budget with input still waiting: read again on the
+    /// next pass (edge-triggered readiness will not say so again).
+    unread: bool,
 }
+
 
 /// Most TCP controllers at once.
 pub const MAX_STREAMS: usize = 16;
@@ -101,7 +106,13 @@ impl OscServer {
             errors,
             buf: vec![0; MAX_PACKET + 1],
             transport: Vec::new(),
+            unread: false,
         })
+    }
+
+    /// Input is still waiting from the last poll (it stopped at its budget).
+    pub fn unread(&self) -> bool {
+        self.unread
     }
 
     /// The port we listen on.
@@ -135,8 +146,16 @@ impl OscServer {
             .map_or(0.0, |d| d.as_nanos() as f64);
         self.core
             .set_wall_offset(unix - crate::bridge::host_time_ns() as f64);
+        let readable = readable || self.unread;
+        self.unread = false;
         if readable {
+            let (mut budget, mut errors) = (READ_BUDGET, 0);
             loop {
+                if budget == 0 {
+                    self.unread = true;
+                    break;
+                }
+                budget -= 1;
                 match self.socket.recv_from(&mut self.buf) {
                     Ok((len, from)) => {
                         // A datagram that filled the whole buffer was longer than MAX_PACKET.
@@ -148,8 +167,14 @@ impl OscServer {
                         self.core.handle_datagram(now, from, bytes, &mut out);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    // ICMP errors from earlier sends to gone controllers: ignore and go on.
-                    Err(_) => continue,
+                    // ICMP errors from earlier sends to gone controllers: ignore and go on
+                    // (a socket that keeps failing is left until it is readable again).
+                    Err(_) => {
+                        errors += 1;
+                        if errors >= MAX_READ_ERRORS {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -205,8 +230,15 @@ impl OscServer {
         }
         let core = &mut self.core;
         let buf = &mut self.buf;
+        let unread = &mut self.unread;
         self.streams.retain_mut(|s| {
+            let mut budget = READ_BUDGET;
             loop {
+                if budget == 0 {
+                    *unread = true;
+                    return true;
+                }
+                budget -= 1;
                 let n = match s.stream.read(buf) {
                     Ok(0) => return false,
                     Ok(n) => n,
