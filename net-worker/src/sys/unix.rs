@@ -118,6 +118,12 @@ mod tests {
             recv_stamped(&rx, &mut buf).map_err(|e| e.kind()).err(),
             Some(io::ErrorKind::WouldBlock)
         );
+        // The kernel switches receive timestamps on lazily (a deferred static key): a datagram
+        // that arrives before that is stamped when read. Let it settle first.
+        tx.send_to(b"warm", rx.local_addr().expect("addr"))
+            .expect("send");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        while recv_stamped(&rx, &mut buf).is_ok() {}
         tx.send_to(b"ping", rx.local_addr().expect("addr"))
             .expect("send");
         std::thread::sleep(std::time::Duration::from_millis(20));

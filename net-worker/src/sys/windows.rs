@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use thread_priority::ThreadPriority;
 
 /// How datagram arrival times are taken here.
-pub const RX_STAMPS: &str =
-    "read time (Windows has no receive timestamps on UDP: late by the worker's wake-up, \
+pub const RX_STAMPS: &str = "read time (Windows has no receive timestamps on UDP: late by the worker's wake-up, \
      typically under 1 ms)";
 
 /// See [`super::realtime`].

@@ -13,8 +13,8 @@
 //! transport run from the session's timeline ([`crate::clock::link_clock`]); the DAW itself
 //! cannot be driven by a plugin.
 
-pub use crate::status::link::{LinkMode, LinkStatus};
 use super::runtime::{MAX_READ_ERRORS, READ_BUDGET};
+pub use crate::status::link::{LinkMode, LinkStatus};
 
 pub use service::LinkService;
 
@@ -99,7 +99,6 @@ pub struct LinkDriver {
     /// The last read stopped at its budget with datagrams still waiting.
     unread: bool,
 }
-
 
 fn udp(bind: SocketAddrV4, reuse: bool) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
@@ -381,7 +380,7 @@ pub fn resolve_interfaces(choice: &str) -> Result<Vec<(Ipv4Addr, u8)>, String> {
         return Ok(vec![(a, prefix_of(a))]);
     }
     if choice.eq_ignore_ascii_case("all") {
-        let usable: Vec<&Interface> = known.iter().filter(|k| k.usable).collect();
+        let usable: Vec<&crate::sys::Interface> = known.iter().filter(|k| k.usable).collect();
         let outside: Vec<_> = usable
             .iter()
             .filter(|k| !k.loopback)

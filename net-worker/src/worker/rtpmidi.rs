@@ -9,8 +9,8 @@
 //! ([`super::sender`]), which sends them exactly then; AppleMIDI control (invitations, CK, BY,
 //! RS) leaves at once from here.
 
-pub use crate::status::rtpmidi::{PeerReport, RtpMidiStatus};
 use super::runtime::{MAX_READ_ERRORS, READ_BUDGET};
+pub use crate::status::rtpmidi::{PeerReport, RtpMidiStatus};
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -36,7 +36,6 @@ struct Destination {
     follower: ClockFollower,
     scheduler: Scheduler,
 }
-
 
 /// How long after a failed lookup a host name is tried again.
 const RESOLVE_RETRY: Nanos = 30_000_000_000;

@@ -518,7 +518,10 @@ mod tests {
         );
         net.endpoints[1].handle_datagram(now, Port::Data, attacker, &ck);
         net.run_until(net.now + 5 * SECOND);
-        assert!(net.connected(0) && net.connected(1), "the forged BY ended nothing");
+        assert!(
+            net.connected(0) && net.connected(1),
+            "the forged BY ended nothing"
+        );
         let c = net.endpoints[1].counters();
         assert_eq!((c.wrong_source, c.stale_bye), (3, 0), "{c:?}");
         // The real peer's BY still ends it.

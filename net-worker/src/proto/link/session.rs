@@ -878,9 +878,14 @@ mod tests {
             crate::proto::link::encode_discovery(&m, &mut bytes).expect("encodes");
             bytes
         };
-        for (i, (mpb, origin)) in [(1, 1 << 40), (-5, 1 << 40), (i64::MAX, 1 << 40), (500_000, -4_600_000_000_000_000_000)]
-            .into_iter()
-            .enumerate()
+        for (i, (mpb, origin)) in [
+            (1, 1 << 40),
+            (-5, 1 << 40),
+            (i64::MAX, 1 << 40),
+            (500_000, -4_600_000_000_000_000_000),
+        ]
+        .into_iter()
+        .enumerate()
         {
             core.handle_discovery(now, disc(1), &forged(i as u8, mpb, origin));
         }
@@ -894,7 +899,16 @@ mod tests {
             let id = 1_000 + u32::from(i);
             let m = crate::proto::link::decode_discovery(&bytes).expect("decodes");
             let m = Discovery {
-                node: [0, 0, 0, 0, (id >> 24) as u8, (id >> 16) as u8, (id >> 8) as u8, id as u8],
+                node: [
+                    0,
+                    0,
+                    0,
+                    0,
+                    (id >> 24) as u8,
+                    (id >> 16) as u8,
+                    (id >> 8) as u8,
+                    id as u8,
+                ],
                 ..m
             };
             bytes.clear();

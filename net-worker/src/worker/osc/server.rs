@@ -40,7 +40,6 @@ pub struct OscServer {
     unread: bool,
 }
 
-
 /// Most TCP controllers at once.
 pub const MAX_STREAMS: usize = 16;
 
