@@ -23,7 +23,11 @@ pub const WINDOWS: &str = "x86_64-pc-windows-gnu";
 pub const TARGETS: [&str; 3] = [WINDOWS, "aarch64-apple-darwin", "x86_64-apple-darwin"];
 
 /// MinGW runtime DLLs a Windows user would not have: a bundle must not import them.
-const FOREIGN_DLLS: [&str; 3] = ["libgcc_s_seh-1.dll", "libwinpthread-1.dll", "libstdc++-6.dll"];
+const FOREIGN_DLLS: [&str; 3] = [
+    "libgcc_s_seh-1.dll",
+    "libwinpthread-1.dll",
+    "libstdc++-6.dll",
+];
 
 /// Install the Rust standard libraries of [`TARGETS`] that are missing (rustup).
 pub fn install_targets() -> Result<()> {
@@ -40,7 +44,9 @@ pub fn install_targets() -> Result<()> {
         return Ok(());
     }
     println!("xtask test: adding Rust targets {missing:?}");
-    run(Command::new("rustup").args(["target", "add"]).args(&missing))
+    run(Command::new("rustup")
+        .args(["target", "add"])
+        .args(&missing))
 }
 
 /// Targets of [`TARGETS`] not installed, for a clear error with `--no-install`.
@@ -125,8 +131,7 @@ pub fn check_windows_bundles(dir: &Path) -> Result<()> {
     let clap = dir.join("Lockstep.clap");
     let vst3 = dir.join("Lockstep.vst3/Contents/x86_64-win/Lockstep.vst3");
     for (path, export) in [(&clap, "clap_entry"), (&vst3, "GetPluginFactory")] {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let pe = goblin::pe::PE::parse(&bytes)
             .with_context(|| format!("{} is not a Windows DLL", path.display()))?;
         ensure!(pe.is_lib, "{} is not a DLL", path.display());
@@ -137,7 +142,10 @@ pub fn check_windows_bundles(dir: &Path) -> Result<()> {
         );
         for dll in &pe.libraries {
             if FOREIGN_DLLS.iter().any(|f| f.eq_ignore_ascii_case(dll)) {
-                bail!("{} imports {dll}, which Windows users do not have", path.display());
+                bail!(
+                    "{} imports {dll}, which Windows users do not have",
+                    path.display()
+                );
             }
         }
     }
