@@ -13,7 +13,7 @@
 //! transport run from the session's timeline ([`crate::clock::link_clock`]); the DAW itself
 //! cannot be driven by a plugin.
 
-use super::runtime::{MAX_READ_ERRORS, READ_BUDGET};
+use super::runtime::read_budgeted;
 pub use crate::status::link::{LinkMode, LinkStatus};
 
 pub use service::LinkService;
@@ -236,59 +236,35 @@ impl LinkDriver {
         self.core.poll_timeout()
     }
 
-    /// What waits on every socket, up to [`READ_BUDGET`] datagrams per socket and pass (a
+    /// What waits on every socket, up to [`READ_BUDGET`](super::runtime::READ_BUDGET) datagrams per socket and pass (a
     /// flood of ALIVEs cannot hold the worker; the rest is read on the next pass, at once).
     fn receive(&mut self, now: Micros) {
-        self.unread = false;
-        let discovery =
-            std::iter::once(&self.group_rx).chain(self.gateways.iter().map(|g| &g.unicast));
-        for socket in discovery {
-            let (mut budget, mut errors) = (READ_BUDGET, 0);
-            loop {
-                if budget == 0 {
-                    self.unread = true;
-                    break;
-                }
-                budget -= 1;
-                match socket.recv_from(&mut self.buf) {
-                    Ok((n, from)) => self.core.handle_discovery(now, from, &self.buf[..n]),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    // Windows reports an ICMP "port unreachable" from an earlier send as an
-                    // error on the next read; the datagrams behind it are still there. A
-                    // socket that keeps failing is left until it is readable again.
-                    Err(_) => {
-                        errors += 1;
-                        if errors >= MAX_READ_ERRORS {
-                            break;
-                        }
-                    }
-                }
-            }
+        let Self {
+            core,
+            group_rx,
+            gateways,
+            buf,
+            unread,
+            ..
+        } = self;
+        *unread = false;
+        for socket in std::iter::once(&*group_rx).chain(gateways.iter().map(|g| &g.unicast)) {
+            let step = || {
+                let (n, from) = socket.recv_from(buf)?;
+                core.handle_discovery(now, from, &buf[..n]);
+                Ok(())
+            };
+            *unread |= read_budgeted(step, || {});
         }
-        for g in &self.gateways {
-            let (mut budget, mut errors) = (READ_BUDGET, 0);
-            loop {
-                if budget == 0 {
-                    self.unread = true;
-                    break;
-                }
-                budget -= 1;
-                match crate::sys::recv_stamped(&g.measurement, &mut self.buf) {
-                    Ok((n, from, age)) => {
-                        // The kernel's receive time, moved to Link's clock by its age.
-                        let arrived = age.map_or(now, |age| now_micros() - (age / 1_000) as Micros);
-                        self.core
-                            .handle_measurement_at(now, arrived, from, &self.buf[..n]);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        errors += 1;
-                        if errors >= MAX_READ_ERRORS {
-                            break;
-                        }
-                    }
-                }
-            }
+        for g in gateways.iter() {
+            let step = || {
+                let (n, from, age) = crate::sys::recv_stamped(&g.measurement, buf)?;
+                // The kernel's receive time, moved to Link's clock by its age.
+                let arrived = age.map_or(now, |age| now_micros() - (age / 1_000) as Micros);
+                core.handle_measurement_at(now, arrived, from, &buf[..n]);
+                Ok(())
+            };
+            *unread |= read_budgeted(step, || {});
         }
     }
 

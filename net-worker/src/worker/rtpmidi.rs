@@ -9,7 +9,7 @@
 //! ([`super::sender`]), which sends them exactly then; AppleMIDI control (invitations, CK, BY,
 //! RS) leaves at once from here.
 
-use super::runtime::{MAX_READ_ERRORS, READ_BUDGET};
+use super::runtime::read_budgeted;
 pub use crate::status::rtpmidi::{PeerReport, RtpMidiStatus};
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
@@ -342,7 +342,7 @@ impl RtpMidi {
     }
 
     /// What waits on both sockets, each datagram at its kernel receive time, up to
-    /// [`READ_BUDGET`] per socket and pass (a flood cannot hold the worker here; the rest is
+    /// [`READ_BUDGET`](super::runtime::READ_BUDGET) per socket and pass (a flood cannot hold the worker here; the rest is
     /// read on the next pass, which comes at once).
     fn receive(&mut self, now: Nanos) {
         let Self {
@@ -356,31 +356,15 @@ impl RtpMidi {
         } = self;
         *unread = false;
         for (port, socket) in [(Port::Control, &*control), (Port::Data, &*data)] {
-            let (mut budget, mut errors) = (READ_BUDGET, 0);
-            loop {
-                if budget == 0 {
-                    *unread = true;
-                    break;
-                }
-                budget -= 1;
-                match crate::sys::recv_stamped(socket, buf) {
-                    Ok((len, from, age)) => {
-                        let arrived = age.map_or(now, |age| host_time_ns().saturating_sub(age));
-                        endpoint.handle_datagram(arrived, port, from, &buf[..len]);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    // ICMP port-unreachable from a dead peer shows up here (Linux, and as
-                    // ConnectionReset on Windows): count it and go on reading.
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        status.send_errors += 1;
-                        errors += 1;
-                        if errors >= MAX_READ_ERRORS {
-                            break;
-                        }
-                    }
-                }
-            }
+            let step = || {
+                let (len, from, age) = crate::sys::recv_stamped(socket, buf)?;
+                let arrived = age.map_or(now, |age| host_time_ns().saturating_sub(age));
+                endpoint.handle_datagram(arrived, port, from, &buf[..len]);
+                Ok(())
+            };
+            // ICMP port-unreachable from a dead peer shows up as a read error (Linux, and as
+            // ConnectionReset on Windows): counted.
+            *unread |= read_budgeted(step, || status.send_errors += 1);
         }
     }
 

@@ -70,6 +70,33 @@ pub const READ_BUDGET: u32 = 256;
 /// socket that keeps failing is left until it is readable again.
 pub const MAX_READ_ERRORS: u32 = 8;
 
+/// Run one socket's read loop within the budget: `step` reads one datagram and handles it.
+/// Stops when the socket would block, after [`READ_BUDGET`] datagrams (returns true: more may
+/// be waiting, so the driver asks for the next pass at once — edge-triggered readiness will
+/// not report them again), or after [`MAX_READ_ERRORS`] errors (ICMP reports of earlier
+/// sends, `ConnectionReset` on Windows; each passed to `on_error`).
+pub fn read_budgeted(
+    mut step: impl FnMut() -> std::io::Result<()>,
+    mut on_error: impl FnMut(),
+) -> bool {
+    let mut errors = 0;
+    for _ in 0..READ_BUDGET {
+        match step() {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                on_error();
+                errors += 1;
+                if errors >= MAX_READ_ERRORS {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
 /// Timed OSC changes go to the plugin this long before they are due (covers a block of up
 /// to 2048 samples at 48 kHz); the CLAP shim holds them until their block.
 const OSC_LOOKAHEAD: u64 = 50_000_000;

@@ -6,7 +6,7 @@
 //! ([`OscServer::register`]); the worker calls [`OscServer::poll`] with `readable` set when
 //! that token fired, so an idle OSC port costs no system call.
 
-use crate::worker::runtime::{MAX_READ_ERRORS, READ_BUDGET};
+use crate::worker::runtime::{READ_BUDGET, read_budgeted};
 use std::io::ErrorKind;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -148,34 +148,22 @@ impl OscServer {
         let readable = readable || self.unread;
         self.unread = false;
         if readable {
-            let (mut budget, mut errors) = (READ_BUDGET, 0);
-            loop {
-                if budget == 0 {
-                    self.unread = true;
-                    break;
-                }
-                budget -= 1;
-                match self.socket.recv_from(&mut self.buf) {
-                    Ok((len, from)) => {
-                        // A datagram that filled the whole buffer was longer than MAX_PACKET.
-                        let bytes = if len > MAX_PACKET {
-                            &self.buf[..MAX_PACKET + 1]
-                        } else {
-                            &self.buf[..len]
-                        };
-                        self.core.handle_datagram(now, from, bytes, &mut out);
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    // ICMP errors from earlier sends to gone controllers: ignore and go on
-                    // (a socket that keeps failing is left until it is readable again).
-                    Err(_) => {
-                        errors += 1;
-                        if errors >= MAX_READ_ERRORS {
-                            break;
-                        }
-                    }
-                }
-            }
+            let Self {
+                socket, buf, core, ..
+            } = self;
+            let step = || {
+                let (len, from) = socket.recv_from(buf)?;
+                // A datagram that filled the whole buffer was longer than MAX_PACKET.
+                let bytes = if len > MAX_PACKET {
+                    &buf[..MAX_PACKET + 1]
+                } else {
+                    &buf[..len]
+                };
+                core.handle_datagram(now, from, bytes, &mut out);
+                Ok(())
+            };
+            // ICMP errors from earlier sends to gone controllers are skipped.
+            self.unread = read_budgeted(step, || {});
         }
         if readable {
             self.poll_streams(now, &mut out);
