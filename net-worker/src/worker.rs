@@ -223,11 +223,8 @@ fn spawn() -> Result<Running, AttachError> {
     let (ready_tx, ready) = crossbeam_channel::bounded(1);
     let thread = std::thread::Builder::new()
         .name(THREAD_NAME.into())
-        .spawn(move || {
-            // The thread is named and running: let attach() return.
-            let _ = ready_tx.send(());
-            runtime::run(poll, inbox);
-        })
+        // attach() returns once the worker runs with its send path started and named.
+        .spawn(move || runtime::run(poll, inbox, ready_tx))
         .map_err(AttachError::Spawn)?;
     ready.recv().map_err(|_| AttachError::WorkerGone)?;
     Ok(Running {

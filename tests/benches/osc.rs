@@ -53,20 +53,37 @@ fn osc_status(probe: &StatusProbe) -> lockstep_net::worker::osc::OscStatus {
         .unwrap_or_default()
 }
 
-/// Part 1: 8 senders at `rate` messages a second in all, for `seconds`.
-fn throughput(rate: f64, seconds: f64) -> String {
-    const BLOCK: u32 = 256;
+/// The built plugin in the headless host on [`OSC_PORT`], activated with `block`-sample blocks,
+/// its per-source OSC rate limit raised to `rate_limit` if given.
+fn rig(
+    block: u32,
+    rate_limit: Option<f64>,
+) -> (
+    Bundle,
+    StatusProbe,
+    lockstep_host::host::Instance,
+    lockstep_host::processor::Processor,
+) {
     let path = Build::Release.clap_path();
     let bundle = Bundle::load(&path).expect("bundle built");
     let probe = StatusProbe::open(&path).expect("status");
     let mut instance = bundle.instantiate().expect("instance");
     let mut settings = instance.net_settings().expect("settings");
     settings.osc_port = OSC_PORT;
-    settings.osc_rate_limit = rate;
+    if let Some(rate) = rate_limit {
+        settings.osc_rate_limit = rate;
+    }
     instance.set_net_settings(&settings).expect("settings");
-    let mut p = instance
-        .activate(RATE, BLOCK, Layout::Stereo)
+    let p = instance
+        .activate(RATE, block, Layout::Stereo)
         .expect("activate");
+    (bundle, probe, instance, p)
+}
+
+/// Part 1: 8 senders at `rate` messages a second in all, for `seconds`.
+fn throughput(rate: f64, seconds: f64) -> String {
+    const BLOCK: u32 = 256;
+    let (_bundle, probe, mut instance, mut p) = rig(BLOCK, Some(rate));
     let t = HostTransport::new(120.0, (4, 4));
     let period = Duration::from_secs_f64(f64::from(BLOCK) / RATE);
     let mut deadline = Instant::now();
@@ -146,16 +163,7 @@ fn throughput(rate: f64, seconds: f64) -> String {
 /// Part 2: receive → the audio thread, one message every 20 ms.
 fn latency() -> String {
     const BLOCK: u32 = 64;
-    let path = Build::Release.clap_path();
-    let bundle = Bundle::load(&path).expect("bundle built");
-    let probe = StatusProbe::open(&path).expect("status");
-    let mut instance = bundle.instantiate().expect("instance");
-    let mut settings = instance.net_settings().expect("settings");
-    settings.osc_port = OSC_PORT;
-    instance.set_net_settings(&settings).expect("settings");
-    let mut p = instance
-        .activate(RATE, BLOCK, Layout::Stereo)
-        .expect("activate");
+    let (_bundle, probe, mut instance, mut p) = rig(BLOCK, None);
     let t = HostTransport::new(120.0, (4, 4));
     let period = Duration::from_secs_f64(f64::from(BLOCK) / RATE);
     let mac_1 = clap_param_id("mac_1");

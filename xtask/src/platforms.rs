@@ -31,15 +31,7 @@ const FOREIGN_DLLS: [&str; 3] = [
 
 /// Install the Rust standard libraries of [`TARGETS`] that are missing (rustup).
 pub fn install_targets() -> Result<()> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .context("rustup (needed for the cross-target checks)")?;
-    let installed = String::from_utf8_lossy(&installed.stdout);
-    let missing: Vec<&str> = TARGETS
-        .into_iter()
-        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
-        .collect();
+    let missing = missing_targets();
     if missing.is_empty() {
         return Ok(());
     }

@@ -23,25 +23,12 @@ use crate::status::InstanceStatus;
 use std::sync::Arc;
 
 /// Clock figures of one instance, as published.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ClockSummary {
     pub(super) state: ClockState,
     pub(super) messages: u64,
     pub(super) ticks: u64,
     pub(super) last: Option<ClockEvent>,
-    pub(super) schedule: SchedulerConfig,
-}
-
-impl Default for ClockSummary {
-    fn default() -> Self {
-        Self {
-            state: ClockState::default(),
-            messages: 0,
-            ticks: 0,
-            last: None,
-            schedule: DEFAULT_SCHEDULE,
-        }
-    }
 }
 
 /// Until an instance reports its block size (see [`SchedulerConfig::DEFAULT`]).
@@ -132,7 +119,7 @@ impl Attached {
             clock_gaps: self.follower.gaps(),
             clock_lost: self.follower.lost(),
             last_clock: self.clock.last,
-            clock_schedule: self.clock.schedule,
+            clock_schedule: self.scheduler.config(),
             clock_timing: self.scheduler.stats(),
             rtpmidi,
         }
@@ -186,7 +173,6 @@ pub struct Services<'a> {
 pub fn drain(rings: &mut BTreeMap<u64, Attached>, services: &mut Services<'_>) {
     let now = bridge::host_time_ns() as f64;
     for (id, attached) in rings.iter_mut() {
-        let mut latest = None;
         let mut blocks = 0;
         let mut popped = 0u64;
         while let Some(event) = attached.ring.pop() {
@@ -209,7 +195,6 @@ pub fn drain(rings: &mut BTreeMap<u64, Attached>, services: &mut Services<'_>) {
                             rtpmidi.set_tempo(snapshot.tempo_bpm);
                         }
                     }
-                    latest = Some(snapshot);
                     blocks += 1;
                 }
                 BridgeEvent::Activated {
@@ -223,7 +208,6 @@ pub fn drain(rings: &mut BTreeMap<u64, Attached>, services: &mut Services<'_>) {
                         ..attached.scheduler.config()
                     };
                     attached.scheduler.set_config(config);
-                    attached.clock.schedule = config;
                     if let Some(rtpmidi) = &mut attached.rtpmidi {
                         rtpmidi.set_schedule(config);
                     }
@@ -256,7 +240,6 @@ pub fn drain(rings: &mut BTreeMap<u64, Attached>, services: &mut Services<'_>) {
                         ..attached.scheduler.config()
                     };
                     attached.scheduler.set_config(config);
-                    attached.clock.schedule = config;
                     if let Some(rtpmidi) = &mut attached.rtpmidi {
                         rtpmidi.set_schedule(config);
                     }
@@ -288,7 +271,6 @@ pub fn drain(rings: &mut BTreeMap<u64, Attached>, services: &mut Services<'_>) {
         if popped == 0 {
             continue;
         }
-        let _ = latest;
         attached.blocks += blocks;
         // Counted as drained once handled: the status read after this shows their effects
         // (the next published snapshot carries them).

@@ -66,8 +66,8 @@ struct ClockLog {
 }
 
 /// Swap in a new status (worker thread).
-pub(super) fn status(status: WorkerStatus) {
-    STATUS.store(Some(Arc::new(status)));
+pub(super) fn status(status: Arc<WorkerStatus>) {
+    STATUS.store(Some(status));
 }
 
 /// The newest published status, if any.

@@ -66,14 +66,18 @@ impl Resolver {
 
     fn start(&mut self) -> std::io::Result<&Sender<Request>> {
         let (tx, rx) = crossbeam_channel::bounded::<Request>(MAX_WAITING);
+        let (named_tx, named) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("lockstep-resolve".into())
             .spawn(move || {
+                let _ = named_tx.send(());
                 crate::sys::normal_priority();
                 for (host, port, answer) in rx {
                     let _ = answer.send(resolve(&host, port));
                 }
             })?;
+        // Until it has set its own name it carries the worker's: wait for that.
+        let _ = named.recv();
         self.thread = Some(thread);
         Ok(self.requests.insert(tx))
     }

@@ -10,13 +10,13 @@
 //! and [`IDLE_PERIOD`] otherwise. Housekeeping (mDNS results, the event log, OSCQuery timeouts)
 //! and status snapshots ride on passes that happen anyway.
 //!
-//! Clock departures do not leave from here: RTP-MIDI packets are built up to [`Runtime::ahead`]
-//! before they are due and handed to the send path ([`super::sender`]).
+//! Clock departures do not leave from here: RTP-MIDI packets are built up to a drain period
+//! plus [`BUILD_MARGIN`] before they are due and handed to the send path ([`super::sender`]).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::{Events, Poll, Registry, Token};
 
 use super::discovery::{self, Discovery};
@@ -54,6 +54,8 @@ pub const LINK_PERIOD: Duration = Duration::from_millis(10);
 /// Shortest and longest ring-drain period while a clock destination is connected.
 pub const ACTIVE_PERIOD: (Duration, Duration) =
     (Duration::from_micros(500), Duration::from_millis(5));
+/// Clock packets are built this much more than a drain period before they are due.
+pub const BUILD_MARGIN: Duration = Duration::from_millis(2);
 /// mDNS results, the event log and OSCQuery request timeouts are looked at this often.
 pub const HOUSEKEEPING: Duration = Duration::from_millis(250);
 
@@ -136,15 +138,18 @@ struct Runtime {
     /// period, not only with the next pass that happens anyway.
     urgent: bool,
     /// The last snapshot stored, and when (to store only what changed).
-    published: Option<(WorkerStatus, u64)>,
+    published: Option<(std::sync::Arc<WorkerStatus>, u64)>,
 }
 
 /// The worker thread's body.
-pub(crate) fn run(mut poll: Poll, commands: Receiver<Command>) {
+/// `ready` is signalled once the worker's own threads (the send path) exist under their
+/// names, so `attach` returns with the thread set complete.
+pub(crate) fn run(mut poll: Poll, commands: Receiver<Command>, ready: Sender<()>) {
     let Ok(registry) = poll.registry().try_clone() else {
         return;
     };
     let mut rt = Runtime::new(registry);
+    let _ = ready.send(());
     let mut events = Events::with_capacity(256);
     let mut timeout = Some(Duration::ZERO);
     loop {
@@ -366,7 +371,8 @@ impl Runtime {
     fn pass(&mut self, ready: &Ready) -> u64 {
         self.passes += 1;
         let now = host_time_ns();
-        let mut due = now.saturating_add(self.drain_period().as_nanos() as u64);
+        let period = self.drain_period();
+        let mut due = now.saturating_add(period.as_nanos() as u64);
         let mut at = |t: Option<u64>| {
             if let Some(t) = t {
                 due = due.min(t);
@@ -392,7 +398,9 @@ impl Runtime {
         // within a publish period.
         self.urgent |= ready.osc || ready.query || ready.link || !ready.rtp.is_empty();
         at(self.poll_osc(now, ready));
-        let ahead = self.ahead();
+        // Clock packets are built a drain period plus a margin for the worker's own wake-up
+        // ahead of their due time, so the next pass is never too late to build one.
+        let ahead = (period + BUILD_MARGIN).as_nanos() as u64;
         for (id, attached) in &mut self.rings {
             if let Some(rtpmidi) = &mut attached.rtpmidi {
                 let readable = ready.rtp.contains(id);
@@ -493,12 +501,6 @@ impl Runtime {
         period
     }
 
-    /// How far ahead of their due time clock packets are built: a drain period plus a margin
-    /// for the worker's own wake-up, so the next pass is never too late to build one.
-    fn ahead(&self) -> u64 {
-        (self.drain_period() + Duration::from_millis(2)).as_nanos() as u64
-    }
-
     /// Build a status snapshot; if it differs from the last one stored (or that is a second
     /// old: uptime and passes move on), derive the event log from it and swap it in.
     fn publish(&mut self, now: u64) {
@@ -544,13 +546,16 @@ impl Runtime {
             passes: self.passes,
             ..WorkerStatus::empty()
         };
+        let mut status = status;
         let fresh = self.published.as_ref().is_some_and(|(old, at)| {
-            now < at + 1_000_000_000
-                && WorkerStatus {
-                    uptime_ms: old.uptime_ms,
-                    passes: old.passes,
-                    ..status.clone()
-                } == *old
+            // Uptime and passes always move on: compare the rest.
+            let (uptime_ms, passes) = (status.uptime_ms, status.passes);
+            status.uptime_ms = old.uptime_ms;
+            status.passes = old.passes;
+            let same = status == **old;
+            status.uptime_ms = uptime_ms;
+            status.passes = passes;
+            now < at + 1_000_000_000 && same
         });
         if fresh {
             return;
@@ -560,7 +565,8 @@ impl Runtime {
         if self.log.generation != generation {
             publish::event_log(&self.log);
         }
-        publish::status(status.clone());
+        let status = std::sync::Arc::new(status);
+        publish::status(std::sync::Arc::clone(&status));
         self.published = Some((status, now));
     }
 

@@ -141,13 +141,20 @@ impl SendPath {
         let (ring, consumer) = rtrb::RingBuffer::new(CAPACITY);
         let shared = Arc::new(Shared::default());
         let scheduling = Arc::new(std::sync::Mutex::new(String::new()));
+        let (named_tx, named) = crossbeam_channel::bounded(1);
         let thread = {
             let shared = Arc::clone(&shared);
             let scheduling = Arc::clone(&scheduling);
             std::thread::Builder::new()
                 .name(THREAD_NAME.into())
-                .spawn(move || run(consumer, &shared, &scheduling))?
+                .spawn(move || {
+                    let _ = named_tx.send(());
+                    run(consumer, &shared, &scheduling);
+                })?
         };
+        // A new thread carries its creator's name until it has set its own: return only
+        // once it has (thread counts by name, in tests and the status, then stay exact).
+        let _ = named.recv();
         Ok(Self {
             ring,
             shared,
