@@ -202,7 +202,7 @@ impl Watcher {
             let dropped = i.events_dropped_full;
             let mut counters = [0, 0, i.clock_gaps, dropped, 0];
             if let Some(r) = &i.rtpmidi {
-                counters[0] = r.refused;
+                counters[0] = r.refused + r.full;
                 counters[1] = r.malformed;
                 counters[4] = r.send_errors;
                 for p in &r.peers {
@@ -246,7 +246,10 @@ impl Watcher {
                 add(
                     Source::RtpMidi,
                     Health::Degraded,
-                    format!("refused {} invitation(s)", grew(0)),
+                    format!(
+                        "refused {} invitation(s) (access mode or every guest slot taken)",
+                        grew(0)
+                    ),
                 );
             }
             if grew(1) > 0 {
@@ -385,6 +388,9 @@ mod tests {
             resolving: Vec::new(),
             malformed: 0,
             refused,
+            full: 0,
+            evicted: 0,
+            unanswered: 0,
             stale_bye: 0,
             unknown: 0,
             wrong_source: 0,

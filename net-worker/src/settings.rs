@@ -17,6 +17,9 @@ pub const DEFAULT_OSC_PORT: u16 = 8000;
 /// Number of user macro parameters.
 pub const MACRO_COUNT: usize = 16;
 
+/// Default [`NetSettings::rtp_midi_max_guests`].
+pub const DEFAULT_MAX_GUESTS: usize = 32;
+
 /// Default [`NetSettings::osc_rate_limit`]: messages a second per source.
 pub const DEFAULT_OSC_RATE_LIMIT: f64 = 500.0;
 
@@ -34,6 +37,10 @@ pub struct NetSettings {
     pub peers: Vec<PeerSettings>,
     /// Who may invite us into an AppleMIDI session.
     pub rtp_midi_access: AccessMode,
+    /// Most peers that may be in a session with us on their invitation at once (directory
+    /// peers do not count). Over it, invitations are refused and counted; connected guests are
+    /// never dropped for a newcomer.
+    pub rtp_midi_max_guests: usize,
     /// Advertise our AppleMIDI session over mDNS (Bonjour) and list the peers found.
     pub mdns: bool,
     /// Send the recovery journal to peers that invite us (directory peers have their own
@@ -180,6 +187,7 @@ impl Default for NetSettings {
             peers: Vec::new(),
             rtp_midi_access: AccessMode::Anyone,
             rtp_midi_journal: true,
+            rtp_midi_max_guests: DEFAULT_MAX_GUESTS,
             mdns: true,
             osc_mappings: Vec::new(),
             oscquery_lan: false,

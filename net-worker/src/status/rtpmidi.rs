@@ -16,8 +16,17 @@ pub struct RtpMidiStatus {
     pub resolving: Vec<String>,
     /// Datagrams that did not decode.
     pub malformed: u64,
-    /// Invitations refused.
+    /// Invitations refused by the access mode.
     pub refused: u64,
+    /// Invitations refused because every guest slot holds a connected session.
+    #[serde(default)]
+    pub full: u64,
+    /// Half-open guest sessions dropped for a newer invitation (an invitation flood).
+    #[serde(default)]
+    pub evicted: u64,
+    /// Refusals not answered with a NO (over 20 a second).
+    #[serde(default)]
+    pub unanswered: u64,
     /// BY datagrams for sessions that are not ours.
     pub stale_bye: u64,
     /// Datagrams for no known session or SSRC.

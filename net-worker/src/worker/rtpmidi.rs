@@ -163,6 +163,7 @@ impl RtpMidi {
         driver
             .endpoint
             .set_journal_default(settings.rtp_midi_journal);
+        driver.endpoint.set_max_guests(settings.rtp_midi_max_guests);
         for peer in settings.peers.iter().filter(|p| p.enabled) {
             let ip = peer
                 .host
@@ -483,6 +484,9 @@ impl RtpMidi {
                 .collect(),
             malformed: c.malformed,
             refused: c.refused,
+            full: c.full,
+            evicted: c.evicted,
+            unanswered: c.unanswered,
             stale_bye: c.stale_bye,
             unknown: c.unknown_session + c.unknown_ssrc,
             wrong_source: c.wrong_source,

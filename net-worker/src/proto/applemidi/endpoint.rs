@@ -18,6 +18,15 @@ const SECOND: Nanos = 1_000_000_000;
 pub const BACKOFF_MIN: Nanos = SECOND;
 /// Longest re-invitation delay.
 pub const BACKOFF_MAX: Nanos = 30 * SECOND;
+/// Default most guests (peers that invited us) at once; see [`Endpoint::set_max_guests`].
+pub const DEFAULT_MAX_GUESTS: usize = 32;
+/// Most guests half way in (control port accepted, data port not yet) at once. A real
+/// initiator completes within a round trip; an invitation flood only churns these slots and
+/// never touches a connected session.
+pub const MAX_HALF_OPEN: usize = 8;
+/// Most refusals (NO) sent a second: a flood of refused invitations is not reflected
+/// one-for-one at whatever source address it claims.
+pub const MAX_REFUSALS_PER_SECOND: u32 = 20;
 
 /// Who may invite us (Apple's Network MIDI choices).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,6 +47,12 @@ pub struct Counters {
     pub malformed: u64,
     /// Invitations refused by the access mode.
     pub refused: u64,
+    /// Invitations refused because every guest slot holds a connected session.
+    pub full: u64,
+    /// Half-open guest sessions dropped to make room for a newer invitation.
+    pub evicted: u64,
+    /// Refusals not answered with a NO (over [`MAX_REFUSALS_PER_SECOND`]).
+    pub unanswered: u64,
     /// BY for a session that is not (or no longer) ours.
     pub stale_bye: u64,
     /// CK/RS/RL/OK/NO for no known session.
@@ -99,6 +114,18 @@ struct Slot {
     status: PeerStatus,
     session: Option<Session>,
     backoff: Nanos,
+    /// When the slot's current session began (eviction picks the oldest half-open guest).
+    since: Nanos,
+}
+
+impl Slot {
+    fn is_guest(&self) -> bool {
+        !self.status.in_directory
+    }
+
+    fn is_half_open_guest(&self) -> bool {
+        self.is_guest() && self.session.as_ref().is_some_and(Session::is_half_open)
+    }
 }
 
 /// Queue a session's datagram, counting the RTP-MIDI ones (clock and guard packets alike).
@@ -119,6 +146,9 @@ pub struct Endpoint {
     /// Journal setting for peers that invite us (and directory peers by default).
     journal_default: bool,
     slots: Vec<Slot>,
+    max_guests: usize,
+    /// Refusals answered in the current second: (second, count).
+    refusals: (Nanos, u32),
     rng: u64,
     counters: Counters,
     transmits: VecDeque<Transmit>,
@@ -133,6 +163,8 @@ impl Endpoint {
             access,
             journal_default: true,
             slots: Vec::new(),
+            max_guests: DEFAULT_MAX_GUESTS,
+            refusals: (0, 0),
             rng: seed | 1,
             counters: Counters::default(),
             transmits: VecDeque::new(),
@@ -155,6 +187,12 @@ impl Endpoint {
     /// Change who may invite us.
     pub fn set_access(&mut self, access: Access) {
         self.access = access;
+    }
+
+    /// Most guests (peers that invited us) at once, at least 1. Connected guests are never
+    /// dropped to make room: a newcomer over the limit is refused (NO) and counted.
+    pub fn set_max_guests(&mut self, max: usize) {
+        self.max_guests = max.max(1);
     }
 
     /// Whether new peers get the recovery journal (guests, and directory peers added later
@@ -209,6 +247,7 @@ impl Endpoint {
             },
             session: None,
             backoff: BACKOFF_MIN,
+            since: now,
         });
         self.handle_timeout(now);
     }
@@ -304,6 +343,19 @@ impl Endpoint {
 
     fn handle_invitation(&mut self, now: Nanos, on: Port, from: SocketAddr, e: &Exchange) {
         if let Some(session) = self.find(|s| s.token() == e.token && s.closed().is_none()) {
+            if session.is_from_peer(from) {
+                session.handle_command(now, on, &Command::Invitation(e.clone()));
+            } else {
+                self.counters.wrong_source += 1;
+            }
+            return;
+        }
+        // An initiator may use a fresh token for its data-port invitation: the half-open
+        // session with that peer takes it (and answers with the same SSRC as on control).
+        if on == Port::Data
+            && let Some(session) =
+                self.find(|s| s.is_half_open() && s.peer_data() == from && s.closed().is_none())
+        {
             session.handle_command(now, on, &Command::Invitation(e.clone()));
             return;
         }
@@ -322,23 +374,13 @@ impl Endpoint {
         };
         if !allowed {
             self.counters.refused += 1;
-            let ssrc = self.random();
-            let mut bytes = Vec::new();
-            super::encode_into(
-                &Command::Rejected(Exchange {
-                    token: e.token,
-                    ssrc,
-                    name: None,
-                }),
-                &mut bytes,
-            );
-            self.transmits.push_back(Transmit {
-                from: on,
-                to: from,
-                bytes,
-                due: None,
-            });
-            self.events.push_back(EndpointEvent::Refused(from));
+            self.refuse(now, on, from, e.token);
+            return;
+        }
+        let known = self.slots.iter().any(|s| s.status.address == control);
+        if !known && !self.make_room_for_guest() {
+            self.counters.full += 1;
+            self.refuse(now, on, from, e.token);
             return;
         }
         let (ssrc, seq) = (self.random(), self.random() as u16);
@@ -371,13 +413,71 @@ impl Endpoint {
                 }
                 slot.session = Some(session);
                 slot.status.retry_at = None;
+                slot.since = now;
             }
             None => self.slots.push(Slot {
                 status,
                 session: Some(session),
                 backoff: BACKOFF_MIN,
+                since: now,
             }),
         }
+    }
+
+    /// Room for one more guest: true if there is, or if the oldest half-open guest was
+    /// dropped for it (over [`MAX_HALF_OPEN`] half-open, or every slot taken); false when
+    /// every guest slot holds a connected session.
+    fn make_room_for_guest(&mut self) -> bool {
+        let guests = self.slots.iter().filter(|s| s.is_guest()).count();
+        let half_open = self.slots.iter().filter(|s| s.is_half_open_guest()).count();
+        if guests < self.max_guests && half_open < MAX_HALF_OPEN {
+            return true;
+        }
+        let oldest = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_half_open_guest())
+            .min_by_key(|(_, s)| s.since)
+            .map(|(i, _)| i);
+        match oldest {
+            Some(i) => {
+                self.slots.swap_remove(i);
+                self.counters.evicted += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Answer a refused invitation with NO, at most [`MAX_REFUSALS_PER_SECOND`] a second.
+    fn refuse(&mut self, now: Nanos, on: Port, to: SocketAddr, token: u32) {
+        let second = now / SECOND;
+        if self.refusals.0 != second {
+            self.refusals = (second, 0);
+        }
+        if self.refusals.1 >= MAX_REFUSALS_PER_SECOND {
+            self.counters.unanswered += 1;
+            return;
+        }
+        self.refusals.1 += 1;
+        let ssrc = self.random();
+        let mut bytes = Vec::new();
+        super::encode_into(
+            &Command::Rejected(Exchange {
+                token,
+                ssrc,
+                name: None,
+            }),
+            &mut bytes,
+        );
+        self.transmits.push_back(Transmit {
+            from: on,
+            to,
+            bytes,
+            due: None,
+        });
+        self.events.push_back(EndpointEvent::Refused(to));
     }
 
     /// Timers: invitations, CK, liveness, re-invitations.

@@ -209,7 +209,7 @@ impl Session {
         );
         s.peer_ssrc = Some(invitation.ssrc);
         s.peer_name.clone_from(&invitation.name);
-        s.reply_ok(on);
+        s.reply_ok(on, invitation.token);
         match on {
             Port::Control => {
                 s.state = State::HalfOpen {
@@ -257,6 +257,12 @@ impl Session {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// True while we accepted the peer's control-port invitation and wait for its data-port
+    /// one.
+    pub fn is_half_open(&self) -> bool {
+        matches!(self.state, State::HalfOpen { .. })
     }
 
     /// The peer's control address.
@@ -370,8 +376,12 @@ impl Session {
         self.push(from, &command);
     }
 
-    fn reply_ok(&mut self, on: Port) {
-        self.send_exchange(on, Command::Accepted, true);
+    /// Accept an invitation: the OK echoes the invitation's own token (an initiator may use a
+    /// fresh token for its data-port invitation) and always carries our one SSRC.
+    fn reply_ok(&mut self, on: Port, token: u32) {
+        let mut exchange = self.exchange(true);
+        exchange.token = token;
+        self.push(on, &Command::Accepted(exchange));
     }
 
     fn connect(&mut self, now: Nanos) {
@@ -432,14 +442,14 @@ impl Session {
                 if Some(e.ssrc) != self.peer_ssrc {
                     self.peer_data_ssrc = Some(e.ssrc);
                 }
-                self.reply_ok(Port::Data);
+                self.reply_ok(Port::Data, e.token);
                 self.connect(now);
             }
             // A repeated invitation (our OK was lost): answer again, idempotently.
-            (State::HalfOpen { .. } | State::Connected, Command::Invitation(_))
+            (State::HalfOpen { .. } | State::Connected, Command::Invitation(e))
                 if !self.initiator =>
             {
-                self.reply_ok(on);
+                self.reply_ok(on, e.token);
             }
             (_, Command::Bye(e)) if Some(e.ssrc) == self.peer_ssrc => {
                 self.close(CloseReason::PeerLeft, false)

@@ -7,8 +7,10 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 
-use super::endpoint::{Access, Endpoint, EndpointEvent};
-use super::session::{CloseReason, Nanos, Port};
+use super::endpoint::{
+    Access, DEFAULT_MAX_GUESTS, Endpoint, EndpointEvent, MAX_HALF_OPEN, MAX_REFUSALS_PER_SECOND,
+};
+use super::session::{CloseReason, Nanos, Port, Transmit};
 
 pub(crate) const MS: Nanos = 1_000_000;
 pub(crate) const SECOND: Nanos = 1_000_000_000;
@@ -581,6 +583,141 @@ mod tests {
         assert_eq!(c.unknown_ssrc, 1, "{c:?}");
         net.run_until(net.now + 30 * SECOND);
         assert!(net.connected(0) && net.connected(1));
+    }
+
+    fn invitation(token: u32, ssrc: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        super::super::encode_into(
+            &super::super::Command::Invitation(super::super::Exchange {
+                token,
+                ssrc,
+                name: Some("flood".into()),
+            }),
+            &mut bytes,
+        );
+        bytes
+    }
+
+    /// The invitation flood: 5,000 invitations from as many ports (10,000 datagrams,
+    /// both ports) while a real peer is connected. The guest table stays bounded, the real
+    /// session is never touched, refusals are not reflected one-for-one, and everything is
+    /// counted.
+    #[test]
+    fn an_invitation_flood_is_bounded_and_never_drops_a_connected_peer() {
+        let mut net = start(CLEAN, 21);
+        net.run_until(net.now + SECOND);
+        assert!(net.connected(0) && net.connected(1));
+        let b = 1;
+        let now = net.now;
+        for i in 0..5_000u32 {
+            let from = SocketAddr::from(([127, 0, 0, 2], 10_000 + 2 * (i as u16)));
+            let bytes = invitation(0x5000_0000 + i, 0x7000_0000 + i);
+            net.endpoints[b].handle_datagram(
+                now + u64::from(i) * 100_000,
+                Port::Control,
+                from,
+                &bytes,
+            );
+            let data = SocketAddr::new(from.ip(), from.port() + 1);
+            // Half the flood completes its data-port invitation: those become connected
+            // guests until the guest slots are full.
+            if i % 2 == 0 {
+                net.endpoints[b].handle_datagram(
+                    now + u64::from(i) * 100_000,
+                    Port::Data,
+                    data,
+                    &bytes,
+                );
+            }
+        }
+        let peers = net.endpoints[b].peers();
+        let guests = peers.iter().filter(|p| !p.in_directory).count();
+        assert!(
+            guests <= DEFAULT_MAX_GUESTS,
+            "{guests} guests kept (limit {DEFAULT_MAX_GUESTS})"
+        );
+        let half_open = peers.iter().filter(|p| !p.connected).count();
+        assert!(half_open <= MAX_HALF_OPEN, "{half_open} half-open");
+        let c = net.endpoints[b].counters();
+        assert!(c.full > 2_000 && c.evicted > 0, "{c:?}");
+        // NO replies: at most 20 a second over the flood's 0.5 s.
+        let mut nos = 0;
+        while let Some(t) = net.endpoints[b].poll_transmit() {
+            nos += usize::from(t.bytes.get(2..4) == Some(b"NO"));
+        }
+        assert!(nos <= 2 * MAX_REFUSALS_PER_SECOND as usize, "{nos} NO sent");
+        assert_eq!(c.unanswered + nos as u64, c.full, "{c:?}");
+        // The directory peer (A, which invited B) was never a guest slot and stays connected.
+        net.run_until(net.now + 5 * SECOND);
+        assert!(
+            net.connected(0) && net.connected(1),
+            "the real session survived"
+        );
+    }
+
+    /// Connected guests are never dropped for a newcomer: with every slot connected, the next
+    /// invitation is refused with NO; after a guest leaves, a newcomer gets in.
+    #[test]
+    fn a_full_guest_list_refuses_newcomers_and_keeps_its_guests() {
+        let mut e = Endpoint::new("B", Access::Anyone, 3);
+        e.set_max_guests(2);
+        let guest = |i: u16| SocketAddr::from(([127, 0, 0, 3], 20_000 + 2 * i));
+        for i in 0..2u16 {
+            let bytes = invitation(u32::from(i) + 1, u32::from(i) + 100);
+            e.handle_datagram(SECOND, Port::Control, guest(i), &bytes);
+            let data = SocketAddr::new(guest(i).ip(), guest(i).port() + 1);
+            e.handle_datagram(SECOND, Port::Data, data, &bytes);
+        }
+        assert_eq!(e.peers().iter().filter(|p| p.connected).count(), 2);
+        while e.poll_transmit().is_some() {}
+        e.handle_datagram(SECOND, Port::Control, guest(2), &invitation(9, 109));
+        let t = e.poll_transmit().expect("a NO");
+        assert_eq!((&t.bytes[2..4], t.to), (&b"NO"[..], guest(2)));
+        assert_eq!(e.counters().full, 1);
+        assert_eq!(e.peers().iter().filter(|p| p.connected).count(), 2);
+        // Guest 0 leaves (BY from its own address): the newcomer now gets in.
+        let mut bye = Vec::new();
+        super::super::encode_into(
+            &super::super::Command::Bye(super::super::Exchange {
+                token: 1,
+                ssrc: 100,
+                name: None,
+            }),
+            &mut bye,
+        );
+        e.handle_datagram(SECOND, Port::Control, guest(0), &bye);
+        e.handle_datagram(SECOND, Port::Control, guest(2), &invitation(9, 109));
+        let t = e.poll_transmit().expect("an OK");
+        assert_eq!(&t.bytes[2..4], b"OK");
+    }
+
+    /// Interop: an initiator that uses a fresh token for its data-port invitation gets an OK
+    /// echoing that token and carrying the same SSRC as the control port's OK, and the
+    /// session forms.
+    #[test]
+    fn a_fresh_token_on_the_data_port_gets_the_same_ssrc() {
+        let mut e = Endpoint::new("B", Access::Anyone, 5);
+        let peer = SocketAddr::from(([127, 0, 0, 4], 30_000));
+        let data = SocketAddr::new(peer.ip(), peer.port() + 1);
+        e.handle_datagram(SECOND, Port::Control, peer, &invitation(0x1111, 0xAB));
+        e.handle_datagram(SECOND, Port::Data, data, &invitation(0x2222, 0xAB));
+        let oks: Vec<Transmit> = std::iter::from_fn(|| e.poll_transmit()).collect();
+        assert_eq!(oks.len(), 2, "{oks:?}");
+        let field = |t: &Transmit, at: usize| {
+            u32::from_be_bytes(t.bytes[at..at + 4].try_into().expect("4 bytes"))
+        };
+        assert_eq!(
+            (field(&oks[0], 8), field(&oks[1], 8)),
+            (0x1111, 0x2222),
+            "tokens echoed"
+        );
+        assert_eq!(
+            field(&oks[0], 12),
+            field(&oks[1], 12),
+            "one SSRC on both ports"
+        );
+        assert!(e.peers()[0].connected);
+        assert_eq!(e.peers().len(), 1);
     }
 }
 
