@@ -416,7 +416,7 @@ mod tests {
             [
                 "Studio B (10.0.0.2:5004) connected",
                 "Studio B (10.0.0.2:5004) disconnected: no CK answer for 10 s",
-                "refused 2 invitation(s)",
+                "refused 2 invitation(s) (access mode or every guest slot taken)",
             ],
             "{texts:?}"
         );

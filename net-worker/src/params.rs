@@ -33,6 +33,21 @@ pub enum ParamKind {
     },
 }
 
+/// What remote control (OSC) may do with a parameter. Reading (dump, feedback, OSCQuery) is
+/// always allowed; this is about setting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Remote {
+    /// Settable remotely (macros and musical settings).
+    #[default]
+    Open,
+    /// Settable only when the user opens it (settings `osc_expose`, or a mapping of theirs):
+    /// switches that turn an output or a feed off.
+    OptIn,
+    /// Never settable remotely: the switch that enables remote control itself, so no sender can
+    /// lock the user's own controllers out.
+    Never,
+}
+
 /// One parameter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParamSpec {
@@ -46,6 +61,9 @@ pub struct ParamSpec {
     pub clap_id: u32,
     /// Default, normalized.
     pub default: f64,
+    /// What remote control may do with it.
+    #[serde(default)]
+    pub remote: Remote,
 }
 
 /// Why a value cannot be set.
@@ -97,6 +115,39 @@ impl ParamSpec {
         match self.steps() {
             Some(_) => v.round(),
             None => v,
+        }
+    }
+
+    /// Real units for a normalized value as remote control shows it: a continuous value is
+    /// rounded to a millionth of its range, so a value set in real units reads back as set
+    /// (normalized values travel as 32-bit floats: `clk_ofs` 10 would read 9.99999046).
+    pub fn shown(&self, normalized: f64) -> f64 {
+        let v = self.plain(normalized);
+        let (lo, hi) = self.plain_range();
+        if self.steps().is_some() || hi <= lo {
+            return v;
+        }
+        let decimals = (6.0 - (hi - lo).log10().ceil()).clamp(0.0, 12.0) as i32;
+        let scale = 10f64.powi(decimals);
+        (v * scale).round() / scale
+    }
+
+    /// The OSC argument that carries a normalized value in real units, of the type OSCQuery
+    /// declares for it: `f` for a continuous value, `i` for whole numbers, `T`/`F` for a switch,
+    /// `s` (the variant's name) for a choice.
+    pub fn osc_value(&self, normalized: f64) -> crate::proto::osc::Arg {
+        use crate::proto::osc::Arg;
+        match &self.kind {
+            ParamKind::Float { .. } => Arg::Float(self.shown(normalized) as f32),
+            ParamKind::Int { .. } => Arg::Int(self.plain(normalized) as i32),
+            ParamKind::Bool if normalized >= 0.5 => Arg::True,
+            ParamKind::Bool => Arg::False,
+            ParamKind::Enum { names } => Arg::Str(
+                names
+                    .get(self.plain(normalized) as usize)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
         }
     }
 
@@ -175,6 +226,7 @@ mod tests {
             kind,
             clap_id: 1,
             default: 0.0,
+            remote: Remote::Open,
         }
     }
 
@@ -207,7 +259,17 @@ mod tests {
         assert_eq!(mode.normalize_name("follow"), Ok(1.0));
         assert!(mode.normalize_name("chase").is_err());
         assert_eq!(mode.clap_value(0.5), 1.0);
+        // What is set in real units reads back as set, through a 32-bit normalized value.
+        let stored = f64::from(ofs.normalize(10.0).expect("in range") as f32);
+        assert_eq!(ofs.shown(stored), 10.0);
+        assert_eq!(ofs.osc_value(stored), crate::proto::osc::Arg::Float(10.0));
+        assert_eq!(
+            mode.osc_value(1.0),
+            crate::proto::osc::Arg::Str("Follow".into())
+        );
+        assert_eq!(q.osc_value(3.0 / 15.0), crate::proto::osc::Arg::Int(4));
         let on = spec(ParamKind::Bool);
+        assert_eq!(on.osc_value(1.0), crate::proto::osc::Arg::True);
         assert_eq!(on.normalize_name("On"), Ok(1.0));
         assert!(matches!(
             ofs.normalize_name("x"),

@@ -55,6 +55,9 @@ pub struct NetSettings {
     /// Who may send OSC: addresses or subnets (`192.168.1.0/24`, `10.0.0.7`, `::1`). Empty =
     /// loopback, private and link-local ranges.
     pub osc_allow: Vec<String>,
+    /// Switches remote control may set besides the macros and musical settings (`clk_on`,
+    /// `clk_tr`, `rtp_on`, `osc_fb`, `lnk_md`, `lnk_ss`). `osc_on` can never be set remotely.
+    pub osc_expose: Vec<String>,
     /// Most OSC messages a second from one source address (bursts to twice that); more are
     /// refused and counted. Protective by default; a studio with a fast controller (or a
     /// benchmark) raises it.
@@ -192,6 +195,7 @@ impl Default for NetSettings {
             osc_mappings: Vec::new(),
             oscquery_lan: false,
             osc_allow: Vec::new(),
+            osc_expose: Vec::new(),
             osc_rate_limit: DEFAULT_OSC_RATE_LIMIT,
             link_interface: String::new(),
             macro_names: vec![String::new(); MACRO_COUNT],

@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use lockstep_net::params::{ParamKind, ParamSpec};
+use lockstep_net::params::{ParamKind, ParamSpec, Remote};
 use lockstep_net::settings::{MACRO_COUNT, NetSettings, SharedSettings};
 use nice_plug::params::persist::PersistentField;
 use nice_plug::prelude::*;
@@ -190,16 +190,18 @@ impl LockstepParams {
             },
             clap_id: clap_id(id),
             default: f64::from(p.default_normalized_value()),
+            remote: Remote::Open,
         };
-        let boolean = |id: &str, p: &BoolParam| ParamSpec {
+        let boolean = |id: &str, p: &BoolParam, remote: Remote| ParamSpec {
             id: id.into(),
             name: p.name().into(),
             kind: ParamKind::Bool,
             clap_id: clap_id(id),
             default: f64::from(p.default_normalized_value()),
+            remote,
         };
         let mut specs = vec![
-            boolean("clk_on", &self.clock_enabled),
+            boolean("clk_on", &self.clock_enabled, Remote::OptIn),
             float(
                 "clk_ofs",
                 &self.clock_offset_ms,
@@ -207,10 +209,10 @@ impl LockstepParams {
                 f64::from(CLOCK_OFFSET_RANGE_MS.1),
                 "ms",
             ),
-            boolean("clk_tr", &self.clock_send_transport),
-            boolean("rtp_on", &self.rtp_midi_enabled),
-            boolean("osc_on", &self.osc_enabled),
-            boolean("osc_fb", &self.osc_feedback),
+            boolean("clk_tr", &self.clock_send_transport, Remote::OptIn),
+            boolean("rtp_on", &self.rtp_midi_enabled, Remote::OptIn),
+            boolean("osc_on", &self.osc_enabled, Remote::Never),
+            boolean("osc_fb", &self.osc_feedback, Remote::OptIn),
             ParamSpec {
                 id: "lnk_md".into(),
                 name: self.link_mode.name().into(),
@@ -219,6 +221,7 @@ impl LockstepParams {
                 },
                 clap_id: clap_id("lnk_md"),
                 default: f64::from(self.link_mode.default_normalized_value()),
+                remote: Remote::OptIn,
             },
             ParamSpec {
                 id: "lnk_q".into(),
@@ -226,8 +229,9 @@ impl LockstepParams {
                 kind: ParamKind::Int { min: 1, max: 16 },
                 clap_id: clap_id("lnk_q"),
                 default: f64::from(self.link_quantum.default_normalized_value()),
+                remote: Remote::Open,
             },
-            boolean("lnk_ss", &self.link_start_stop),
+            boolean("lnk_ss", &self.link_start_stop, Remote::OptIn),
         ];
         for (id, p) in self.macros.ids.iter().zip(&self.macros.values) {
             specs.push(float(id, p, 0.0, 1.0, ""));

@@ -224,7 +224,7 @@ fn latency() -> String {
 
 /// Part 3: the core alone with 1,000 mappings.
 fn matcher() -> String {
-    use lockstep_net::params::{ParamKind, ParamSpec};
+    use lockstep_net::params::{ParamKind, ParamSpec, Remote};
     use lockstep_net::settings::OscMapping;
     use lockstep_net::worker::osc::{OscCore, Output};
     let specs: Vec<ParamSpec> = (1..=16)
@@ -238,6 +238,7 @@ fn matcher() -> String {
             },
             clap_id: clap_param_id(&format!("mac_{i}")),
             default: 0.0,
+            remote: Remote::Open,
         })
         .collect();
     let mut core = OscCore::new();

@@ -108,7 +108,7 @@ fn osc_controllers_move_parameters_and_the_host_sees_every_move() -> Result<()> 
         mut instance,
         mut p,
         t,
-    } = rig(|_| {})?;
+    } = rig(|s| s.osc_expose = vec!["lnk_md".into()])?;
     let capture = lockstep_host::pcap::Capture::start(
         "osc-control.pcap",
         &format!("udp port {OSC_PORT} or udp port {CLIENT_PORT} or udp port {DUMP_PORT}"),
@@ -127,6 +127,8 @@ fn osc_controllers_move_parameters_and_the_host_sees_every_move() -> Result<()> 
             r#"["/lockstep/param/clk_ofs", "f", 999.0]"#.into(),
             r#"["/lockstep/param/lnk_md", "s", "Follow"]"#.into(),
             r#"["/lockstep/param/nothing", "i", 1]"#.into(),
+            // Never settable remotely: a controller cannot lock its user out.
+            r#"["/lockstep/param/osc_on", "F", 0]"#.into(),
         ],
     )?;
     client.wait("the client to send", |l| {
@@ -187,7 +189,7 @@ fn osc_controllers_move_parameters_and_the_host_sees_every_move() -> Result<()> 
         l.iter()
             .filter(|v| v["address"] == "/lockstep/error")
             .count()
-            >= 2
+            >= 3
     })?;
     let errors: Vec<&Value> = lines
         .iter()
@@ -206,6 +208,20 @@ fn osc_controllers_move_parameters_and_the_host_sees_every_move() -> Result<()> 
             .any(|e| e["args"][0] == "/lockstep/param/nothing"
                 && e["args"][1] == "no such address"),
         "{errors:?}"
+    );
+    ensure!(
+        errors
+            .iter()
+            .any(|e| e["args"][0] == "/lockstep/param/osc_on"
+                && e["args"][1]
+                    .as_str()
+                    .is_some_and(|s| s.contains("cannot be set remotely"))),
+        "{errors:?}"
+    );
+    instance.pump_main_thread();
+    ensure!(
+        instance.param_value(clap_param_id("osc_on"))? == 1.0,
+        "OSC Control stays on"
     );
 
     // Feedback: oscdump (subscribed) hears the macro at 0.75; the client moving it does not.
@@ -242,7 +258,10 @@ fn osc_controllers_move_parameters_and_the_host_sees_every_move() -> Result<()> 
     let status = probe.read()?;
     let osc = status.worker.osc.context("osc status")?;
     ensure!(
-        osc.applied == 2 && osc.out_of_range == 1 && osc.unknown_address == 1,
+        osc.applied == 2
+            && osc.out_of_range == 1
+            && osc.unknown_address == 1
+            && osc.not_exposed == 1,
         "{osc:?}"
     );
     ensure!(osc.feedback_sent > 0 && osc.dropped_full == 0, "{osc:?}");

@@ -23,8 +23,22 @@ pub struct OscStatus {
     pub out_of_range: u64,
     /// Packets from addresses outside the allow-list.
     pub refused_source: u64,
-    /// Packets over the per-source rate limit.
+    /// Messages over the per-source rate limit (every message of a bundle counts).
     pub rate_limited: u64,
+    /// Replies (dumps, error messages) not sent because they would exceed the source's rate
+    /// limit: a reply costs what it sends.
+    #[serde(default)]
+    pub replies_limited: u64,
+    /// Sources being rate-limited now (the table is bounded).
+    #[serde(default)]
+    pub sources: usize,
+    /// Packets refused because the rate-limit table was full of active sources.
+    #[serde(default)]
+    pub sources_full: u64,
+    /// Messages for a parameter remote control may not set (see the README's remote-control
+    /// policy).
+    #[serde(default)]
+    pub not_exposed: u64,
     /// Datagrams over the OSC size limit (8 KiB).
     pub too_large: u64,
     /// Changes the plugin could not take (its inbox was full, or no CLAP shim under VST3).
@@ -51,6 +65,13 @@ pub struct OscStatus {
     pub tcp: bool,
     /// TCP controllers connected now.
     pub tcp_clients: usize,
+    /// TCP connections refused (source not allowed, or too many from one address).
+    #[serde(default)]
+    pub tcp_refused: u64,
+    /// TCP connections closed by us: idle too long, a broken frame, feedback they would not
+    /// read, or dropped for a newcomer when every slot was taken.
+    #[serde(default)]
+    pub tcp_closed: u64,
     /// Feedback messages sent.
     pub feedback_sent: u64,
     /// Where feedback goes (subscribers and recent senders).

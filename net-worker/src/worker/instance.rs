@@ -337,6 +337,7 @@ pub fn watch_settings(rings: &mut BTreeMap<u64, Attached>, services: &mut Servic
         let new = shared.get();
         if let Some(server) = services.osc.as_deref_mut() {
             server.core.set_mappings(*id, &new.osc_mappings);
+            server.core.set_exposed(*id, &new.osc_expose);
             server.core.set_allow_list(&new.osc_allow);
             server.core.set_rate_limit(new.osc_rate_limit);
         }

@@ -361,6 +361,7 @@ impl Runtime {
             }
             if let Some(settings) = &attached.settings {
                 server.core.set_mappings(id, &settings.osc_mappings);
+                server.core.set_exposed(id, &settings.osc_expose);
                 server.core.set_allow_list(&settings.osc_allow);
                 server.core.set_rate_limit(settings.osc_rate_limit);
             }

@@ -1,12 +1,20 @@
 //! Who may talk to the OSC bridge: the allow-list ([`Subnet`] entries, or
 //! [`allowed_by_default`]: loopback, private, link-local and unique-local addresses when the
 //! user gives none) and the per-source rate limit (a token bucket per IP address, refilled at
-//! [`RATE_PER_SOURCE`] messages a second, bursting to twice that). Both checks run on every
-//! datagram before it is decoded (see [`OscCore::handle_datagram`]).
+//! [`RATE_PER_SOURCE`] messages a second, bursting to twice that; at most [`MAX_SOURCES`]
+//! buckets). Both checks run on every datagram before it is decoded (see
+//! [`OscCore::handle_datagram`]); after decoding, every further message of a bundle costs a
+//! token, and so does every reply (a dump costs the messages it sends).
 
 use std::net::IpAddr;
 
-use super::{Nanos, OscCore, RATE_PER_SOURCE};
+use super::{MS, Nanos, OscCore, RATE_PER_SOURCE};
+
+/// Most sources rate-limited at once: a sweep of spoofed source addresses cannot grow the
+/// table without bound (a studio has a handful of controllers).
+pub const MAX_SOURCES: usize = 1024;
+/// When the table is full, refilled buckets are swept out at most this often.
+const SWEEP_INTERVAL: Nanos = 10 * MS;
 
 /// One allow-list entry: an address and how many leading bits must match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,17 +122,35 @@ impl OscCore {
         };
     }
 
-    pub(super) fn allow_rate(&mut self, now: Nanos, ip: IpAddr) -> bool {
+    /// Take `cost` tokens from `ip`'s bucket (a message costs 1, a reply what it sends): true
+    /// if they were there. A new source gets a full bucket if the table has room (sources whose
+    /// bucket refilled are forgotten to make it); otherwise it is refused and counted.
+    pub(super) fn charge(&mut self, now: Nanos, ip: IpAddr, cost: f64) -> bool {
         let rate = self.rate;
+        let full = 2.0 * rate;
+        if !self.buckets.contains_key(&ip) && self.buckets.len() >= MAX_SOURCES {
+            // Forget every source whose bucket has refilled (it would behave the same as a new
+            // one), at most once per sweep interval so a spoofed-source sweep cannot make every
+            // packet scan the table.
+            if now.saturating_sub(self.buckets_swept) >= SWEEP_INTERVAL {
+                self.buckets_swept = now;
+                self.buckets
+                    .retain(|_, b| b.tokens + now.saturating_sub(b.at) as f64 / 1e9 * rate < full);
+            }
+            if self.buckets.len() >= MAX_SOURCES {
+                self.status.sources_full += 1;
+                return false;
+            }
+        }
         let bucket = self.buckets.entry(ip).or_insert(Bucket {
-            tokens: 2.0 * rate,
+            tokens: full,
             at: now,
         });
         let elapsed = now.saturating_sub(bucket.at) as f64 / 1e9;
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(2.0 * rate);
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(full);
         bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= cost {
+            bucket.tokens -= cost;
             true
         } else {
             false
@@ -137,7 +163,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::proto::osc::{self, Arg, Message};
+    use crate::proto::osc::{self, Arg, Message, Packet};
     use crate::worker::osc::Output;
     use crate::worker::osc::tests::{PHONE, SECOND_NS, send, specs};
 
@@ -170,6 +196,83 @@ mod tests {
         let out = send(&mut core, SocketAddr::from(PHONE), m);
         assert!(out.changes.is_empty());
         assert_eq!(core.status().refused_source, 1);
+    }
+
+    /// The amplification attack: bundles of 340 `/lockstep/dump` requests. A dump
+    /// costs what it sends, every message of a bundle counts, so over a second Lockstep sends
+    /// no more messages than the limit allows, whatever it is asked.
+    #[test]
+    fn bundled_dumps_cost_what_they_send() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        let phone = SocketAddr::from(PHONE);
+        let dump = Packet::Message(Message::new("/lockstep/dump", vec![]));
+        let mut bytes = Vec::new();
+        osc::encode(
+            &Packet::Bundle {
+                time: osc::IMMEDIATELY,
+                elements: vec![dump; 340],
+            },
+            &mut bytes,
+        );
+        let mut out = Output::default();
+        let (mut sent_in, mut sent_out) = (0usize, 0usize);
+        for i in 0..1_000u64 {
+            core.handle_datagram(i * SECOND_NS / 1_000, phone, &bytes, &mut out);
+            sent_in += bytes.len();
+        }
+        let replies: usize = out
+            .datagrams
+            .iter()
+            .map(|(_, b)| {
+                sent_out += b.len();
+                match osc::decode(b).expect("ours") {
+                    Packet::Bundle { elements, .. } => elements.len(),
+                    Packet::Message(_) => 1,
+                }
+            })
+            .sum();
+        // Burst (2 × 500) plus a second of refill, shared between requests and replies.
+        assert!(replies <= 1_500, "{replies} reply messages");
+        assert!(
+            sent_out < sent_in / 10,
+            "{sent_out} bytes out for {sent_in} in"
+        );
+        // Refused before decoding (1 each) or after (340 each), and dumps not sent.
+        let s = core.status();
+        assert!(s.rate_limited >= 990 && s.replies_limited > 0, "{s:?}");
+    }
+
+    /// A sweep of a million spoofed (allowed) source addresses: the table stays bounded, and a
+    /// controller that was already talking keeps its bucket and is still served.
+    #[test]
+    fn a_spoofed_source_sweep_keeps_the_table_bounded() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        let phone = SocketAddr::from(PHONE);
+        let mut bytes = Vec::new();
+        osc::encode_message(
+            &Message::new("/lockstep/param/mac_1/normalized", vec![Arg::Float(0.5)]),
+            &mut bytes,
+        );
+        let mut out = Output::default();
+        for _ in 0..900 {
+            core.handle_datagram(0, phone, &bytes, &mut out);
+        }
+        for i in 0..1_000_000u32 {
+            let ip = IpAddr::from((0x0A00_0000 | i).to_be_bytes());
+            let at = u64::from(i) * 1_000; // 1 µs apart: one second of flood
+            core.handle_datagram(at, SocketAddr::new(ip, 9000), &bytes, &mut out);
+            assert!(core.buckets.len() <= MAX_SOURCES);
+        }
+        let before = core.status().applied;
+        core.handle_datagram(SECOND_NS, phone, &bytes, &mut out);
+        assert_eq!(
+            core.status().applied,
+            before + 1,
+            "the phone is still served"
+        );
+        assert!(core.status().sources_full > 0);
     }
 
     #[test]

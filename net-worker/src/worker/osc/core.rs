@@ -16,7 +16,7 @@ use super::access::{Bucket, Subnet};
 use super::feedback::{LinkFeed, TransportFeed};
 use super::{Nanos, OscStatus};
 use crate::bridge::TransportSnapshot;
-use crate::params::{HostParamChange, ParamSpec};
+use crate::params::{HostParamChange, ParamSpec, Remote};
 use crate::proto::osc::pattern;
 use crate::settings::OscMapping;
 
@@ -31,6 +31,8 @@ pub(super) struct Instance {
     pub(super) fed_back: Vec<(f64, Nanos)>,
     /// Who moved each parameter last, and when (no echo).
     pub(super) moved_by: Vec<Option<(SocketAddr, Nanos)>>,
+    /// Which parameters remote control may set (see [`OscCore::set_exposed`]).
+    pub(super) exposed: Vec<bool>,
     /// User mappings: the mapping, its compiled address, the parameter index, and whether
     /// feedback can go to its address (a literal address with one single-argument mapping).
     pub(super) mappings: Vec<(OscMapping, pattern::Pattern, usize, bool)>,
@@ -49,6 +51,10 @@ pub struct OscCore {
     /// Recent senders and when they were heard.
     pub(super) recent: Vec<(SocketAddr, Nanos)>,
     pub(super) buckets: BTreeMap<IpAddr, Bucket>,
+    /// The time of the datagram being handled (replies charge their source's bucket then).
+    pub(super) now: Nanos,
+    /// When refilled buckets were last swept out of a full table.
+    pub(super) buckets_swept: Nanos,
     pub(super) status: OscStatus,
     pub(super) last_messages: VecDeque<String>,
     /// Unix time minus host time, ns (time tags are wall-clock NTP times).
@@ -128,6 +134,8 @@ impl OscCore {
             subscribers: Vec::new(),
             recent: Vec::new(),
             buckets: BTreeMap::new(),
+            buckets_swept: 0,
+            now: 0,
             status: OscStatus::default(),
             last_messages: VecDeque::new(),
             wall_offset_ns: 0.0,
@@ -160,6 +168,7 @@ impl OscCore {
             .unwrap_or(base);
         let n = specs.len();
         let values = specs.iter().map(|s| s.default).collect();
+        let exposed = specs.iter().map(|s| s.remote == Remote::Open).collect();
         self.instances.insert(
             id,
             Instance {
@@ -168,11 +177,45 @@ impl OscCore {
                 values,
                 fed_back: vec![(f64::NAN, 0); n],
                 moved_by: vec![None; n],
+                exposed,
                 mappings: Vec::new(),
                 transport: None,
                 transport_sent: None,
             },
         );
+    }
+
+    /// Which of instance `id`'s parameters remote control may set: every [`Remote::Open`] one,
+    /// the [`Remote::OptIn`] ones listed in `opened` (the user's `osc_expose` setting), never a
+    /// [`Remote::Never`] one. Ids that name nothing, or a parameter that can never be opened,
+    /// are listed in the status.
+    pub fn set_exposed(&mut self, id: u64, opened: &[String]) {
+        let Some(instance) = self.instances.get_mut(&id) else {
+            return;
+        };
+        self.status
+            .errors
+            .retain(|e| !e.starts_with("OSC exposure"));
+        for (k, spec) in instance.specs.iter().enumerate() {
+            instance.exposed[k] = match spec.remote {
+                Remote::Open => true,
+                Remote::OptIn => opened.contains(&spec.id),
+                Remote::Never => false,
+            };
+        }
+        for want in opened {
+            match instance.specs.iter().find(|s| &s.id == want) {
+                None => self
+                    .status
+                    .errors
+                    .push(format!("OSC exposure: {want:?} is not a parameter")),
+                Some(s) if s.remote == Remote::Never => self.status.errors.push(format!(
+                    "OSC exposure: {want} can never be set remotely (it switches remote control \
+                     itself)"
+                )),
+                Some(_) => {}
+            }
+        }
     }
 
     /// Forget instance `id`.

@@ -12,6 +12,14 @@ use super::{MAX_PACKET, MAX_SUBSCRIBERS, Nanos, OscCore, Output, RECENT_SENDER, 
 use crate::params::{HostParamChange, ValueError};
 use crate::proto::osc::{self, Arg, Message};
 
+/// Messages in a packet, nested bundles included.
+fn message_count(packet: &osc::Packet) -> usize {
+    match packet {
+        osc::Packet::Message(_) => 1,
+        osc::Packet::Bundle { elements, .. } => elements.iter().map(message_count).sum(),
+    }
+}
+
 impl OscCore {
     /// Whether the host application takes transport requests.
     pub fn set_transport_control(&mut self, on: bool) {
@@ -27,6 +35,7 @@ impl OscCore {
         out: &mut Output,
     ) {
         self.status.received += 1;
+        self.now = now;
         if !self.allowed(from.ip()) {
             self.status.refused_source += 1;
             return;
@@ -35,12 +44,18 @@ impl OscCore {
             self.status.too_large += 1;
             return;
         }
-        if !self.allow_rate(now, from.ip()) {
+        if !self.charge(now, from.ip(), 1.0) {
             self.status.rate_limited += 1;
             return;
         }
         match osc::decode(bytes) {
             Ok(packet) => {
+                // Every message of a bundle counts; a bundle applies whole or not at all.
+                let messages = message_count(&packet);
+                if messages > 1 && !self.charge(now, from.ip(), (messages - 1) as f64) {
+                    self.status.rate_limited += messages as u64;
+                    return;
+                }
                 self.remember_sender(now, from);
                 self.handle_packet(now, from, &packet, out);
             }
@@ -109,26 +124,48 @@ impl OscCore {
             }
         };
         let mut targets = Vec::new();
+        let mut closed = Vec::new();
         let ids: Vec<u64> = self.instances.keys().copied().collect();
         for id in ids {
             let prefixes = [
                 self.prefix(id),
                 format!("/lockstep/{}", self.instances[&id].name),
             ];
-            for (index, spec) in self.instances[&id].specs.iter().enumerate() {
+            let instance = &self.instances[&id];
+            for (index, spec) in instance.specs.iter().enumerate() {
                 for prefix in &prefixes {
                     let real = format!("{prefix}/param/{}", spec.id);
                     let normalized = format!("{real}/normalized");
-                    if pattern.matches(&real) {
-                        targets.push((id, index, false));
-                        break;
-                    }
-                    if pattern.matches(&normalized) {
-                        targets.push((id, index, true));
+                    let hit = if pattern.matches(&real) {
+                        Some(false)
+                    } else if pattern.matches(&normalized) {
+                        Some(true)
+                    } else {
+                        None
+                    };
+                    if let Some(normalized) = hit {
+                        // A pattern reaches only what remote control may set.
+                        if instance.exposed[index] {
+                            targets.push((id, index, normalized));
+                        } else {
+                            closed.push(spec.id.clone());
+                        }
                         break;
                     }
                 }
             }
+        }
+        if targets.is_empty() && !closed.is_empty() {
+            self.status.not_exposed += 1;
+            return self.error(
+                from,
+                &m.address,
+                &format!(
+                    "{} cannot be set remotely (open it in Lockstep's OSC settings)",
+                    closed.join(", ")
+                ),
+                out,
+            );
         }
         if targets.is_empty() {
             self.status.unknown_address += 1;
@@ -223,7 +260,13 @@ impl OscCore {
         out.transport.push(request);
     }
 
+    /// Answer `to` on `/lockstep/error` (a reply costs a token of its rate limit, so errors
+    /// are never a way to make Lockstep send more than it receives).
     pub(super) fn error(&mut self, to: SocketAddr, address: &str, why: &str, out: &mut Output) {
+        if !self.charge(self.now, to.ip(), 1.0) {
+            self.status.replies_limited += 1;
+            return;
+        }
         let mut bytes = Vec::new();
         osc::encode_message(
             &Message::new(
@@ -239,7 +282,7 @@ impl OscCore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::{ParamKind, ParamSpec};
+    use crate::params::{ParamKind, ParamSpec, Remote};
     use crate::worker::osc::MS;
     use crate::worker::osc::tests::{PHONE, errors, send, specs};
 
@@ -353,13 +396,14 @@ mod tests {
     #[test]
     fn the_osc_switches_are_honoured() {
         let mut specs = specs();
-        for id in ["osc_on", "osc_fb"] {
+        for (id, remote) in [("osc_on", Remote::Never), ("osc_fb", Remote::OptIn)] {
             specs.push(ParamSpec {
                 id: id.into(),
                 name: id.into(),
                 kind: ParamKind::Bool,
                 clap_id: 20,
                 default: 1.0,
+                remote,
             });
         }
         let mut core = OscCore::new();
@@ -384,6 +428,70 @@ mod tests {
         assert!(out.changes.is_empty());
         assert_eq!(errors(&out).len(), 1);
         assert_eq!(core.status().disabled, 1);
+    }
+
+    /// The lock-out: the 8-byte datagram `//` with `F` switched every output and OSC
+    /// Control itself off. Now a pattern reaches only what remote control may set; switches
+    /// open only when the user opens them; OSC Control never.
+    #[test]
+    fn remote_control_sets_only_what_the_user_exposed() {
+        let mut specs = specs();
+        for (id, remote) in [("osc_on", Remote::Never), ("clk_on", Remote::OptIn)] {
+            specs.push(ParamSpec {
+                id: id.into(),
+                name: id.into(),
+                kind: ParamKind::Bool,
+                clap_id: if id == "osc_on" { 20 } else { 21 },
+                default: 1.0,
+                remote,
+            });
+        }
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs);
+        let phone = SocketAddr::from(PHONE);
+        let out = send(&mut core, phone, Message::new("//", vec![Arg::False]));
+        let ids: Vec<u32> = out.changes.iter().map(|(_, c)| c.clap_id).collect();
+        assert!(!ids.contains(&20) && !ids.contains(&21), "{ids:?}");
+        assert!(ids.contains(&13), "the macro is open: {ids:?}");
+        for id in ["osc_on", "clk_on"] {
+            let out = send(
+                &mut core,
+                phone,
+                Message::new(format!("/lockstep/param/{id}"), vec![Arg::False]),
+            );
+            assert!(out.changes.is_empty(), "{id}");
+            assert_eq!(errors(&out).len(), 1, "{id} is refused with a reason");
+        }
+        assert_eq!(core.status().not_exposed, 2);
+        let access = |core: &OscCore, id: &str| {
+            core.namespace()["CONTENTS"]["lockstep"]["CONTENTS"]["param"]["CONTENTS"][id]["ACCESS"]
+                .clone()
+        };
+        assert_eq!(access(&core, "clk_on"), 1, "read only in OSCQuery");
+        assert_eq!(access(&core, "mac_1"), 3);
+        // The user opens Clock Out; OSC Control stays closed whatever the settings say.
+        core.set_exposed(1, &["clk_on".into(), "osc_on".into()]);
+        assert_eq!(core.status().errors.len(), 1, "{:?}", core.status().errors);
+        assert_eq!(access(&core, "clk_on"), 3);
+        let out = send(&mut core, phone, Message::new("//", vec![Arg::False]));
+        let ids: Vec<u32> = out.changes.iter().map(|(_, c)| c.clap_id).collect();
+        assert!(ids.contains(&21) && !ids.contains(&20), "{ids:?}");
+        // Nor can a mapping reach it.
+        core.set_mappings(
+            1,
+            &[crate::settings::OscMapping {
+                address: "/1/toggle1".into(),
+                param: "osc_on".into(),
+                ..Default::default()
+            }],
+        );
+        assert_eq!(core.status().mapping_errors.len(), 1);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/1/toggle1", vec![Arg::Float(0.0)]),
+        );
+        assert!(out.changes.is_empty());
     }
 
     #[test]

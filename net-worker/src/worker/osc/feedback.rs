@@ -152,12 +152,19 @@ impl OscCore {
         let v = instance.values[index];
         let real = format!("{}/param/{}", self.prefix(id), spec.id);
         [
-            Message::new(real.clone(), vec![Arg::Float(spec.plain(v) as f32)]),
+            Message::new(real.clone(), vec![spec.osc_value(v)]),
             Message::new(format!("{real}/normalized"), vec![Arg::Float(v as f32)]),
         ]
     }
 
+    /// Every value to `to`, in bundles. A dump costs its source's rate limit what it sends
+    /// (one token a message): asking for dumps cannot make Lockstep send more than the limit.
     pub(super) fn dump(&mut self, to: SocketAddr, out: &mut Output) {
+        let count: usize = self.instances.values().map(|i| 2 * i.specs.len()).sum();
+        if !self.charge(self.now, to.ip(), count as f64) {
+            self.status.replies_limited += 1;
+            return;
+        }
         let mut elements = Vec::new();
         for (&id, instance) in &self.instances {
             for index in 0..instance.specs.len() {

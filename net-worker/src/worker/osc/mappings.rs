@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 
 use super::{Nanos, OscCore, Output};
-use crate::params::HostParamChange;
+use crate::params::{HostParamChange, Remote};
 use crate::proto::osc::{Arg, Message, pattern};
 use crate::settings::OscMapping;
 
@@ -27,6 +27,13 @@ impl OscCore {
                     .push(format!("{} → {}: no such parameter", m.address, m.param));
                 continue;
             };
+            if instance.specs[index].remote == Remote::Never {
+                self.status.mapping_errors.push(format!(
+                    "{} → {}: remote control can never switch itself off",
+                    m.address, m.param
+                ));
+                continue;
+            }
             match pattern::Pattern::compile(&m.address) {
                 Ok(p) => {
                     let literal =

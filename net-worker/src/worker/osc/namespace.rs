@@ -48,7 +48,7 @@ impl OscCore {
             for (index, spec) in instance.specs.iter().enumerate() {
                 let v = instance.values[index];
                 let path = format!("{prefix}/param/{}", spec.id);
-                let plain = spec.plain(v);
+                let plain = spec.shown(v);
                 let (ty, range, value, unit) = match &spec.kind {
                     ParamKind::Float { min, max, unit } => (
                         "f",
@@ -73,17 +73,19 @@ impl OscCore {
                         Value::Null,
                     ),
                 };
+                // 3 = read and write; 1 = read only (remote control may not set it).
+                let access = if instance.exposed[index] { 3 } else { 1 };
                 let mut node = json!({
                     "FULL_PATH": path,
                     "TYPE": ty,
-                    "ACCESS": 3,
+                    "ACCESS": access,
                     "VALUE": value,
                     "DESCRIPTION": spec.name,
                     "CONTENTS": {
                         "normalized": {
                             "FULL_PATH": format!("{path}/normalized"),
                             "TYPE": "f",
-                            "ACCESS": 3,
+                            "ACCESS": access,
                             "RANGE": [{ "MIN": 0.0, "MAX": 1.0 }],
                             "VALUE": [v],
                             "DESCRIPTION": format!("{}, normalized 0..1", spec.name),

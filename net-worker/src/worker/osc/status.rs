@@ -14,6 +14,7 @@ impl OscCore {
     pub fn status(&self) -> OscStatus {
         let mut s = self.status.clone();
         s.scheduled = self.scheduled.len();
+        s.sources = self.buckets.len();
         s.subscribers = self
             .subscribers
             .iter()

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use super::{MS, Nanos, OscCore, Output};
-use crate::params::{ParamKind, ParamSpec};
+use crate::params::{ParamKind, ParamSpec, Remote};
 use crate::proto::osc::{self, Message, Packet};
 
 /// Three parameters like the plugin's: a float in ms, an enum, a plain 0..1 float.
@@ -21,6 +21,7 @@ pub(super) fn specs() -> Vec<ParamSpec> {
             },
             clap_id: 11,
             default: 0.5,
+            remote: Remote::Open,
         },
         ParamSpec {
             id: "lnk_md".into(),
@@ -30,6 +31,7 @@ pub(super) fn specs() -> Vec<ParamSpec> {
             },
             clap_id: 12,
             default: 0.0,
+            remote: Remote::Open,
         },
         ParamSpec {
             id: "mac_1".into(),
@@ -41,6 +43,7 @@ pub(super) fn specs() -> Vec<ParamSpec> {
             },
             clap_id: 13,
             default: 0.0,
+            remote: Remote::Open,
         },
     ]
 }
