@@ -88,6 +88,18 @@ def main():
             if update.params[0] == 0.25:
                 emit(event="ws-update", address=update.address, args=list(update.params))
                 break
+        # A clean close: the server answers with a status code (RFC 6455 §5.5.1).
+        ws.close()
+        emit(event="ws-closed", code=ws.close_code)
+    # A browser's CORS preflight.
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http_port}/lockstep", method="OPTIONS",
+        headers={"Origin": "http://example.test", "Access-Control-Request-Method": "GET",
+                 "Access-Control-Request-Headers": "content-type"})
+    with urllib.request.urlopen(request, timeout=3) as reply:
+        emit(event="preflight", status=reply.status,
+             allow_origin=reply.headers.get("Access-Control-Allow-Origin"),
+             allow_methods=reply.headers.get("Access-Control-Allow-Methods"))
     try:
         get(http_port, "/lockstep/param/nothing")
     except urllib.error.HTTPError as e:

@@ -35,11 +35,19 @@ usage: cargo xtask run -- [options]
                        multicast group through)
   --osc-port N         our OSC control port (default 8000)
   --osc-preset FILE    controller mappings to load (e.g. presets/osc/touchosc-simple.json)
+  --osc-allow LIST     who may send OSC: addresses or subnets, comma separated
+                       (192.168.1.0/24,10.0.0.7; default loopback, private, link-local)
+  --osc-expose LIST    switches OSC may set besides macros and musical settings, comma
+                       separated (clk_on,clk_tr,rtp_on,osc_fb,lnk_md,lnk_ss; osc_on never)
+  --osc-rate N         OSC messages a second per source, 1..10000000 (default 500)
+  --oscquery-lan       serve OSCQuery to the LAN (default loopback only)
   --no-journal         send no recovery journal (to --peer peers and to guests)
   --no-mdns            do not advertise over mDNS (Bonjour) or browse for peers
   --rtpmidi-port N     our AppleMIDI control port (data = N + 1; default 5004)
   --rtpmidi-access anyone|directory|nobody
                        who may invite Lockstep (default anyone)
+  --max-guests N       most peers in session with us on their invitation, 1..1024
+                       (default 32)
   --plugin PATH        the .clap file to load (default target/bundled/Lockstep.clap)
   -h, --help           this text
 ";
@@ -154,6 +162,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
         mdns: true,
         osc_port: None,
         osc_mappings: Vec::new(),
+        osc_allow: None,
+        osc_expose: Vec::new(),
+        osc_rate: None,
+        oscquery_lan: false,
+        max_guests: None,
         link: None,
         quantum: None,
         link_interface: None,
@@ -283,6 +296,60 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
                     "port is 1..65534 (the data port is N + 1)",
                 )?);
             }
+            "--osc-allow" => {
+                let v = value("--osc-allow")?;
+                let entries: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if entries.is_empty()
+                    || entries
+                        .iter()
+                        .any(|e| lockstep_net::worker::osc::Subnet::parse(e).is_none())
+                {
+                    return Err(CliError::Invalid {
+                        flag: "--osc-allow",
+                        value: v,
+                        why: "give addresses or subnets, comma separated (10.0.0.0/8,::1)",
+                    });
+                }
+                config.osc_allow = Some(entries);
+            }
+            "--osc-expose" => {
+                let v = value("--osc-expose")?;
+                const OPEN: [&str; 6] =
+                    ["clk_on", "clk_tr", "rtp_on", "osc_fb", "lnk_md", "lnk_ss"];
+                let ids: Vec<String> = v.split(',').map(|e| e.trim().to_owned()).collect();
+                if ids.iter().any(|id| !OPEN.contains(&id.as_str())) {
+                    return Err(CliError::Invalid {
+                        flag: "--osc-expose",
+                        value: v,
+                        why: "one or more of clk_on, clk_tr, rtp_on, osc_fb, lnk_md, lnk_ss",
+                    });
+                }
+                config.osc_expose = ids;
+            }
+            "--osc-rate" => {
+                config.osc_rate = Some(number(
+                    "--osc-rate",
+                    &value("--osc-rate")?,
+                    1.0,
+                    1e7,
+                    "messages a second, 1..10000000",
+                )?);
+            }
+            "--oscquery-lan" => config.oscquery_lan = true,
+            "--max-guests" => {
+                config.max_guests = Some(number(
+                    "--max-guests",
+                    &value("--max-guests")?,
+                    1,
+                    1024,
+                    "guests, 1..1024",
+                )?);
+            }
             "--plugin" => config.plugin = PathBuf::from(value("--plugin")?),
             other => return Err(CliError::Unknown(other.to_owned())),
         }
@@ -296,6 +363,43 @@ mod tests {
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn parses_the_access_flags() {
+        let c = parse(args(&[
+            "--osc-allow",
+            "198.51.100.0/24, ::1",
+            "--osc-expose",
+            "clk_on,lnk_md",
+            "--osc-rate",
+            "100000",
+            "--oscquery-lan",
+            "--max-guests",
+            "4",
+        ]))
+        .expect("valid");
+        assert_eq!(
+            c.osc_allow,
+            Some(vec!["198.51.100.0/24".to_owned(), "::1".to_owned()])
+        );
+        assert_eq!(c.osc_expose, ["clk_on", "lnk_md"]);
+        assert_eq!(
+            (c.osc_rate, c.oscquery_lan, c.max_guests),
+            (Some(1e5), true, Some(4))
+        );
+        for bad in [
+            &["--osc-allow", "studio"][..],
+            &["--osc-allow", ","],
+            &["--osc-expose", "osc_on"],
+            &["--osc-rate", "0"],
+            &["--max-guests", "0"],
+        ] {
+            assert!(
+                matches!(parse(args(bad)), Err(CliError::Invalid { .. })),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

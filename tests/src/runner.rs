@@ -61,6 +61,16 @@ pub struct RunConfig {
     pub link_interface: Option<String>,
     /// Controller mappings (`--osc-preset`).
     pub osc_mappings: Vec<lockstep_net::settings::OscMapping>,
+    /// Who may send OSC (`--osc-allow`).
+    pub osc_allow: Option<Vec<String>>,
+    /// Switches OSC may set (`--osc-expose`).
+    pub osc_expose: Vec<String>,
+    /// OSC messages a second per source (`--osc-rate`).
+    pub osc_rate: Option<f64>,
+    /// Serve OSCQuery to the LAN (`--oscquery-lan`).
+    pub oscquery_lan: bool,
+    /// Most AppleMIDI guests (`--max-guests`).
+    pub max_guests: Option<usize>,
 }
 
 /// What the audio thread reports to the main thread.
@@ -137,6 +147,11 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
         || config.osc_port.is_some()
         || config.link_interface.is_some()
         || !config.osc_mappings.is_empty()
+        || config.osc_allow.is_some()
+        || !config.osc_expose.is_empty()
+        || config.osc_rate.is_some()
+        || config.oscquery_lan
+        || config.max_guests.is_some()
     {
         let mut settings = instance.net_settings()?;
         settings
@@ -161,6 +176,19 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
         }
         if let Some(access) = config.rtpmidi_access {
             settings.rtp_midi_access = access;
+        }
+        if let Some(allow) = &config.osc_allow {
+            settings.osc_allow.clone_from(allow);
+        }
+        settings
+            .osc_expose
+            .extend(config.osc_expose.iter().cloned());
+        if let Some(rate) = config.osc_rate {
+            settings.osc_rate_limit = rate;
+        }
+        settings.oscquery_lan |= config.oscquery_lan;
+        if let Some(max) = config.max_guests {
+            settings.rtp_midi_max_guests = max;
         }
         instance.set_net_settings(&settings)?;
     }

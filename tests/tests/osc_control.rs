@@ -559,6 +559,20 @@ fn oscquery_is_discovered_and_describes_every_parameter() -> Result<()> {
         event("missing").is_some_and(|m| m["status"] == 404),
         "{lines:?}"
     );
+    let update = event("ws-update").context("no value over the WebSocket")?;
+    ensure!(update["args"][0] == 0.25, "{update}");
+    let closed = event("ws-closed").context("no close")?;
+    ensure!(
+        closed["code"] == 1000,
+        "the close reply carries the code: {closed}"
+    );
+    let preflight = event("preflight").context("no preflight answer")?;
+    ensure!(
+        preflight["status"] == 204
+            && preflight["allow_origin"] == "*"
+            && preflight["allow_methods"] == "GET, OPTIONS",
+        "{preflight}"
+    );
     ensure!(
         lines.iter().any(|v| v["event"] == "found"
             && v["type"] == "_osc._udp.local."

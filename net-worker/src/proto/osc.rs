@@ -461,6 +461,12 @@ pub mod slip {
             }
         }
 
+        /// The frame being read is already longer than the limit (or broken): a stream that
+        /// does this is misbehaving.
+        pub fn overlong(&self) -> bool {
+            self.overlong
+        }
+
         fn push(&mut self, b: u8) {
             self.escaped = false;
             if self.frame.len() >= self.max {

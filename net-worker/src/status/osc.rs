@@ -61,6 +61,17 @@ pub struct OscStatus {
     pub oscquery_served: u64,
     /// OSCQuery requests refused (malformed, too large, timed out).
     pub oscquery_refused: u64,
+    /// OSCQuery connections refused: source not allowed, more than 4 from one address, or
+    /// every slot held by a live connection.
+    #[serde(default)]
+    pub oscquery_refused_connections: u64,
+    /// OSCQuery connections closed by us (idle WebSockets, broken frames, stale ones dropped
+    /// for a newcomer).
+    #[serde(default)]
+    pub oscquery_closed: u64,
+    /// OSCQuery connections open now.
+    #[serde(default)]
+    pub oscquery_connections: usize,
     /// OSC over TCP is open on the same port number.
     pub tcp: bool,
     /// TCP controllers connected now.
@@ -74,6 +85,9 @@ pub struct OscStatus {
     pub tcp_closed: u64,
     /// Feedback messages sent.
     pub feedback_sent: u64,
+    /// Feedback frames dropped for a TCP controller that was not reading.
+    #[serde(default)]
+    pub feedback_dropped: u64,
     /// Where feedback goes (subscribers and recent senders).
     pub subscribers: Vec<String>,
     /// The last few messages received, as text.

@@ -2,31 +2,58 @@
 //! space as JSON, so controllers (and OSCQuery browsers) discover every parameter with its type,
 //! range, unit, description and current value by themselves.
 //!
-//! [`respond`] is sans-IO (request bytes in, response bytes out); [`QueryServer`] owns the
-//! non-blocking listener and connections and is polled by the worker. It binds to loopback
-//! unless the user enables LAN access. A client may upgrade its connection to a WebSocket
-//! (RFC 6455) and send `{"COMMAND": "LISTEN", "DATA": path}` / `IGNORE`: every change of a
-//! listened path's value then arrives as a binary frame holding the OSC message.
+//! [`respond`] is sans-IO (request bytes in, response bytes out; requests are parsed by
+//! `httparse`); [`QueryServer`] owns the non-blocking listener and connections and is polled by
+//! the worker. It binds to loopback unless the user enables LAN access. A client may upgrade its
+//! connection to a WebSocket (RFC 6455, spoken by `tungstenite`: fragmentation, control frames,
+//! close codes) and send `{"COMMAND": "LISTEN", "DATA": path}` / `IGNORE`: every change of a
+//! listened path's value then arrives as a binary frame holding the OSC message. Browsers'
+//! CORS preflights (`OPTIONS`) are answered.
+//!
+//! Nothing a client does can hold the worker or the service: a connection slot is granted only
+//! after the allow-list check, at most [`MAX_PER_ADDRESS`] per address and [`MAX_CONNECTIONS`]
+//! in all (a newcomer takes the slot of a stale connection when they are full); each
+//! connection reads at most [`READ_PER_PASS`] bytes a pass; a request must be complete within
+//! [`REQUEST_TIMEOUT`]; a WebSocket is pinged every [`PING_INTERVAL`] and closed (with a status
+//! code) when it has said nothing for [`WEBSOCKET_IDLE`]; replies wait in bounded per-connection
+//! buffers, written as the socket takes them.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
-
 use serde_json::{Value, json};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
 
 use super::osc::OscCore;
 
 /// Nanoseconds on the worker's clock.
 pub type Nanos = u64;
 
-/// Largest request we read.
+const SECOND: Nanos = 1_000_000_000;
+/// Largest request (and WebSocket message) we read.
 pub const MAX_REQUEST: usize = 8192;
-/// Most connections open at once (more wait in the kernel's backlog).
+/// Most connections open at once.
 pub const MAX_CONNECTIONS: usize = 16;
-/// A request not complete after this long gets 408.
-pub const REQUEST_TIMEOUT: Nanos = 2_000_000_000;
+/// Most connections from one address at once.
+pub const MAX_PER_ADDRESS: usize = 4;
+/// A request not complete after this long gets 408 (a slowloris holds nothing).
+pub const REQUEST_TIMEOUT: Nanos = 2 * SECOND;
+/// A WebSocket is pinged this often.
+pub const PING_INTERVAL: Nanos = 15 * SECOND;
+/// A WebSocket that has sent nothing (not even a pong) for this long is closed.
+pub const WEBSOCKET_IDLE: Nanos = 40 * SECOND;
+/// Bytes one connection may have read per pass; more waits for the next pass.
+pub const READ_PER_PASS: usize = 16 * 1024;
+/// Most paths one WebSocket listens to.
+pub const MAX_LISTENS: usize = 256;
+/// Most bytes waiting for a WebSocket client that does not read; newer values wait until it
+/// does (it then gets the newest).
+const WRITE_LIMIT: usize = 64 * 1024;
+/// Most header lines in a request.
+const MAX_HEADERS: usize = 32;
 
 /// What HOST_INFO reports.
 #[derive(Debug, Clone)]
@@ -45,21 +72,28 @@ fn status_line(code: u16) -> &'static str {
         404 => "404 Not Found",
         405 => "405 Method Not Allowed",
         408 => "408 Request Timeout",
+        426 => "426 Upgrade Required",
+        431 => "431 Request Header Fields Too Large",
         _ => "500 Internal Server Error",
     }
 }
 
-/// An HTTP response with an optional JSON body.
-pub fn response(code: u16, body: Option<&Value>) -> Vec<u8> {
+/// An HTTP response with an optional JSON body and extra header lines (each ending in CRLF).
+fn response_with(code: u16, body: Option<&Value>, extra: &str) -> Vec<u8> {
     let body = body.map(Value::to_string).unwrap_or_default();
     let mut out = format!(
-        "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nAccess-Control-Allow-Origin: *\r\n\r\n",
+        "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nAccess-Control-Allow-Origin: *\r\n{extra}\r\n",
         status_line(code),
         body.len()
     )
     .into_bytes();
     out.extend_from_slice(body.as_bytes());
     out
+}
+
+/// An HTTP response with an optional JSON body.
+pub fn response(code: u16, body: Option<&Value>) -> Vec<u8> {
+    response_with(code, body, "")
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -79,20 +113,87 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The whole request is in `request` (ends with a blank line): the response.
+/// A complete request, as far as we use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// `GET`, `OPTIONS`, …
+    pub method: String,
+    /// The request target (path and query).
+    pub target: String,
+    /// `Sec-WebSocket-Key` of a GET asking to upgrade to a WebSocket.
+    pub websocket_key: Option<String>,
+    /// `Sec-WebSocket-Version` of that upgrade.
+    pub websocket_version: Option<String>,
+    /// `Access-Control-Request-Headers` of a CORS preflight.
+    pub cors_headers: Option<String>,
+}
+
+/// Parse the request at the start of `buf` (`httparse`): the request and the bytes it took,
+/// `Ok(None)` if incomplete, `Err` if it is not HTTP/1.x.
+pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let used = match req.parse(buf) {
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(used)) => used,
+        Err(e) => return Err(e.to_string()),
+    };
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(|v| v.trim().to_owned())
+    };
+    let method = req.method.unwrap_or_default().to_owned();
+    let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let websocket = upgrade && method == "GET";
+    Ok(Some((
+        Request {
+            target: req.path.unwrap_or_default().to_owned(),
+            websocket_key: websocket.then(|| header("sec-websocket-key")).flatten(),
+            websocket_version: websocket.then(|| header("sec-websocket-version")).flatten(),
+            cors_headers: header("access-control-request-headers"),
+            method,
+        },
+        used,
+    )))
+}
+
+/// The whole request is in `request`: the response.
 pub fn respond(request: &[u8], core: &OscCore, host: &HostInfo) -> Vec<u8> {
-    let Ok(text) = std::str::from_utf8(request) else {
-        return response(400, None);
-    };
-    let mut words = text.lines().next().unwrap_or_default().split(' ');
-    let (method, target) = (words.next().unwrap_or_default(), words.next());
-    let Some(target) = target else {
-        return response(400, None);
-    };
-    if method != "GET" {
-        return response(405, None);
+    match parse_request(request) {
+        Ok(Some((req, _))) => answer(&req, core, host),
+        Ok(None) | Err(_) => response(400, None),
     }
-    let target = target.split('#').next().unwrap_or_default();
+}
+
+/// The response to a parsed request (not a WebSocket upgrade).
+pub fn answer(req: &Request, core: &OscCore, host: &HostInfo) -> Vec<u8> {
+    match req.method.as_str() {
+        "GET" => {}
+        // A browser's CORS preflight: any origin may read the namespace (it is served to the
+        // LAN only when the user says so), with the headers it asks for if they are plain.
+        "OPTIONS" => {
+            let asked = req
+                .cors_headers
+                .as_deref()
+                .filter(|h| {
+                    h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(&b))
+                })
+                .unwrap_or("Content-Type");
+            return response_with(
+                204,
+                None,
+                &format!(
+                    "Access-Control-Allow-Methods: GET, OPTIONS\r\nAccess-Control-Allow-Headers: {asked}\r\nAccess-Control-Max-Age: 86400\r\n"
+                ),
+            );
+        }
+        _ => return response_with(405, None, "Allow: GET, OPTIONS\r\n"),
+    }
+    let target = req.target.split('#').next().unwrap_or_default();
     let (path, attribute) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
@@ -149,244 +250,72 @@ pub fn respond(request: &[u8], core: &OscCore, host: &HostInfo) -> Vec<u8> {
     }
 }
 
+/// What a connection is doing.
+enum State {
+    /// Reading a request, or writing the reply (then closing).
+    Http {
+        stream: TcpStream,
+        buf: Vec<u8>,
+        /// The reply, written as the socket takes it.
+        out: Vec<u8>,
+        /// Close once `out` is written.
+        closing: bool,
+        /// Became a WebSocket once `out` (the 101) is written; the bytes after the request.
+        upgrade: Option<Vec<u8>>,
+    },
+    /// A WebSocket: the paths it listens to, with the value last sent.
+    Ws {
+        ws: Box<WebSocket<TcpStream>>,
+        listens: Vec<(String, Option<Vec<u8>>)>,
+        ping_at: Nanos,
+        /// We sent a close frame: drop the connection once it is written or after a second.
+        closing: Option<Nanos>,
+    },
+    /// Finished; dropped at the end of the pass.
+    Done,
+}
+
 struct Connection {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    /// Bytes still to write (a reply, WebSocket frames): written as the socket takes them,
-    /// never by blocking the worker.
-    out: Vec<u8>,
-    /// Close once `out` is written (an HTTP reply).
-    closing: bool,
+    peer: SocketAddr,
+    /// When it was accepted (or its reply began).
     since: Nanos,
-    /// Upgraded to a WebSocket: the paths it listens to, with the value last sent.
-    socket: Option<Vec<(String, Option<Vec<u8>>)>>,
+    /// When the client last sent anything.
+    heard: Nanos,
+    state: State,
 }
 
-/// SHA-1 (FIPS 180-4), for the WebSocket handshake only.
-pub fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [
-        0x6745_2301,
-        0xEFCD_AB89,
-        0x98BA_DCFE,
-        0x1032_5476,
-        0xC3D2_E1F0,
-    ];
-    let mut message = data.to_vec();
-    message.push(0x80);
-    while message.len() % 64 != 56 {
-        message.push(0);
+impl Connection {
+    fn is_websocket(&self) -> bool {
+        matches!(self.state, State::Ws { .. })
     }
-    message.extend_from_slice(&((data.len() as u64) * 8).to_be_bytes());
-    for block in message.chunks(64) {
-        let mut w = [0u32; 80];
-        for (i, word) in block.chunks(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
-                _ => (b ^ c ^ d, 0xCA62_C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
-            *x = x.wrapping_add(y);
+
+    /// May be dropped for a newcomer: a request still incomplete, or a WebSocket that missed
+    /// its last ping.
+    fn stale(&self, now: Nanos) -> bool {
+        match self.state {
+            State::Http { .. } => true,
+            State::Ws { .. } => now.saturating_sub(self.heard) > PING_INTERVAL + 5 * SECOND,
+            State::Done => true,
         }
     }
-    let mut out = [0u8; 20];
-    for (i, x) in h.iter().enumerate() {
-        out[i * 4..i * 4 + 4].copy_from_slice(&x.to_be_bytes());
-    }
-    out
 }
 
-/// Standard base64 with padding.
-pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("websocket", &self.is_websocket())
+            .finish_non_exhaustive()
     }
-    out
 }
 
-/// The `Sec-WebSocket-Accept` value for a client's key (RFC 6455 §4.2.2).
-pub fn websocket_accept(key: &str) -> String {
-    let mut input = key.trim().as_bytes().to_vec();
-    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64(&sha1(&input))
-}
-
-/// A client frame: (opcode, unmasked payload, bytes it took).
-pub type ClientFrame = (u8, Vec<u8>, usize);
-
-/// One unmasked server frame.
-pub fn websocket_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(n as u8),
-        n if n <= 0xFFFF => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
-    out
-}
-
-/// A client frame at the start of `b`: (opcode, unmasked payload, bytes used), or `None` if
-/// incomplete. Errors (unmasked client frame, too large) as `Err`.
-pub fn parse_client_frame(b: &[u8]) -> Result<Option<ClientFrame>, &'static str> {
-    if b.len() < 2 {
-        return Ok(None);
-    }
-    let opcode = b[0] & 0x0F;
-    if b[1] & 0x80 == 0 {
-        return Err("client frames must be masked");
-    }
-    let (len, mut at) = match b[1] & 0x7F {
-        126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
-        127 if b.len() >= 10 => {
-            let mut n = [0u8; 8];
-            n.copy_from_slice(&b[2..10]);
-            (
-                usize::try_from(u64::from_be_bytes(n)).unwrap_or(usize::MAX),
-                10,
-            )
-        }
-        126 | 127 => return Ok(None),
-        n => (usize::from(n), 2),
-    };
-    if len > MAX_REQUEST {
-        return Err("frame too large");
-    }
-    let Some(mask) = b.get(at..at + 4) else {
-        return Ok(None);
-    };
-    let mask = [mask[0], mask[1], mask[2], mask[3]];
-    at += 4;
-    let Some(data) = b.get(at..at + len) else {
-        return Ok(None);
-    };
-    let payload = data
-        .iter()
-        .enumerate()
-        .map(|(i, x)| x ^ mask[i % 4])
-        .collect();
-    Ok(Some((opcode, payload, at + len)))
-}
-
-/// The `Sec-WebSocket-Key` of a GET that asks to upgrade to a WebSocket.
-fn upgrade_key(request: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(request).ok()?;
-    let mut upgrade = false;
-    let mut key = None;
-    for line in text.lines().skip(1) {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        match name.trim().to_ascii_lowercase().as_str() {
-            "upgrade" => upgrade = value.trim().eq_ignore_ascii_case("websocket"),
-            "sec-websocket-key" => key = Some(value.trim().to_owned()),
-            _ => {}
-        }
-    }
-    (text.starts_with("GET ") && upgrade)
-        .then_some(key)
-        .flatten()
-}
-
-/// Read the client's frames (LISTEN / IGNORE, ping, close) and send changed values of the
-/// listened paths as binary OSC frames. False when the connection is done.
-fn serve_websocket(
-    out: &mut Vec<u8>,
-    buf: &mut Vec<u8>,
-    listens: &mut Vec<(String, Option<Vec<u8>>)>,
-    core: &OscCore,
-) -> bool {
-    loop {
-        match parse_client_frame(buf) {
-            Ok(Some((opcode, payload, used))) => {
-                buf.drain(..used);
-                match opcode {
-                    0x1 => {
-                        let command: Value = serde_json::from_slice(&payload).unwrap_or_default();
-                        let path = command["DATA"].as_str().unwrap_or_default().to_owned();
-                        match command["COMMAND"].as_str() {
-                            Some("LISTEN")
-                                if !listens.iter().any(|(p, _)| *p == path)
-                                    && listens.len() < 256 =>
-                            {
-                                listens.push((path, None));
-                            }
-                            Some("IGNORE") => listens.retain(|(p, _)| *p != path),
-                            _ => {}
-                        }
-                    }
-                    0x8 => {
-                        out.extend_from_slice(&websocket_frame(0x8, &[]));
-                        return false;
-                    }
-                    0x9 => out.extend_from_slice(&websocket_frame(0xA, &payload)),
-                    _ => {}
-                }
-            }
-            Ok(None) => break,
-            Err(_) => return false,
-        }
-    }
-    for (path, last) in listens.iter_mut() {
-        let Some(message) = core.value_message(path) else {
-            continue;
-        };
-        let mut bytes = Vec::new();
-        crate::proto::osc::encode_message(&message, &mut bytes);
-        // A client that does not read gets no more frames once a few are waiting (it sees the
-        // newest value when it reads again); whole frames only, so the stream stays intact.
-        if last.as_ref() != Some(&bytes) && out.len() < MAX_REQUEST {
-            out.extend_from_slice(&websocket_frame(0x2, &bytes));
-            *last = Some(bytes);
-        }
-    }
-    true
-}
-
-/// Write what `c.out` holds as far as the socket takes it. False when the connection broke.
-fn flush(c: &mut Connection) -> bool {
-    while !c.out.is_empty() {
-        match c.stream.write(&c.out) {
+/// Write what `out` holds as far as the socket takes it. False when the connection broke.
+fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+    while !out.is_empty() {
+        match stream.write(out) {
             Ok(0) => return false,
             Ok(n) => {
-                c.out.drain(..n);
+                out.drain(..n);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -394,6 +323,22 @@ fn flush(c: &mut Connection) -> bool {
         }
     }
     true
+}
+
+/// What the server counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueryCounters {
+    /// Requests answered (and WebSocket upgrades).
+    pub served: u64,
+    /// Requests refused: malformed, too large, timed out, a wrong WebSocket version.
+    pub refused: u64,
+    /// Connections refused: source not allowed, too many from its address, or every slot
+    /// held by a live connection.
+    pub refused_connections: u64,
+    /// Connections we closed: idle WebSockets, broken frames, dropped for a newcomer.
+    pub closed: u64,
+    /// Value frames not sent because the client was not reading (it gets the newest later).
+    pub frames_held: u64,
 }
 
 /// The socket side.
@@ -405,18 +350,19 @@ pub struct QueryServer {
     port: u16,
     lan: bool,
     connections: Vec<Connection>,
-    /// Requests answered.
-    pub served: u64,
-    /// Requests refused (malformed, too large, timed out).
-    pub refused: u64,
+    /// What happened so far.
+    pub counters: QueryCounters,
+    /// The last pass stopped at a budget with input waiting: come back at once.
+    unread: bool,
 }
 
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("buffered", &self.buf.len())
-            .finish_non_exhaustive()
-    }
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(WRITE_LIMIT)
+        .max_message_size(Some(MAX_REQUEST))
+        .max_frame_size(Some(MAX_REQUEST))
 }
 
 impl QueryServer {
@@ -444,8 +390,8 @@ impl QueryServer {
             port,
             lan,
             connections: Vec::new(),
-            served: 0,
-            refused: 0,
+            counters: QueryCounters::default(),
+            unread: false,
         })
     }
 
@@ -459,6 +405,11 @@ impl QueryServer {
         self.lan
     }
 
+    /// The last poll stopped at a budget with input waiting.
+    pub fn unread(&self) -> bool {
+        self.unread
+    }
+
     /// Register the listener (and, later, every accepted connection) with the worker's
     /// readiness loop under `token`.
     pub fn register(&mut self, registry: &Registry, token: Token) -> std::io::Result<()> {
@@ -467,98 +418,109 @@ impl QueryServer {
         Ok(())
     }
 
-    /// Accept, read and answer whatever is ready; never blocks. Replies a client does not
-    /// read at once wait in its connection's output buffer until the socket takes them (or
-    /// the request timeout ends the connection).
+    /// Accept, read and answer whatever is ready; never blocks.
     pub fn poll(&mut self, now: Nanos, core: &OscCore, host: &HostInfo) {
-        while self.connections.len() < MAX_CONNECTIONS {
-            match self.listener.accept() {
-                Ok((mut stream, _peer)) => {
-                    let registered = self.registration.as_ref().is_none_or(|(r, t)| {
-                        r.register(&mut stream, *t, Interest::READABLE | Interest::WRITABLE)
-                            .is_ok()
-                    });
-                    if registered {
-                        self.connections.push(Connection {
-                            stream,
-                            buf: Vec::new(),
-                            out: Vec::new(),
-                            closing: false,
-                            since: now,
-                            socket: None,
-                        });
+        self.unread = false;
+        self.accept(now, core);
+        let counters = &mut self.counters;
+        let unread = &mut self.unread;
+        for c in &mut self.connections {
+            let state = std::mem::replace(&mut c.state, State::Done);
+            c.state = match state {
+                State::Http {
+                    stream,
+                    buf,
+                    out,
+                    closing,
+                    upgrade,
+                } => serve_http(
+                    c,
+                    now,
+                    (stream, buf, out, closing, upgrade),
+                    core,
+                    host,
+                    counters,
+                    unread,
+                ),
+                ws @ State::Ws { .. } => serve_websocket(c, now, ws, core, counters, unread),
+                State::Done => State::Done,
+            };
+        }
+        self.connections.retain(|c| !matches!(c.state, State::Done));
+    }
+
+    /// Take new connections: allowed sources only, a few per address, a stale connection's
+    /// slot when every slot is taken.
+    fn accept(&mut self, now: Nanos, core: &OscCore) {
+        for _ in 0..2 * MAX_CONNECTIONS {
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            if !(peer.ip().is_loopback() || core.allowed(peer.ip())) {
+                self.counters.refused_connections += 1;
+                continue;
+            }
+            let from_peer = self
+                .connections
+                .iter()
+                .filter(|c| c.peer.ip() == peer.ip())
+                .count();
+            if from_peer >= MAX_PER_ADDRESS {
+                self.counters.refused_connections += 1;
+                continue;
+            }
+            if self.connections.len() >= MAX_CONNECTIONS {
+                let stalest = self
+                    .connections
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.stale(now))
+                    .min_by_key(|(_, c)| c.heard)
+                    .map(|(i, _)| i);
+                match stalest {
+                    Some(i) => {
+                        self.connections.swap_remove(i);
+                        self.counters.closed += 1;
+                    }
+                    None => {
+                        self.counters.refused_connections += 1;
+                        continue;
                     }
                 }
-                Err(_) => break,
+            }
+            let registered = self.registration.as_ref().is_none_or(|(r, t)| {
+                r.register(&mut stream, *t, Interest::READABLE | Interest::WRITABLE)
+                    .is_ok()
+            });
+            if registered {
+                self.connections.push(Connection {
+                    peer,
+                    since: now,
+                    heard: now,
+                    state: State::Http {
+                        stream,
+                        buf: Vec::new(),
+                        out: Vec::new(),
+                        closing: false,
+                        upgrade: None,
+                    },
+                });
             }
         }
-        let mut chunk = [0u8; 2048];
-        self.connections.retain_mut(|c| {
-            if !flush(c) {
-                return false;
-            }
-            if c.closing {
-                // Waiting for the client to take the reply, not forever.
-                return !c.out.is_empty() && now <= c.since + REQUEST_TIMEOUT;
-            }
-            loop {
-                match c.stream.read(&mut chunk) {
-                    Ok(0) => return false,
-                    Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => return false,
-                }
-                if c.buf.len() > MAX_REQUEST {
-                    break;
-                }
-            }
-            if let Some(listens) = &mut c.socket {
-                let open = serve_websocket(&mut c.out, &mut c.buf, listens, core);
-                return flush(c) && open;
-            }
-            let complete = c.buf.windows(4).any(|w| w == b"\r\n\r\n");
-            if complete && let Some(key) = upgrade_key(&c.buf) {
-                let reply = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                    websocket_accept(&key)
-                );
-                self.served += 1;
-                c.buf.clear();
-                c.socket = Some(Vec::new());
-                c.out.extend_from_slice(reply.as_bytes());
-                return flush(c);
-            }
-            let reply = if c.buf.len() > MAX_REQUEST {
-                self.refused += 1;
-                Some(response(400, None))
-            } else if complete {
-                self.served += 1;
-                Some(respond(&c.buf, core, host))
-            } else if now > c.since + REQUEST_TIMEOUT {
-                self.refused += 1;
-                Some(response(408, None))
-            } else {
-                None
-            };
-            match reply {
-                Some(bytes) => {
-                    c.out = bytes;
-                    c.closing = true;
-                    c.since = now;
-                    flush(c) && !c.out.is_empty()
-                }
-                None => true,
-            }
-        });
+        // More may be waiting: edge-triggered readiness will not say so again.
+        self.unread = true;
     }
 
     /// WebSocket clients connected now.
     pub fn websockets(&self) -> usize {
-        self.connections
-            .iter()
-            .filter(|c| c.socket.is_some())
-            .count()
+        self.connections.iter().filter(|c| c.is_websocket()).count()
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.connections.len()
     }
 
     /// Where it listens.
@@ -574,41 +536,312 @@ impl QueryServer {
     }
 }
 
+type HttpParts = (TcpStream, Vec<u8>, Vec<u8>, bool, Option<Vec<u8>>);
+
+/// One pass of an HTTP connection: write what waits, read (within the budget), answer a
+/// complete request, upgrade to a WebSocket once the 101 is out.
+fn serve_http(
+    c: &mut Connection,
+    now: Nanos,
+    (mut stream, mut buf, mut out, mut closing, upgrade): HttpParts,
+    core: &OscCore,
+    host: &HostInfo,
+    counters: &mut QueryCounters,
+    unread: &mut bool,
+) -> State {
+    if !flush(&mut stream, &mut out) {
+        return State::Done;
+    }
+    if let Some(rest) = upgrade {
+        if !out.is_empty() {
+            return State::Http {
+                stream,
+                buf,
+                out,
+                closing,
+                upgrade: Some(rest),
+            };
+        }
+        let ws = WebSocket::from_partially_read(stream, rest, Role::Server, Some(ws_config()));
+        let state = State::Ws {
+            ws: Box::new(ws),
+            listens: Vec::new(),
+            ping_at: now + PING_INTERVAL,
+            closing: None,
+        };
+        return serve_websocket(c, now, state, core, counters, unread);
+    }
+    if closing {
+        // Waiting for the client to take the reply, not forever.
+        return if !out.is_empty() && now <= c.since + REQUEST_TIMEOUT {
+            State::Http {
+                stream,
+                buf,
+                out,
+                closing,
+                upgrade,
+            }
+        } else {
+            State::Done
+        };
+    }
+    let mut chunk = [0u8; 2048];
+    let mut taken = 0;
+    loop {
+        if taken >= READ_PER_PASS || buf.len() > MAX_REQUEST {
+            *unread = true;
+            break;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return State::Done,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                taken += n;
+                c.heard = now;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return State::Done,
+        }
+    }
+    let reply = match parse_request(&buf) {
+        Ok(Some((req, used))) if req.websocket_key.is_some() => {
+            if req.websocket_version.as_deref() != Some("13") {
+                counters.refused += 1;
+                Some(response_with(426, None, "Sec-WebSocket-Version: 13\r\n"))
+            } else {
+                let key = req.websocket_key.unwrap_or_default();
+                let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+                counters.served += 1;
+                out.extend_from_slice(
+                    format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                let rest = buf.split_off(used);
+                return serve_http(
+                    c,
+                    now,
+                    (stream, Vec::new(), out, false, Some(rest)),
+                    core,
+                    host,
+                    counters,
+                    unread,
+                );
+            }
+        }
+        Ok(Some((req, _))) => {
+            counters.served += 1;
+            Some(answer(&req, core, host))
+        }
+        Err(_) => {
+            counters.refused += 1;
+            Some(response(400, None))
+        }
+        Ok(None) if buf.len() > MAX_REQUEST => {
+            counters.refused += 1;
+            Some(response(431, None))
+        }
+        Ok(None) if now > c.since + REQUEST_TIMEOUT => {
+            counters.refused += 1;
+            Some(response(408, None))
+        }
+        Ok(None) => None,
+    };
+    if let Some(bytes) = reply {
+        out = bytes;
+        closing = true;
+        c.since = now;
+        if !flush(&mut stream, &mut out) || out.is_empty() {
+            return State::Done;
+        }
+    }
+    State::Http {
+        stream,
+        buf,
+        out,
+        closing,
+        upgrade: None,
+    }
+}
+
+/// Most WebSocket messages taken from one client per pass.
+const MESSAGES_PER_PASS: usize = 64;
+
+/// One pass of a WebSocket: read the client's messages (LISTEN / IGNORE; tungstenite answers
+/// pings and closes), ping it, close it when idle or broken, and send changed values of the
+/// listened paths as binary OSC frames.
+fn serve_websocket(
+    c: &mut Connection,
+    now: Nanos,
+    state: State,
+    core: &OscCore,
+    counters: &mut QueryCounters,
+    unread: &mut bool,
+) -> State {
+    use tungstenite::{Error, Message};
+    let State::Ws {
+        mut ws,
+        mut listens,
+        mut ping_at,
+        mut closing,
+    } = state
+    else {
+        return state;
+    };
+    let mut close_with: Option<(CloseCode, &str)> = None;
+    for k in 0.. {
+        if k == MESSAGES_PER_PASS {
+            *unread = true;
+            break;
+        }
+        match ws.read() {
+            Ok(message) => {
+                c.heard = now;
+                if let Message::Text(text) = message {
+                    let command: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+                    let path = command["DATA"].as_str().unwrap_or_default().to_owned();
+                    match command["COMMAND"].as_str() {
+                        Some("LISTEN")
+                            if !listens.iter().any(|(p, _)| *p == path)
+                                && listens.len() < MAX_LISTENS =>
+                        {
+                            listens.push((path, None));
+                        }
+                        Some("IGNORE") => listens.retain(|(p, _)| *p != path),
+                        _ => {}
+                    }
+                }
+            }
+            Err(Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(Error::Io(e)) if e.kind() == ErrorKind::Interrupted => {}
+            Err(Error::Capacity(_)) => {
+                close_with = Some((CloseCode::Size, "message too large"));
+                break;
+            }
+            Err(Error::Protocol(_)) => {
+                close_with = Some((CloseCode::Protocol, "protocol error"));
+                break;
+            }
+            Err(Error::Utf8(_)) => {
+                close_with = Some((CloseCode::Invalid, "text is not UTF-8"));
+                break;
+            }
+            // Closed (by the client's close, answered by tungstenite) or broken.
+            Err(_) => return State::Done,
+        }
+    }
+    if closing.is_none() && close_with.is_none() && now > c.heard + WEBSOCKET_IDLE {
+        close_with = Some((CloseCode::Away, "idle"));
+    }
+    if let Some((code, reason)) = close_with {
+        counters.closed += 1;
+        let _ = ws.close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        closing = Some(now);
+    }
+    if let Some(since) = closing {
+        // Written, or given a second: then the connection goes.
+        return match ws.flush() {
+            Err(Error::Io(e)) if e.kind() == ErrorKind::WouldBlock && now < since + SECOND => {
+                State::Ws {
+                    ws,
+                    listens,
+                    ping_at,
+                    closing,
+                }
+            }
+            _ => State::Done,
+        };
+    }
+    if now >= ping_at {
+        ping_at = now + PING_INTERVAL;
+        let _ = ws.write(Message::Ping(Vec::new().into()));
+    }
+    for (path, last) in &mut listens {
+        let Some(message) = core.value_message(path) else {
+            continue;
+        };
+        let mut bytes = Vec::new();
+        crate::proto::osc::encode_message(&message, &mut bytes);
+        if last.as_ref() == Some(&bytes) {
+            continue;
+        }
+        match ws.write(Message::Binary(bytes.clone().into())) {
+            Ok(()) => *last = Some(bytes),
+            // A client that does not read: the newest value goes when it reads again.
+            Err(Error::WriteBufferFull(_)) => {
+                counters.frames_held += 1;
+                break;
+            }
+            Err(Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => *last = Some(bytes),
+            Err(_) => return State::Done,
+        }
+    }
+    match ws.flush() {
+        Ok(()) => {}
+        Err(Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {}
+        Err(_) => return State::Done,
+    }
+    State::Ws {
+        ws,
+        listens,
+        ping_at,
+        closing,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn sha1_base64_and_the_rfc_6455_handshake_example() {
+    fn requests_parse_with_httparse_and_upgrades_are_recognised() {
+        let raw = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nrest";
+        let (req, used) = parse_request(raw).expect("http").expect("complete");
+        assert_eq!(used, raw.len() - 4);
         assert_eq!(
-            sha1(b"abc"),
-            [
-                0xa9, 0x99, 0x3e, 0x36, 0x47, 0x06, 0x81, 0x6a, 0xba, 0x3e, 0x25, 0x71, 0x78, 0x50,
-                0xc2, 0x6c, 0x9c, 0xd0, 0xd8, 0x9d
-            ]
+            req.websocket_key.as_deref(),
+            Some("dGhlIHNhbXBsZSBub25jZQ==")
         );
-        assert_eq!(base64(b"Man"), "TWFu");
-        assert_eq!(base64(b"Ma"), "TWE=");
-        assert_eq!(base64(b"M"), "TQ==");
-        // RFC 6455 §1.3.
+        assert_eq!(req.websocket_version.as_deref(), Some("13"));
+        // RFC 6455 §1.3's example key.
         assert_eq!(
-            websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            tungstenite::handshake::derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+        assert_eq!(parse_request(&raw[..20]), Ok(None), "incomplete");
+        assert!(parse_request(b"\x16\x03\x01 TLS hello\r\n\r\n").is_err());
     }
 
     #[test]
-    fn client_frames_unmask_and_bad_ones_are_refused() {
-        // RFC 6455 §5.7: a masked "Hello".
-        let frame = [
-            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-        ];
-        assert_eq!(
-            parse_client_frame(&frame),
-            Ok(Some((1, b"Hello".to_vec(), frame.len())))
+    fn a_browser_preflight_is_answered_and_other_methods_refused() {
+        let core = OscCore::new();
+        let host = HostInfo {
+            name: "t".into(),
+            osc_port: 8000,
+        };
+        let raw = respond(
+            b"OPTIONS / HTTP/1.1\r\nOrigin: http://x\r\nAccess-Control-Request-Method: GET\r\nAccess-Control-Request-Headers: content-type\r\n\r\n",
+            &core,
+            &host,
         );
-        assert_eq!(parse_client_frame(&frame[..5]), Ok(None));
-        assert!(parse_client_frame(&[0x81, 0x05, b'H', b'e', b'l', b'l', b'o']).is_err());
-        assert_eq!(websocket_frame(0x2, &[1, 2]), vec![0x82, 2, 1, 2]);
+        let text = String::from_utf8(raw).expect("utf-8");
+        assert!(text.starts_with("HTTP/1.1 204"), "{text}");
+        assert!(text.contains("Access-Control-Allow-Origin: *"), "{text}");
+        assert!(
+            text.contains("Access-Control-Allow-Methods: GET, OPTIONS"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Access-Control-Allow-Headers: content-type"),
+            "{text}"
+        );
+        let raw = respond(b"DELETE / HTTP/1.1\r\n\r\n", &core, &host);
+        let text = String::from_utf8(raw).expect("utf-8");
+        assert!(text.starts_with("HTTP/1.1 405") && text.contains("Allow: GET, OPTIONS"));
     }
 }

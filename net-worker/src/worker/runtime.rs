@@ -468,11 +468,11 @@ impl Runtime {
             }
         }
         if let Some((q, host)) = &mut self.query
-            && (ready.query || q.websockets() > 0)
+            && (ready.query || q.unread() || q.websockets() > 0)
         {
             q.poll(now, &server.core, host);
         }
-        if server.unread() {
+        if server.unread() || self.query.as_ref().is_some_and(|(q, _)| q.unread()) {
             // Stopped at its read budget: come back at once for the rest.
             return Some(now);
         }
@@ -512,8 +512,11 @@ impl Runtime {
                 if let Some((q, _)) = &self.query {
                     status.oscquery_port = Some(q.port());
                     status.oscquery_lan = q.lan();
-                    status.oscquery_served = q.served;
-                    status.oscquery_refused = q.refused;
+                    status.oscquery_served = q.counters.served;
+                    status.oscquery_refused = q.counters.refused;
+                    status.oscquery_refused_connections = q.counters.refused_connections;
+                    status.oscquery_closed = q.counters.closed;
+                    status.oscquery_connections = q.connections();
                 }
                 Some(status)
             }

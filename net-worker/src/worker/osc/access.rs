@@ -104,7 +104,7 @@ impl OscCore {
     }
 
     /// May `ip` send at all (the user's allow-list, or [`allowed_by_default`] without one)?
-    pub(super) fn allowed(&self, ip: IpAddr) -> bool {
+    pub fn allowed(&self, ip: IpAddr) -> bool {
         if self.allow.is_empty() {
             allowed_by_default(ip)
         } else {

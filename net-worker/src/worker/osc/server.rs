@@ -6,7 +6,7 @@
 //! ([`OscServer::register`]); the worker calls [`OscServer::poll`] with `readable` set when
 //! that token fired, so an idle OSC port costs no system call.
 
-use crate::worker::runtime::{READ_BUDGET, read_budgeted};
+use crate::worker::runtime::read_budgeted;
 use std::io::ErrorKind;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -42,6 +42,18 @@ pub struct OscServer {
 
 /// Most TCP controllers at once.
 pub const MAX_STREAMS: usize = 16;
+/// Most TCP controllers from one address.
+pub const MAX_STREAMS_PER_ADDRESS: usize = 4;
+/// A TCP controller that has sent no valid message this long after connecting is closed (it
+/// could get no feedback anyway: feedback goes to senders and subscribers).
+pub const SILENT_STREAM: Nanos = 10_000 * super::MS;
+/// When every slot is taken, a controller quiet for this long gives its slot to a newcomer.
+pub const STALE_STREAM: Nanos = 60_000 * super::MS;
+/// Bytes read from one TCP controller per pass; more waits for the next pass.
+pub const STREAM_READ_PER_PASS: usize = 64 * 1024;
+/// Most bytes of feedback waiting for a TCP controller that does not read; frames that do not
+/// fit are dropped whole (the stream stays intact) and counted.
+pub const STREAM_OUT_LIMIT: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -57,6 +69,29 @@ struct Stream {
     framing: Option<Framing>,
     slip: osc::slip::Decoder,
     sized: osc::size_prefixed::Decoder,
+    /// When it connected, and when it last sent a frame that decoded.
+    since: Nanos,
+    heard: Option<Nanos>,
+    /// Framed replies and feedback not yet taken by the socket.
+    out: Vec<u8>,
+}
+
+impl Stream {
+    /// Write what waits as far as the socket takes it; false if the connection broke.
+    fn flush(&mut self) -> bool {
+        while !self.out.is_empty() {
+            match self.stream.write(&self.out) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
 }
 
 impl OscServer {
@@ -165,9 +200,7 @@ impl OscServer {
             // ICMP errors from earlier sends to gone controllers are skipped.
             self.unread = read_budgeted(step, || {});
         }
-        if readable {
-            self.poll_streams(now, &mut out);
-        }
+        self.poll_streams(now, readable, &mut out);
         self.core.feedback(now, &mut out);
         for (to, bytes) in &out.datagrams {
             // Replies to a TCP controller go back on its connection, in its framing.
@@ -178,40 +211,89 @@ impl OscServer {
                         Some(Framing::Slip) => osc::slip::encode(bytes, &mut framed),
                         _ => osc::size_prefixed::encode(bytes, &mut framed),
                     }
-                    // Non-blocking: a controller that does not read loses feedback, never
-                    // stalls the worker.
-                    let _ = s.stream.write_all(&framed);
+                    // Whole frames into a bounded buffer, written as the socket takes them: a
+                    // controller that does not read loses feedback, never stalls the worker
+                    // or gets a broken stream.
+                    if s.out.len() + framed.len() <= STREAM_OUT_LIMIT {
+                        s.out.extend_from_slice(&framed);
+                    } else {
+                        self.core.status.feedback_dropped += 1;
+                    }
                 }
                 None => {
                     let _ = self.socket.send_to(bytes, *to);
                 }
             }
         }
+        let closed = &mut self.core.status.tcp_closed;
+        self.streams.retain_mut(|s| {
+            let ok = s.flush();
+            *closed += u64::from(!ok);
+            ok
+        });
         self.transport = out.transport;
         (out.changes, self.core.take_due(now, lookahead))
     }
 
-    /// Accept TCP controllers and take in their frames.
-    fn poll_streams(&mut self, now: Nanos, out: &mut Output) {
-        if let Some(listener) = &self.tcp {
-            while self.streams.len() < MAX_STREAMS {
-                match listener.accept() {
-                    Ok((mut stream, peer)) => {
-                        let registered = self.registration.as_ref().is_none_or(|(r, t)| {
-                            r.register(&mut stream, *t, Interest::READABLE).is_ok()
-                        });
-                        if registered {
-                            let _ = stream.set_nodelay(true);
-                            self.streams.push(Stream {
-                                stream,
-                                peer,
-                                framing: None,
-                                slip: osc::slip::Decoder::new(MAX_PACKET),
-                                sized: osc::size_prefixed::Decoder::new(MAX_PACKET),
-                            });
+    /// Accept TCP controllers (allowed sources only, a few per address, a stale controller's
+    /// slot when all are taken) and take in their frames (within a byte budget per pass).
+    fn poll_streams(&mut self, now: Nanos, readable: bool, out: &mut Output) {
+        if let Some(listener) = self.tcp.as_ref().filter(|_| readable) {
+            for _ in 0..2 * MAX_STREAMS {
+                let (mut stream, peer) = match listener.accept() {
+                    Ok(accepted) => accepted,
+                    Err(_) => break,
+                };
+                if !self.core.allowed(peer.ip()) {
+                    self.core.status.refused_source += 1;
+                    self.core.status.tcp_refused += 1;
+                    continue;
+                }
+                let from_peer = self
+                    .streams
+                    .iter()
+                    .filter(|s| s.peer.ip() == peer.ip())
+                    .count();
+                if from_peer >= MAX_STREAMS_PER_ADDRESS {
+                    self.core.status.tcp_refused += 1;
+                    continue;
+                }
+                if self.streams.len() >= MAX_STREAMS {
+                    let stalest = self
+                        .streams
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| (i, s.heard.unwrap_or(s.since)))
+                        .filter(|(_, heard)| now.saturating_sub(*heard) > STALE_STREAM)
+                        .min_by_key(|(_, heard)| *heard)
+                        .map(|(i, _)| i);
+                    match stalest {
+                        Some(i) => {
+                            self.streams.swap_remove(i);
+                            self.core.status.tcp_closed += 1;
+                        }
+                        None => {
+                            self.core.status.tcp_refused += 1;
+                            continue;
                         }
                     }
-                    Err(_) => break,
+                }
+                let registered = self.registration.as_ref().is_none_or(|(r, t)| {
+                    r.register(&mut stream, *t, Interest::READABLE | Interest::WRITABLE)
+                        .is_ok()
+                });
+                if registered {
+                    let _ = stream.set_nodelay(true);
+                    self.streams.push(Stream {
+                        stream,
+                        peer,
+                        framing: None,
+                        slip: osc::slip::Decoder::new(MAX_PACKET),
+                        sized: osc::size_prefixed::Decoder::new(MAX_PACKET),
+                        since: now,
+                        heard: None,
+                        out: Vec::new(),
+                    });
                 }
             }
         }
@@ -219,38 +301,13 @@ impl OscServer {
         let buf = &mut self.buf;
         let unread = &mut self.unread;
         self.streams.retain_mut(|s| {
-            let mut budget = READ_BUDGET;
-            loop {
-                if budget == 0 {
-                    *unread = true;
-                    return true;
-                }
-                budget -= 1;
-                let n = match s.stream.read(buf) {
-                    Ok(0) => return false,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-                    Err(_) => return false,
-                };
-                let bytes = &buf[..n];
-                let framing = *s.framing.get_or_insert(if bytes[0] == 0xC0 {
-                    Framing::Slip
-                } else {
-                    Framing::SizePrefixed
-                });
-                let peer = s.peer;
-                let mut frame = |f: &[u8]| core.handle_datagram(now, peer, f, out);
-                match framing {
-                    Framing::Slip => s.slip.feed(bytes, &mut frame),
-                    Framing::SizePrefixed => {
-                        if s.sized.feed(bytes, &mut frame).is_err() {
-                            // A frame over the limit cannot be skipped on a stream.
-                            core.status.too_large += 1;
-                            return false;
-                        }
-                    }
-                }
+            let keep = !readable || read_stream(s, now, core, buf, out, unread);
+            // Connected, but never a valid message: nothing to serve, a slot held.
+            let silent = s.heard.is_none() && now.saturating_sub(s.since) > SILENT_STREAM;
+            if !keep || silent {
+                core.status.tcp_closed += 1;
             }
+            keep && !silent
         });
     }
 
@@ -262,5 +319,66 @@ impl OscServer {
         s.tcp = self.tcp.is_some();
         s.tcp_clients = self.streams.len();
         s
+    }
+}
+
+/// Read what one TCP controller sent (at most [`STREAM_READ_PER_PASS`] bytes) and hand its
+/// frames to the core. False when the connection ends: closed by the peer, broken, or
+/// misbehaving (a frame over the size limit cannot be skipped on a stream; a SLIP stream
+/// without END never ends its frame).
+fn read_stream(
+    s: &mut Stream,
+    now: Nanos,
+    core: &mut OscCore,
+    buf: &mut [u8],
+    out: &mut Output,
+    unread: &mut bool,
+) -> bool {
+    let mut taken = 0;
+    loop {
+        if taken >= STREAM_READ_PER_PASS {
+            *unread = true;
+            return true;
+        }
+        let room = buf.len().min(STREAM_READ_PER_PASS - taken);
+        let n = match s.stream.read(&mut buf[..room]) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        };
+        taken += n;
+        let bytes = &buf[..n];
+        let framing = *s.framing.get_or_insert(if bytes[0] == 0xC0 {
+            Framing::Slip
+        } else {
+            Framing::SizePrefixed
+        });
+        let peer = s.peer;
+        let before = core.status.malformed;
+        let mut frames = 0u64;
+        let mut frame = |f: &[u8]| {
+            frames += 1;
+            core.handle_datagram(now, peer, f, out);
+        };
+        match framing {
+            Framing::Slip => {
+                s.slip.feed(bytes, &mut frame);
+                if s.slip.overlong() {
+                    core.status.too_large += 1;
+                    return false;
+                }
+            }
+            Framing::SizePrefixed => {
+                if s.sized.feed(bytes, &mut frame).is_err() {
+                    core.status.too_large += 1;
+                    return false;
+                }
+            }
+        }
+        if frames > core.status.malformed - before {
+            s.heard = Some(now);
+        }
     }
 }
