@@ -12,6 +12,7 @@
 //! - [`runner`]: real-time paced processing on an audio thread with live status, for the
 //!   headless runner binary (`src/bin/lockstep-headless.rs`).
 //! - [`status`]: reading the plugin's `lockstep_status_json` symbol.
+//! - [`attack`]: scripted attacks on a running Lockstep (attack suite and its bench rows).
 //! - [`bundle`]: where the built bundles live.
 //! - [`cli`]: the runner's command line.
 //! - [`harness`]: helpers for the end-to-end tests.
@@ -20,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod attack;
 pub mod bundle;
 pub mod cli;
 pub mod harness;

@@ -228,6 +228,9 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
         std::thread::Builder::new()
             .name("lockstep-audio".into())
             .spawn(move || {
+                // As a DAW's audio thread (JACK's default realtime priority), above the
+                // plugin's own realtime threads; without the right, it runs normally.
+                let _ = lockstep_net::sys::realtime(70);
                 audio_loop(
                     processor,
                     transport,

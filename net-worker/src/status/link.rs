@@ -57,6 +57,13 @@ pub struct LinkStatus {
     pub forced: u64,
     /// Malformed or foreign-group datagrams.
     pub malformed: u64,
+    /// ALIVEs / RESPONSEs with an impossible timeline (tempo outside 20–999 BPM, absurd
+    /// origins): dropped before they touch any state.
+    #[serde(default)]
+    pub implausible: u64,
+    /// New peers not taken because 64 are known already.
+    #[serde(default)]
+    pub peers_refused: u64,
     /// Link time (µs, [`now_micros`]'s clock) at which `beat` and `phase` were taken.
     pub at_micros: i64,
     /// The DAW's beat minus the session's at the same moment, ms (DAW leads, playing).

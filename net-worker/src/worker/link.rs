@@ -13,7 +13,7 @@
 //! transport run from the session's timeline ([`crate::clock::link_clock`]); the DAW itself
 //! cannot be driven by a plugin.
 
-use super::runtime::read_budgeted;
+use super::runtime::{Backlog, read_budgeted};
 pub use crate::status::link::{LinkMode, LinkStatus};
 
 pub use service::LinkService;
@@ -97,7 +97,8 @@ pub struct LinkDriver {
     /// Send errors (an interface that went away, a full buffer).
     pub send_errors: u64,
     /// The last read stopped at its budget with datagrams still waiting.
-    unread: bool,
+    /// Input owed after a read budget ran out (read again after the rest).
+    backlog: Backlog,
 }
 
 fn udp(bind: SocketAddrV4, reuse: bool) -> std::io::Result<Socket> {
@@ -179,7 +180,7 @@ impl LinkDriver {
             group: SocketAddr::from((MULTICAST.0, MULTICAST.1)),
             buf: vec![0; 2048],
             send_errors: 0,
-            unread: false,
+            backlog: Backlog::new(1_000),
         })
     }
 
@@ -225,15 +226,13 @@ impl LinkDriver {
     /// Receive (if `readable`: the loop saw the token fire), run timers, send; returns the
     /// next deadline (Link µs).
     pub fn poll(&mut self, now: Micros, readable: bool) -> Option<Micros> {
-        if readable || self.unread {
+        if self.backlog.take(now.max(0) as u64, readable) {
             self.receive(now);
         }
         self.core.handle_timeout(now);
         self.flush();
-        if self.unread {
-            return Some(now);
-        }
-        self.core.poll_timeout()
+        let owed = self.backlog.due().map(|at| at as Micros);
+        [owed, self.core.poll_timeout()].into_iter().flatten().min()
     }
 
     /// What waits on every socket, up to [`READ_BUDGET`](super::runtime::READ_BUDGET) datagrams per socket and pass (a
@@ -244,17 +243,17 @@ impl LinkDriver {
             group_rx,
             gateways,
             buf,
-            unread,
+            backlog,
             ..
         } = self;
-        *unread = false;
+        let mut more = false;
         for socket in std::iter::once(&*group_rx).chain(gateways.iter().map(|g| &g.unicast)) {
             let step = || {
                 let (n, from) = socket.recv_from(buf)?;
                 core.handle_discovery(now, from, &buf[..n]);
                 Ok(())
             };
-            *unread |= read_budgeted(step, || {});
+            more |= read_budgeted(step, || {});
         }
         for g in gateways.iter() {
             let step = || {
@@ -264,8 +263,9 @@ impl LinkDriver {
                 core.handle_measurement_at(now, arrived, from, &buf[..n]);
                 Ok(())
             };
-            *unread |= read_budgeted(step, || {});
+            more |= read_budgeted(step, || {});
         }
+        backlog.read(now.max(0) as u64, more);
     }
 
     fn flush(&mut self) {

@@ -28,6 +28,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
 
 use super::osc::OscCore;
+use super::runtime::Backlog;
 
 /// Nanoseconds on the worker's clock.
 pub type Nanos = u64;
@@ -45,6 +46,11 @@ pub const REQUEST_TIMEOUT: Nanos = 2 * SECOND;
 pub const PING_INTERVAL: Nanos = 15 * SECOND;
 /// A WebSocket that has sent nothing (not even a pong) for this long is closed.
 pub const WEBSOCKET_IDLE: Nanos = 40 * SECOND;
+/// When every slot is taken, a WebSocket silent this long gives its slot to a newcomer (it is
+/// pinged every [`PING_INTERVAL`], so a live client is rarely silent longer).
+pub const STALE_WEBSOCKET: Nanos = 5 * SECOND;
+/// When every slot looks live, a newcomer waits this long for a WebSocket to fail a ping.
+pub const CHALLENGE_WAIT: Nanos = SECOND;
 /// Bytes one connection may have read per pass; more waits for the next pass.
 pub const READ_PER_PASS: usize = 16 * 1024;
 /// Most paths one WebSocket listens to.
@@ -289,12 +295,16 @@ impl Connection {
         matches!(self.state, State::Ws { .. })
     }
 
-    /// May be dropped for a newcomer: a request still incomplete, or a WebSocket that missed
-    /// its last ping.
-    fn stale(&self, now: Nanos) -> bool {
+    /// May be dropped for a newcomer when every slot is taken: a request still incomplete, or a
+    /// WebSocket that has said nothing for [`STALE_WEBSOCKET`] or did not answer the ping of
+    /// the `challenge` (when every slot looked live) within [`CHALLENGE_WAIT`].
+    fn stale(&self, now: Nanos, challenge: Option<Nanos>) -> bool {
         match self.state {
             State::Http { .. } => true,
-            State::Ws { .. } => now.saturating_sub(self.heard) > PING_INTERVAL + 5 * SECOND,
+            State::Ws { .. } => {
+                now.saturating_sub(self.heard) > STALE_WEBSOCKET
+                    || challenge.is_some_and(|c| self.heard < c && now >= c + CHALLENGE_WAIT)
+            }
             State::Done => true,
         }
     }
@@ -352,8 +362,12 @@ pub struct QueryServer {
     connections: Vec<Connection>,
     /// What happened so far.
     pub counters: QueryCounters,
-    /// The last pass stopped at a budget with input waiting: come back at once.
-    unread: bool,
+    /// Input owed after a budget ran out (read again after the rest).
+    backlog: Backlog,
+    /// When every slot looked live and a newcomer came: every WebSocket was pinged then.
+    challenge: Option<Nanos>,
+    /// That newcomer (accepted by the kernel, admitted by the allow-list), since when.
+    waiting: Option<(TcpStream, SocketAddr, Nanos)>,
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -391,7 +405,9 @@ impl QueryServer {
             lan,
             connections: Vec::new(),
             counters: QueryCounters::default(),
-            unread: false,
+            backlog: Backlog::new(1_000_000),
+            challenge: None,
+            waiting: None,
         })
     }
 
@@ -405,9 +421,9 @@ impl QueryServer {
         self.lan
     }
 
-    /// The last poll stopped at a budget with input waiting.
-    pub fn unread(&self) -> bool {
-        self.unread
+    /// When input owed from a pass that stopped at a budget is read (ns).
+    pub fn next_read(&self) -> Option<Nanos> {
+        self.backlog.due()
     }
 
     /// Register the listener (and, later, every accepted connection) with the worker's
@@ -420,10 +436,12 @@ impl QueryServer {
 
     /// Accept, read and answer whatever is ready; never blocks.
     pub fn poll(&mut self, now: Nanos, core: &OscCore, host: &HostInfo) {
-        self.unread = false;
-        self.accept(now, core);
+        if !self.backlog.take(now, true) {
+            return;
+        }
+        let mut more = self.accept(now, core);
         let counters = &mut self.counters;
-        let unread = &mut self.unread;
+        let unread = &mut more;
         for c in &mut self.connections {
             let state = std::mem::replace(&mut c.state, State::Done);
             c.state = match state {
@@ -447,16 +465,23 @@ impl QueryServer {
             };
         }
         self.connections.retain(|c| !matches!(c.state, State::Done));
+        self.backlog.read(now, more);
     }
 
     /// Take new connections: allowed sources only, a few per address, a stale connection's
     /// slot when every slot is taken.
-    fn accept(&mut self, now: Nanos, core: &OscCore) {
+    /// True if it stopped at its budget with connections waiting.
+    fn accept(&mut self, now: Nanos, core: &OscCore) -> bool {
+        if self.connections.len() < MAX_CONNECTIONS {
+            self.challenge = None;
+        }
         for _ in 0..2 * MAX_CONNECTIONS {
-            let (mut stream, peer) = match self.listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(_) => return,
+            let (mut stream, peer, since) = match self.waiting.take() {
+                Some(waiting) => waiting,
+                None => match self.listener.accept() {
+                    Ok((stream, peer)) => (stream, peer, now),
+                    Err(_) => return false,
+                },
             };
             if !(peer.ip().is_loopback() || core.allowed(peer.ip())) {
                 self.counters.refused_connections += 1;
@@ -472,22 +497,35 @@ impl QueryServer {
                 continue;
             }
             if self.connections.len() >= MAX_CONNECTIONS {
+                let challenge = self.challenge;
                 let stalest = self
                     .connections
                     .iter()
                     .enumerate()
-                    .filter(|(_, c)| c.stale(now))
+                    .filter(|(_, c)| c.stale(now, challenge))
                     .min_by_key(|(_, c)| c.heard)
                     .map(|(i, _)| i);
-                match stalest {
-                    Some(i) => {
-                        self.connections.swap_remove(i);
-                        self.counters.closed += 1;
+                if let Some(i) = stalest {
+                    self.connections.swap_remove(i);
+                    self.counters.closed += 1;
+                } else if now > since + REQUEST_TIMEOUT {
+                    // Every slot stayed live: this newcomer is refused.
+                    self.counters.refused_connections += 1;
+                    continue;
+                } else {
+                    // Every slot is live as far as we know: ask every WebSocket to prove it
+                    // (a ping now), and keep the newcomer waiting (the rest wait in the
+                    // kernel's backlog) until one fails to answer.
+                    if self.challenge.is_none() {
+                        self.challenge = Some(now);
+                        for c in &mut self.connections {
+                            if let State::Ws { ping_at, .. } = &mut c.state {
+                                *ping_at = now;
+                            }
+                        }
                     }
-                    None => {
-                        self.counters.refused_connections += 1;
-                        continue;
-                    }
+                    self.waiting = Some((stream, peer, since));
+                    return false;
                 }
             }
             let registered = self.registration.as_ref().is_none_or(|(r, t)| {
@@ -510,7 +548,7 @@ impl QueryServer {
             }
         }
         // More may be waiting: edge-triggered readiness will not say so again.
-        self.unread = true;
+        true
     }
 
     /// WebSocket clients connected now.

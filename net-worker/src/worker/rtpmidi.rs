@@ -9,7 +9,7 @@
 //! ([`super::sender`]), which sends them exactly then; AppleMIDI control (invitations, CK, BY,
 //! RS) leaves at once from here.
 
-use super::runtime::read_budgeted;
+use super::runtime::{Backlog, read_budgeted};
 pub use crate::status::rtpmidi::{PeerReport, RtpMidiStatus};
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
@@ -69,7 +69,8 @@ pub struct RtpMidi {
     pending: Vec<Pending>,
     /// The last read stopped at its budget with datagrams still waiting: read again on the
     /// next pass (edge-triggered readiness will not say so again).
-    unread: bool,
+    /// Input owed after a read budget ran out (read again after the rest).
+    backlog: Backlog,
     /// The latest lookup failure per host.
     resolve_errors: BTreeMap<String, String>,
     buf: Vec<u8>,
@@ -158,7 +159,7 @@ impl RtpMidi {
             pending: Vec::new(),
             resolve_errors: BTreeMap::new(),
             buf: vec![0; 2048],
-            unread: false,
+            backlog: Backlog::new(1_000_000),
         };
         driver
             .endpoint
@@ -308,7 +309,7 @@ impl RtpMidi {
         if !self.pending.is_empty() {
             self.poll_lookups(now, resolver);
         }
-        if readable || self.unread {
+        if self.backlog.take(now, readable) {
             self.receive(now);
         }
         self.handle_events();
@@ -336,10 +337,7 @@ impl RtpMidi {
             next = [next, build_at].into_iter().flatten().min();
         }
         self.flush(send_path);
-        if self.unread {
-            next = Some(now);
-        }
-        next
+        [next, self.backlog.due()].into_iter().flatten().min()
     }
 
     /// What waits on both sockets, each datagram at its kernel receive time, up to
@@ -352,10 +350,10 @@ impl RtpMidi {
             endpoint,
             status,
             buf,
-            unread,
+            backlog,
             ..
         } = self;
-        *unread = false;
+        let mut more = false;
         for (port, socket) in [(Port::Control, &*control), (Port::Data, &*data)] {
             let step = || {
                 let (len, from, age) = crate::sys::recv_stamped(socket, buf)?;
@@ -365,8 +363,9 @@ impl RtpMidi {
             };
             // ICMP port-unreachable from a dead peer shows up as a read error (Linux, and as
             // ConnectionReset on Windows): counted.
-            *unread |= read_budgeted(step, || status.send_errors += 1);
+            more |= read_budgeted(step, || status.send_errors += 1);
         }
+        backlog.read(now, more);
     }
 
     /// A peer is connected: its clock messages must be built in time.

@@ -64,17 +64,64 @@ pub const HOUSEKEEPING: Duration = Duration::from_millis(250);
 /// well below the audio threads DAWs and JACK run at (typically 70 and up).
 pub const REALTIME_PRIORITY: u8 = 10;
 
-/// Datagrams (and TCP reads per controller) a driver takes from one socket in one pass, at
-/// most: a flood cannot hold the worker; the driver asks for the next pass at once for the
-/// rest (edge-triggered readiness will not say so again).
+/// Datagrams a driver takes from one socket in one pass, at most: a flood cannot hold the
+/// worker; the driver reads the rest after [`READ_REST`] (edge-triggered readiness will not
+/// say so again, so it comes back by itself).
 pub const READ_BUDGET: u32 = 256;
+/// After a read stopped at its budget, that driver reads again only this much later (ns),
+/// whatever its socket says meanwhile: a flood costs the worker a bounded share of a core
+/// (its threads are realtime; nothing else at normal priority on that core would run
+/// otherwise), and 256 datagrams a rest still take in over 100,000 a second.
+pub const READ_REST: u64 = 1_000_000;
+
+/// A driver's read bookkeeping under [`READ_BUDGET`] and [`READ_REST`]: whether input is still
+/// owed, and until when the driver rests. Times in the driver's own unit (`rest` is
+/// [`READ_REST`] in it).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Backlog {
+    owed: bool,
+    rest_until: u64,
+    rest: u64,
+}
+
+impl Backlog {
+    /// Bookkeeping for a driver whose clock counts `per_ms` units a millisecond.
+    pub fn new(per_ms: u64) -> Self {
+        Self {
+            owed: false,
+            rest_until: 0,
+            rest: READ_REST / 1_000_000 * per_ms,
+        }
+    }
+
+    /// Read now? (`ready`: the driver's token fired.) While resting, the read is owed.
+    pub fn take(&mut self, now: u64, ready: bool) -> bool {
+        let wanted = ready || self.owed;
+        let go = wanted && now >= self.rest_until;
+        self.owed = wanted && !go;
+        go
+    }
+
+    /// A read pass ended; `more`: it stopped at its budget with input waiting.
+    pub fn read(&mut self, now: u64, more: bool) {
+        if more {
+            self.owed = true;
+            self.rest_until = now.saturating_add(self.rest);
+        }
+    }
+
+    /// When the driver must come back for owed input.
+    pub fn due(&self) -> Option<u64> {
+        self.owed.then_some(self.rest_until)
+    }
+}
 /// Read errors (ICMP reports of earlier sends) taken from one socket in one pass, at most: a
 /// socket that keeps failing is left until it is readable again.
 pub const MAX_READ_ERRORS: u32 = 8;
 
 /// Run one socket's read loop within the budget: `step` reads one datagram and handles it.
 /// Stops when the socket would block, after [`READ_BUDGET`] datagrams (returns true: more may
-/// be waiting, so the driver asks for the next pass at once — edge-triggered readiness will
+/// be waiting, so the driver comes back after [`READ_REST`] — edge-triggered readiness will
 /// not report them again), or after [`MAX_READ_ERRORS`] errors (ICMP reports of earlier
 /// sends, `ConnectionReset` on Windows; each passed to `on_error`).
 pub fn read_budgeted(
@@ -468,13 +515,17 @@ impl Runtime {
             }
         }
         if let Some((q, host)) = &mut self.query
-            && (ready.query || q.unread() || q.websockets() > 0)
+            && (ready.query || q.next_read().is_some() || q.websockets() > 0)
         {
             q.poll(now, &server.core, host);
         }
-        if server.unread() || self.query.as_ref().is_some_and(|(q, _)| q.unread()) {
-            // Stopped at its read budget: come back at once for the rest.
-            return Some(now);
+        let owed = [
+            server.next_read(),
+            self.query.as_ref().and_then(|(q, _)| q.next_read()),
+        ];
+        if let Some(at) = owed.into_iter().flatten().min() {
+            // Stopped at a read budget: come back after the rest for what waits.
+            return Some(at);
         }
         server
             .core

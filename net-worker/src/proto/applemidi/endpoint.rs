@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use super::session::{CloseReason, Event, Latency, Nanos, Port, Session, Transmit};
-use super::{Command, Exchange};
+use super::{Ck, Command, Exchange};
 use crate::proto::rtpmidi::journal::ReceiverStats;
 use crate::proto::rtpmidi::{self, TimedCommand};
 
@@ -136,6 +136,12 @@ fn forward(transmits: &mut VecDeque<Transmit>, counters: &mut Counters, t: Trans
     }
     transmits.push_back(t);
     rtp
+}
+
+/// Why a session control message found no session.
+enum Miss {
+    Unknown,
+    StaleBye,
 }
 
 /// The endpoint.
@@ -265,12 +271,17 @@ impl Endpoint {
         self.slots.clear();
     }
 
-    /// A datagram arrived on our `on` socket from `from`.
+    /// A datagram arrived on our `on` socket from `from`. Datagrams that are only counted
+    /// (forged, stale, unknown, malformed) cost no more than their lookup: a flood of them
+    /// never walks every session.
     pub fn handle_datagram(&mut self, now: Nanos, on: Port, from: SocketAddr, bytes: &[u8]) {
-        if super::is_command(bytes) {
+        let acted = if super::is_command(bytes) {
             match super::decode(bytes) {
                 Ok(command) => self.handle_command(now, on, from, &command),
-                Err(_) => self.counters.malformed += 1,
+                Err(_) => {
+                    self.counters.malformed += 1;
+                    false
+                }
             }
         } else if on == Port::Data {
             match rtpmidi::decode(bytes) {
@@ -280,17 +291,31 @@ impl Endpoint {
                         Some(session) if session.is_from_peer(from) => {
                             session.handle_rtp(now, &packet);
                             self.counters.rtp_received += 1;
+                            true
                         }
-                        Some(_) => self.counters.wrong_source += 1,
-                        None => self.counters.unknown_ssrc += 1,
+                        Some(_) => {
+                            self.counters.wrong_source += 1;
+                            false
+                        }
+                        None => {
+                            self.counters.unknown_ssrc += 1;
+                            false
+                        }
                     }
                 }
-                Err(_) => self.counters.malformed += 1,
+                Err(_) => {
+                    self.counters.malformed += 1;
+                    false
+                }
             }
         } else {
             self.counters.malformed += 1;
+            false
+        };
+        // A refusal (NO) is queued here directly; anything a session did is collected.
+        if acted {
+            self.collect(now);
         }
-        self.collect(now);
     }
 
     fn find(&mut self, pred: impl Fn(&Session) -> bool) -> Option<&mut Session> {
@@ -300,55 +325,61 @@ impl Endpoint {
             .find(|s| pred(s))
     }
 
-    fn handle_command(&mut self, now: Nanos, on: Port, from: SocketAddr, command: &Command) {
-        match command {
-            Command::Invitation(e) => self.handle_invitation(now, on, from, e),
-            // Only the session's own peer (its address pair) may answer, end or measure it.
+    /// True if a session acted on it.
+    fn handle_command(
+        &mut self,
+        now: Nanos,
+        on: Port,
+        from: SocketAddr,
+        command: &Command,
+    ) -> bool {
+        let (index, miss) = match command {
+            Command::Invitation(e) => return self.handle_invitation(now, on, from, e),
             Command::Accepted(e) | Command::Rejected(e) => {
-                match self.find(|s| s.token() == e.token) {
-                    Some(session) if session.is_from_peer(from) => {
-                        session.handle_command(now, on, command);
-                    }
-                    Some(_) => self.counters.wrong_source += 1,
-                    None => self.counters.unknown_session += 1,
-                }
+                (self.position(|s| s.token() == e.token), Miss::Unknown)
             }
-            Command::Bye(e) => {
-                match self.find(|s| s.is_peer_ssrc(e.ssrc) && s.closed().is_none()) {
-                    Some(session) if session.is_from_peer(from) => {
-                        session.handle_command(now, on, command);
-                    }
-                    Some(_) => self.counters.wrong_source += 1,
-                    None => self.counters.stale_bye += 1,
-                }
+            Command::Bye(e) => (
+                self.position(|s| s.is_peer_ssrc(e.ssrc) && s.closed().is_none()),
+                Miss::StaleBye,
+            ),
+            Command::Ck(Ck { ssrc, .. })
+            | Command::ReceiverFeedback { ssrc, .. }
+            | Command::BitrateLimit { ssrc, .. } => {
+                (self.position(|s| s.is_peer_ssrc(*ssrc)), Miss::Unknown)
             }
-            Command::Ck(ck) => match self.find(|s| s.is_peer_ssrc(ck.ssrc)) {
-                Some(session) if session.is_from_peer(from) => {
-                    session.handle_command(now, on, command);
-                }
-                Some(_) => self.counters.wrong_source += 1,
-                None => self.counters.unknown_session += 1,
-            },
-            Command::ReceiverFeedback { ssrc, .. } | Command::BitrateLimit { ssrc, .. } => {
-                match self.find(|s| s.is_peer_ssrc(*ssrc)) {
-                    Some(session) if session.is_from_peer(from) => {
-                        session.handle_command(now, on, command);
-                    }
-                    Some(_) => self.counters.wrong_source += 1,
-                    None => self.counters.unknown_session += 1,
-                }
+        };
+        let Some(session) = index.and_then(|i| self.slots[i].session.as_mut()) else {
+            match miss {
+                Miss::Unknown => self.counters.unknown_session += 1,
+                Miss::StaleBye => self.counters.stale_bye += 1,
             }
+            return false;
+        };
+        // Only the session's own peer (its address pair) may answer, end or measure it.
+        if !session.is_from_peer(from) {
+            self.counters.wrong_source += 1;
+            return false;
         }
+        session.handle_command(now, on, command);
+        true
     }
 
-    fn handle_invitation(&mut self, now: Nanos, on: Port, from: SocketAddr, e: &Exchange) {
+    /// The slot whose session matches `pred`.
+    fn position(&self, pred: impl Fn(&Session) -> bool) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.session.as_ref().is_some_and(&pred))
+    }
+
+    /// True if a session was made or acted (a refusal is queued directly).
+    fn handle_invitation(&mut self, now: Nanos, on: Port, from: SocketAddr, e: &Exchange) -> bool {
         if let Some(session) = self.find(|s| s.token() == e.token && s.closed().is_none()) {
             if session.is_from_peer(from) {
                 session.handle_command(now, on, &Command::Invitation(e.clone()));
-            } else {
-                self.counters.wrong_source += 1;
+                return true;
             }
-            return;
+            self.counters.wrong_source += 1;
+            return false;
         }
         // An initiator may use a fresh token for its data-port invitation: the half-open
         // session with that peer takes it (and answers with the same SSRC as on control).
@@ -357,7 +388,7 @@ impl Endpoint {
                 self.find(|s| s.is_half_open() && s.peer_data() == from && s.closed().is_none())
         {
             session.handle_command(now, on, &Command::Invitation(e.clone()));
-            return;
+            return true;
         }
         let control = match on {
             Port::Control => from,
@@ -375,13 +406,13 @@ impl Endpoint {
         if !allowed {
             self.counters.refused += 1;
             self.refuse(now, on, from, e.token);
-            return;
+            return false;
         }
         let known = self.slots.iter().any(|s| s.status.address == control);
         if !known && !self.make_room_for_guest() {
             self.counters.full += 1;
             self.refuse(now, on, from, e.token);
-            return;
+            return false;
         }
         let (ssrc, seq) = (self.random(), self.random() as u16);
         let mut session = Session::accept(now, &self.name, ssrc, seq, on, from, e);
@@ -422,6 +453,7 @@ impl Endpoint {
                 since: now,
             }),
         }
+        true
     }
 
     /// Room for one more guest: true if there is, or if the oldest half-open guest was

@@ -228,6 +228,8 @@ impl LinkService {
             s.playing = core.playing();
             s.joins = core.counters().joins;
             s.malformed = core.counters().malformed + core.counters().foreign_group;
+            s.implausible = core.counters().implausible;
+            s.peers_refused = core.counters().peers_refused;
             s.remeasures = core.counters().remeasures;
             s.last_correction_us = core.last_correction();
         }

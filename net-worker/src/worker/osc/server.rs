@@ -6,7 +6,7 @@
 //! ([`OscServer::register`]); the worker calls [`OscServer::poll`] with `readable` set when
 //! that token fired, so an idle OSC port costs no system call.
 
-use crate::worker::runtime::read_budgeted;
+use crate::worker::runtime::{Backlog, read_budgeted};
 use std::io::ErrorKind;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -35,9 +35,8 @@ pub struct OscServer {
     buf: Vec<u8>,
     /// Transport requests from the last poll.
     pub transport: Vec<TransportRequest>,
-    /// The last poll stopped at its read budget with input still waiting: read again on the
-    /// next pass (edge-triggered readiness will not say so again).
-    unread: bool,
+    /// Input owed after a read budget ran out (read again after the rest).
+    backlog: Backlog,
 }
 
 /// Most TCP controllers at once.
@@ -47,8 +46,9 @@ pub const MAX_STREAMS_PER_ADDRESS: usize = 4;
 /// A TCP controller that has sent no valid message this long after connecting is closed (it
 /// could get no feedback anyway: feedback goes to senders and subscribers).
 pub const SILENT_STREAM: Nanos = 10_000 * super::MS;
-/// When every slot is taken, a controller quiet for this long gives its slot to a newcomer.
-pub const STALE_STREAM: Nanos = 60_000 * super::MS;
+/// When every slot is taken, a controller that never sent a valid message, or has been quiet
+/// for this long, gives its slot to a newcomer.
+pub const STALE_STREAM: Nanos = 10_000 * super::MS;
 /// Bytes read from one TCP controller per pass; more waits for the next pass.
 pub const STREAM_READ_PER_PASS: usize = 64 * 1024;
 /// Most bytes of feedback waiting for a TCP controller that does not read; frames that do not
@@ -140,13 +140,13 @@ impl OscServer {
             errors,
             buf: vec![0; MAX_PACKET + 1],
             transport: Vec::new(),
-            unread: false,
+            backlog: Backlog::new(1_000_000),
         })
     }
 
-    /// Input is still waiting from the last poll (it stopped at its budget).
-    pub fn unread(&self) -> bool {
-        self.unread
+    /// When input owed from a read that stopped at its budget is read (ns).
+    pub fn next_read(&self) -> Option<Nanos> {
+        self.backlog.due()
     }
 
     /// The port we listen on.
@@ -180,8 +180,8 @@ impl OscServer {
             .map_or(0.0, |d| d.as_nanos() as f64);
         self.core
             .set_wall_offset(unix - crate::bridge::host_time_ns() as f64);
-        let readable = readable || self.unread;
-        self.unread = false;
+        let readable = self.backlog.take(now, readable);
+        let mut more = false;
         if readable {
             let Self {
                 socket, buf, core, ..
@@ -198,9 +198,10 @@ impl OscServer {
                 Ok(())
             };
             // ICMP errors from earlier sends to gone controllers are skipped.
-            self.unread = read_budgeted(step, || {});
+            more = read_budgeted(step, || {});
         }
-        self.poll_streams(now, readable, &mut out);
+        more |= self.poll_streams(now, readable, &mut out);
+        self.backlog.read(now, more);
         self.core.feedback(now, &mut out);
         for (to, bytes) in &out.datagrams {
             // Replies to a TCP controller go back on its connection, in its framing.
@@ -237,7 +238,9 @@ impl OscServer {
 
     /// Accept TCP controllers (allowed sources only, a few per address, a stale controller's
     /// slot when all are taken) and take in their frames (within a byte budget per pass).
-    fn poll_streams(&mut self, now: Nanos, readable: bool, out: &mut Output) {
+    /// True if a budget stopped it with input waiting.
+    fn poll_streams(&mut self, now: Nanos, readable: bool, out: &mut Output) -> bool {
+        let mut more = false;
         if let Some(listener) = self.tcp.as_ref().filter(|_| readable) {
             for _ in 0..2 * MAX_STREAMS {
                 let (mut stream, peer) = match listener.accept() {
@@ -263,8 +266,11 @@ impl OscServer {
                         .streams
                         .iter()
                         .enumerate()
-                        .map(|(i, s)| (i, s.heard.unwrap_or(s.since)))
-                        .filter(|(_, heard)| now.saturating_sub(*heard) > STALE_STREAM)
+                        .filter(|(_, s)| {
+                            s.heard
+                                .is_none_or(|heard| now.saturating_sub(heard) > STALE_STREAM)
+                        })
+                        .map(|(i, s)| (i, s.heard.unwrap_or(0)))
                         .min_by_key(|(_, heard)| *heard)
                         .map(|(i, _)| i);
                     match stalest {
@@ -299,7 +305,7 @@ impl OscServer {
         }
         let core = &mut self.core;
         let buf = &mut self.buf;
-        let unread = &mut self.unread;
+        let unread = &mut more;
         self.streams.retain_mut(|s| {
             let keep = !readable || read_stream(s, now, core, buf, out, unread);
             // Connected, but never a valid message: nothing to serve, a slot held.
@@ -309,6 +315,7 @@ impl OscServer {
             }
             keep && !silent
         });
+        more
     }
 
     /// Status.
