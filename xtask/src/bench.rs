@@ -189,6 +189,8 @@ pub fn main(args: &[String]) -> Result<()> {
     // Link against the real library (aalink), 60 s with tempo changes; beside it, in the same
     // session and run, the real library against itself (a second aalink peer) as the baseline.
     let link = json_bench("link_sync", 4)?;
+    // The attack suite's scenarios against the runner, with the no-attack figures beside them.
+    let attacks = json_bench("attacks", 9)?;
     let link_value = |kind: &str, key: &str| {
         link.iter()
             .find(|r| r["kind"] == kind)
@@ -439,11 +441,43 @@ pub fn main(args: &[String]) -> Result<()> {
             ),
         ]
     }))
+    .chain(attacks.iter().flat_map(|a| {
+        let scenario = a["scenario"].as_str().unwrap_or("?").to_owned();
+        let value = |k: &str| a[k].as_f64().unwrap_or(f64::NAN);
+        [
+            // The departure target (1 ms max) holds under attack too; the machine's own
+            // floor in the same window is the reference beside it.
+            Row::new(
+                &format!("attack_{scenario}_clock_late_max"),
+                value("late_max_us"),
+                "µs",
+                Some(1000.0),
+            ),
+            Row::new(
+                &format!("attack_{scenario}_machine_floor_max"),
+                value("floor_max_us"),
+                "µs",
+                None,
+            ),
+            Row::new(
+                &format!("attack_{scenario}_controller_reply_p99"),
+                value("reply_p99_us"),
+                "µs",
+                Some(2000.0),
+            ),
+            Row::new(
+                &format!("attack_{scenario}_worker_cpu"),
+                value("worker_cpu_pct"),
+                "%",
+                None,
+            ),
+        ]
+    }))
     .collect::<Vec<Row>>();
 
     println!();
     println!(
-        "{:<32} {:>14} {:<7} {:>12} {:<5}",
+        "{:<50} {:>14} {:<7} {:>12} {:<5}",
         "name", "value", "unit", "target", "meets"
     );
     for row in &rows {
@@ -458,7 +492,7 @@ pub fn main(args: &[String]) -> Result<()> {
             format!("{:.6}", row.value)
         };
         println!(
-            "{:<32} {:>14} {:<7} {:>12} {:<5}",
+            "{:<50} {:>14} {:<7} {:>12} {:<5}",
             row.name, value, row.unit, target, row.meets
         );
     }
