@@ -62,6 +62,8 @@ pub struct Model {
     pub osc_rate: f64,
     /// The parameters OSC learn can bind (id, name).
     pub params: Vec<(String, String)>,
+    /// The switches remote control may set only when the user opens them (id, name).
+    pub switches: Vec<(String, String)>,
     /// The instance's settings as they are now.
     pub settings: NetSettings,
 }
@@ -420,6 +422,21 @@ fn settings_page(ui: &mut egui::Ui, panel: &mut Panel, model: &Model, actions: &
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect();
+        // Remote control sets macros and musical settings; switches only when opened here;
+        // OSC Control itself never.
+        ui.horizontal_wrapped(|ui| {
+            ui.label("OSC may also switch");
+            for (id, name) in &model.switches {
+                let mut open = draft.osc_expose.contains(id);
+                if ui.checkbox(&mut open, name).changed() {
+                    draft.osc_expose.retain(|x| x != id);
+                    if open {
+                        draft.osc_expose.push(id.clone());
+                    }
+                }
+            }
+            ui.label("(OSC Control: never)");
+        });
         ui.label("mappings (controller address → parameter):");
         let mut remove = None;
         for (i, m) in draft.osc_mappings.iter_mut().enumerate() {
@@ -652,6 +669,13 @@ impl EditorApp {
                 .into_iter()
                 .map(|s| (s.id.clone(), s.name.clone()))
                 .collect(),
+            switches: self
+                .params
+                .specs()
+                .into_iter()
+                .filter(|s| s.remote == lockstep_net::params::Remote::OptIn)
+                .map(|s| (s.id, s.name))
+                .collect(),
             settings: self.params.net.0.get(),
         });
     }
@@ -863,6 +887,7 @@ pub fn demo_model(peers: usize, log_lines: usize) -> Model {
         quantum: 4,
         osc_rate: 42.0,
         params: vec![("mac_1".into(), "Macro 1".into())],
+        switches: vec![("clk_on".into(), "Clock Out".into())],
         settings: NetSettings::default(),
     }
 }

@@ -92,6 +92,37 @@ fn lockstep_and_zeroconf_find_each_other_and_lockstep_says_goodbye() -> Result<(
         "{seen}"
     );
 
+    // Both our services asked for within one second, from port 5353 as real queriers do:
+    // each answer carries the address of its own host record (mdns-sd multicasts a record at
+    // most once a second, so a shared host name left the second answer without one).
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let types = ["_apple-midi._udp.local.", "_osc._udp.local."];
+    let asker = ScriptPeer::spawn("mdns_additionals.py", &types.map(String::from))?;
+    let lines = asker.wait("the answers", |l| l.iter().any(|v| v["event"] == "done"))?;
+    for ty in types {
+        let answer = lines
+            .iter()
+            .find(|v| {
+                v["event"] == "answer"
+                    && v["type"] == ty
+                    && v["name"].as_str().is_some_and(|n| n.starts_with(&ours))
+            })
+            .with_context(|| format!("no answer for {ty}: {lines:?}"))?;
+        ensure!(
+            answer["a"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "127.0.0.1")),
+            "{ty} answered without its address: {answer}"
+        );
+    }
+
+    ensure!(
+        seen["server"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("{}-", host_name())) && s.ends_with(".local.")),
+        "{seen}"
+    );
+
     // Deactivating withdraws the service: zeroconf sees it go.
     instance.deactivate(p);
     peer.wait("zeroconf to see Lockstep leave", |l| {

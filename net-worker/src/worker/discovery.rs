@@ -54,6 +54,21 @@ pub fn host_name() -> String {
     }
 }
 
+/// The host name one registration's SRV record points at: this computer's name and a stable
+/// hash of the service's full name (`studio-1a2b3c4d.local.`). mdns-sd multicasts a record at
+/// most once a second per interface, additional records included, keyed by name, type and
+/// data: services sharing one host name share one A record, so every answer but the first in
+/// a second went out without an address (a querier could not reach that service without asking
+/// again), and withdrawing one service sent a goodbye for the address the others still use.
+pub fn service_host(host: &str, full_name: &str) -> String {
+    let hash = full_name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    // A DNS label is at most 63 bytes: the name, a dash and 8 hex digits.
+    let host: String = host.chars().take(54).collect();
+    format!("{host}-{hash:08x}.local.")
+}
+
 impl Discovery {
     /// Not started; nothing is sent until the first advertisement.
     pub fn new() -> Self {
@@ -114,11 +129,11 @@ impl Discovery {
 
     /// Register instance name `name` of service type `ty` on `port` under `key`.
     fn register(&mut self, key: u64, ty: &str, name: &str, port: u16) {
-        let host = host_name();
+        let host = service_host(&host_name(), &format!("{name}.{ty}"));
         let info = match ServiceInfo::new(
             ty,
             name,
-            &format!("{host}.local."),
+            &host,
             "",
             port,
             None::<std::collections::HashMap<String, String>>,
@@ -241,5 +256,20 @@ mod tests {
             name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
             "{name}"
         );
+    }
+
+    #[test]
+    fn every_service_gets_its_own_stable_host_label() {
+        let a = service_host("studio", "Lockstep (studio)._apple-midi._udp.local.");
+        let b = service_host("studio", "Lockstep (studio)._osc._udp.local.");
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            service_host("studio", "Lockstep (studio)._apple-midi._udp.local.")
+        );
+        assert!(a.starts_with("studio-") && a.ends_with(".local."), "{a}");
+        let long = service_host(&"x".repeat(80), "n._osc._udp.local.");
+        let label = long.trim_end_matches(".local.");
+        assert!(label.len() <= 63, "{label}");
     }
 }

@@ -74,6 +74,12 @@ pub const READ_BUDGET: u32 = 256;
 /// otherwise), and 256 datagrams a rest still take in over 100,000 a second.
 pub const READ_REST: u64 = 1_000_000;
 
+thread_local! {
+    /// Host time (ns) until which the worker rests because a read budget ran out (0: not
+    /// resting). Set by [`Backlog::read`], taken by [`run`] after each pass.
+    static RESTING_UNTIL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// A driver's read bookkeeping under [`READ_BUDGET`] and [`READ_REST`]: whether input is still
 /// owed, and until when the driver rests. Times in the driver's own unit (`rest` is
 /// [`READ_REST`] in it).
@@ -107,6 +113,10 @@ impl Backlog {
         if more {
             self.owed = true;
             self.rest_until = now.saturating_add(self.rest);
+            // The whole worker rests with it: woken by every datagram of a flood, it would
+            // spend the rest in passes that read nothing.
+            let until = host_time_ns().saturating_add(READ_REST);
+            RESTING_UNTIL.with(|r| r.set(r.get().max(until)));
         }
     }
 
@@ -234,7 +244,16 @@ pub(crate) fn run(mut poll: Poll, commands: Receiver<Command>, ready: Sender<()>
         }
         let due = rt.pass(&ready);
         let now = host_time_ns();
-        timeout = Some(Duration::from_nanos(due.saturating_sub(now)));
+        let resting = RESTING_UNTIL.with(|r| r.replace(0));
+        if resting > now {
+            // A flood filled a read budget: sleep through the rest instead of waking for each
+            // of its datagrams (what arrives meanwhile, a command included, waits at most
+            // READ_REST; clock packets are built further ahead than that).
+            std::thread::sleep(Duration::from_nanos(resting.min(due).saturating_sub(now)));
+            timeout = Some(Duration::ZERO);
+        } else {
+            timeout = Some(Duration::from_nanos(due.saturating_sub(now)));
+        }
     }
 }
 
