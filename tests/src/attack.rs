@@ -151,8 +151,9 @@ pub struct Report {
     pub late_p99_us: f64,
     /// See `late_p99_us`.
     pub late_max_us: f64,
-    /// How late a bare thread with the send path's scheduling woke in the same window, at
-    /// worst (µs): the machine's own floor, attack or not.
+    /// How late a bare thread with the send path's scheduling got a datagram to its sink in
+    /// the same window, at worst (µs, kernel receive times on the same grid rule): the
+    /// machine's own floor, attack or not.
     pub floor_max_us: f64,
     /// Controller requests sent, and answered within 1 s.
     pub probes: usize,
@@ -388,24 +389,33 @@ impl Drop for Controller {
     }
 }
 
-/// The machine's own wake-up floor while the attacks run: a bare thread with the send path's
-/// scheduling sleeping to a deadline every tick period (half a period off Lockstep's ticks, so
-/// the two never spin at once), noting how late it wakes. No network, no plugin: how late any
-/// clock sender on this machine would be at that moment.
+/// The machine's own floor while the attacks run: a bare thread with the send path's
+/// scheduling that sleeps to a deadline every tick period (half a period off Lockstep's ticks,
+/// so the two never spin at once) and sends a datagram to a sink that takes its kernel receive
+/// time, exactly as the peer takes Lockstep's. No plugin: how late any clock sender on this
+/// machine, through this kernel's loopback, would be at that moment.
 struct Floor {
-    /// (realtime ns, lateness µs) of every wake-up.
-    log: Arc<Mutex<Vec<(f64, f64)>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    sink: Box<dyn FnOnce() -> Vec<f64>>,
 }
+
+/// The floor's sink port.
+const FLOOR_PORT: u16 = PEER_PORT + 10;
 
 impl Floor {
     fn start() -> Self {
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Box::new(crate::responder::stamp_sink(
+            FLOOR_PORT,
+            Arc::new(AtomicBool::new(false)),
+        ));
         let stop = Arc::new(AtomicBool::new(false));
-        let (sink, halt) = (Arc::clone(&log), Arc::clone(&stop));
+        let halt = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             lockstep_net::sys::realtime(lockstep_net::worker::sender::PRIORITY);
+            let Ok(socket) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) else {
+                return;
+            };
             let period = Duration::from_secs_f64(60.0 / BPM / 24.0);
             let spin = lockstep_net::worker::sender::SPIN;
             let mut deadline = Instant::now() + period / 2;
@@ -418,33 +428,29 @@ impl Floor {
                         break;
                     }
                 }
-                let mut now = Instant::now();
-                while now < deadline {
+                while Instant::now() < deadline {
                     std::hint::spin_loop();
-                    now = Instant::now();
                 }
-                let late = (now - deadline).as_secs_f64() * 1e6;
-                lock(&sink).push((realtime_ns(), late));
+                let _ = socket.send_to(&[0xF8; 16], (Ipv4Addr::LOCALHOST, FLOOR_PORT));
+                // A strict grid, as the clock's: a late wake-up shows as lateness, never
+                // shifts the grid.
                 deadline += period;
-                // After a long stall, carry on from now.
-                if deadline < now {
-                    deadline = now + period;
-                }
             }
         });
         Self {
-            log,
             stop,
             thread: Some(thread),
+            sink,
         }
     }
 
-    fn finish(mut self) -> Vec<(f64, f64)> {
+    /// Stop; the kernel receive times of every datagram.
+    fn finish(mut self) -> Vec<f64> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        lock(&self.log).clone()
+        (self.sink)()
     }
 }
 
@@ -589,11 +595,7 @@ pub fn run(runner: &Path, plugin: &Path, scenarios: &[Scenario]) -> Result<Vec<R
         let ticks = late.len();
         let late_max_us = late.iter().copied().fold(0.0, f64::max);
         let late_p99_us = quantile(&mut late, 0.99);
-        let floor_max_us = floor
-            .iter()
-            .filter(|(t, _)| *t >= from && *t < to)
-            .map(|(_, late)| *late)
-            .fold(0.0, f64::max);
+        let floor_max_us = lateness(&floor, from, to).into_iter().fold(0.0, f64::max);
         let in_window: Vec<&Probe> = log
             .iter()
             .filter(|(t, _)| *t >= from && *t < to - 0.2e9)

@@ -115,3 +115,37 @@ pub fn responder(port: u16, stop: Arc<AtomicBool>) -> impl FnOnce() -> Vec<f64> 
         results.pop().unwrap_or_default()
     }
 }
+
+/// A sink on 127.0.0.1:`port` that takes the kernel receive time (ns, `CLOCK_REALTIME`) of
+/// every datagram until the returned closure is called, which returns them.
+pub fn stamp_sink(port: u16, stop: Arc<AtomicBool>) -> impl FnOnce() -> Vec<f64> {
+    let socket = UdpSocket::bind(("127.0.0.1", port)).expect("bind sink");
+    let thread = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut stamps = Vec::new();
+            let mut buf = [0u8; 64];
+            let mut cmsg = nix::cmsg_space!(TimeSpec);
+            let stamped = setsockopt(&socket, sockopt::ReceiveTimestampns, &true).is_ok();
+            assert!(
+                stamped,
+                "SO_TIMESTAMPNS is needed for the floor measurement"
+            );
+            while !stop.load(Ordering::Relaxed) {
+                if let Some((_, _, Some(stamp))) = receive(&socket, &mut buf, &mut cmsg) {
+                    stamps.push(stamp);
+                }
+            }
+            stamps
+        })
+    };
+    move || {
+        stop.store(true, Ordering::Relaxed);
+        let waker = UdpSocket::bind(("127.0.0.1", 0)).expect("bind waker");
+        let _ = waker.send_to(&[0], ("127.0.0.1", port));
+        let mut stamps = thread.join().expect("sink thread");
+        // The waker's datagram.
+        stamps.pop();
+        stamps
+    }
+}
