@@ -5,7 +5,9 @@
 //!    `osc_rate_limit` setting (the default stays protective); 8 sender threads send
 //!    `/lockstep/param/mac_N` at a paced aggregate rate for `LOCKSTEP_OSC_SECONDS` (default 5).
 //!    The row is the rate sent, and it counts only if every message was received, applied and
-//!    reached the audio thread (the status's `received`, `applied`, `dropped_full`).
+//!    reached the audio thread (the status's `received`, `applied`, `dropped_full`; a value
+//!    superseded by a newer one of the same parameter in the same drain pass is `merged`, the
+//!    newer one reaching the audio thread in its place).
 //! 2. **Receive → audio thread latency**: one message every 20 ms for 10 s (64-sample blocks,
 //!    1.33 ms) flips Macro 1; for each, the time from just before `send_to` to the start of the
 //!    `process()` call whose output carries the new value (the CLAP shim reports it to the host
@@ -150,12 +152,13 @@ fn throughput(rate: f64, seconds: f64) -> String {
     let received = after.received - before.received;
     let applied = after.applied - before.applied;
     let dropped = after.dropped_full - before.dropped_full;
+    let merged = after.merged - before.merged;
     eprintln!(
-        "osc throughput: sent {sent} in {elapsed:.2} s, received {received}, applied {applied}, dropped {dropped}, rate-limited {}",
+        "osc throughput: sent {sent} in {elapsed:.2} s, received {received}, applied {applied}, merged {merged}, dropped {dropped}, rate-limited {}",
         after.rate_limited - before.rate_limited
     );
     format!(
-        "{{\"kind\": \"throughput\", \"rate\": {:.0}, \"sent\": {sent}, \"received\": {received}, \"applied\": {applied}, \"dropped\": {dropped}}}",
+        "{{\"kind\": \"throughput\", \"rate\": {:.0}, \"sent\": {sent}, \"received\": {received}, \"applied\": {applied}, \"merged\": {merged}, \"dropped\": {dropped}}}",
         sent as f64 / elapsed
     )
 }

@@ -41,6 +41,10 @@ pub struct OscStatus {
     pub not_exposed: u64,
     /// Datagrams over the OSC size limit (8 KiB).
     pub too_large: u64,
+    /// Changes superseded by a newer value of the same parameter before the instance took
+    /// them (one drain pass): merged, not lost.
+    #[serde(default)]
+    pub merged: u64,
     /// Changes the plugin could not take (its inbox was full, or no CLAP shim under VST3).
     pub dropped_full: u64,
     /// Messages for an instance whose OSC Control parameter is off.

@@ -56,6 +56,8 @@ pub const ACTIVE_PERIOD: (Duration, Duration) =
     (Duration::from_micros(500), Duration::from_millis(5));
 /// Clock packets are built this much more than a drain period before they are due.
 pub const BUILD_MARGIN: Duration = Duration::from_millis(2);
+/// OSC values waiting for room in an inbox are offered again this much later (ns).
+const PENDING_RETRY: u64 = 1_000_000;
 /// mDNS results, the event log and OSCQuery request timeouts are looked at this often.
 pub const HOUSEKEEPING: Duration = Duration::from_millis(250);
 
@@ -196,6 +198,9 @@ struct Runtime {
     urgent: bool,
     /// The last snapshot stored, and when (to store only what changed).
     published: Option<(std::sync::Arc<WorkerStatus>, u64)>,
+    /// OSC parameter changes waiting for room in their instance's inbox: the newest value per
+    /// (instance, CLAP parameter id). Bounded by the parameters there are.
+    osc_pending: BTreeMap<(u64, u32), crate::params::HostParamChange>,
 }
 
 /// The worker thread's body.
@@ -291,6 +296,7 @@ impl Runtime {
             next_publish: 0,
             urgent: true,
             published: None,
+            osc_pending: BTreeMap::new(),
         }
     }
 
@@ -524,15 +530,37 @@ impl Runtime {
                 (id, change)
             })
             .collect();
-        for (id, change) in now_changes.into_iter().chain(timed) {
+        // The newest value of each parameter waits here until its instance's inbox has room: a
+        // value superseded before the audio thread took it is merged (counted), never lost, and
+        // the newest always arrives.
+        for (id, change) in now_changes {
+            if self
+                .osc_pending
+                .insert((id, change.clap_id), change)
+                .is_some()
+            {
+                server.core.merged(1);
+            }
+        }
+        let mut dropped = 0;
+        self.osc_pending.retain(|(id, _), change| {
+            match rings.get_mut(id).and_then(|a| a.inbox.as_ref()) {
+                Some(inbox) => super::lock(inbox).push(*change).is_err(),
+                // No inbox (the instance went, or has no CLAP shim): nothing can take it.
+                None => {
+                    dropped += 1;
+                    false
+                }
+            }
+        });
+        for (id, change) in timed {
             let pushed = rings
                 .get_mut(&id)
                 .and_then(|a| a.inbox.as_ref())
                 .is_some_and(|inbox| super::lock(inbox).push(change).is_ok());
-            if !pushed {
-                server.core.dropped(1);
-            }
+            dropped += u64::from(!pushed);
         }
+        server.core.dropped(dropped);
         if let Some((q, host)) = &mut self.query
             && (ready.query || q.next_read().is_some() || q.websockets() > 0)
         {
@@ -546,10 +574,18 @@ impl Runtime {
             // Stopped at a read budget: come back after the rest for what waits.
             return Some(at);
         }
-        server
-            .core
-            .next_due()
-            .map(|t| t.saturating_sub(OSC_LOOKAHEAD))
+        // Values waiting for room in an inbox: try again shortly.
+        let pending = (!self.osc_pending.is_empty()).then_some(now + PENDING_RETRY);
+        [
+            pending,
+            server
+                .core
+                .next_due()
+                .map(|t| t.saturating_sub(OSC_LOOKAHEAD)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// How long the rings may wait before they are drained.

@@ -17,8 +17,15 @@ use super::feedback::{LinkFeed, TransportFeed};
 use super::{Nanos, OscStatus};
 use crate::bridge::TransportSnapshot;
 use crate::params::{HostParamChange, ParamSpec, Remote};
-use crate::proto::osc::pattern;
+use crate::proto::osc::{Message, pattern};
 use crate::settings::OscMapping;
+
+/// What an address reaches: targets (instance, parameter index, normalized form) and the ids of
+/// matched parameters remote control may not set.
+pub(super) type Resolved = (Vec<(u64, usize, bool)>, Vec<String>);
+
+/// Most addresses whose targets are remembered.
+pub(super) const MAX_RESOLVED: usize = 256;
 
 /// One plugin instance as the bridge sees it.
 #[derive(Debug)]
@@ -56,7 +63,12 @@ pub struct OscCore {
     /// When refilled buckets were last swept out of a full table.
     pub(super) buckets_swept: Nanos,
     pub(super) status: OscStatus,
-    pub(super) last_messages: VecDeque<String>,
+    /// The last few messages and their senders (formatted only when a status is built).
+    pub(super) last_messages: VecDeque<(Message, SocketAddr)>,
+    /// What an address (literal or pattern) reaches: (instance, parameter, normalized form)
+    /// targets, and the parameters it matched that remote control may not set. Bounded; cleared
+    /// when the instances or what they expose change.
+    pub(super) resolved: std::collections::HashMap<String, Resolved>,
     /// Unix time minus host time, ns (time tags are wall-clock NTP times).
     pub(super) wall_offset_ns: f64,
     /// The user's allow-list (empty: [`allowed_by_default`](super::allowed_by_default)).
@@ -138,6 +150,7 @@ impl OscCore {
             now: 0,
             status: OscStatus::default(),
             last_messages: VecDeque::new(),
+            resolved: std::collections::HashMap::new(),
             wall_offset_ns: 0.0,
             allow: Vec::new(),
             rate: super::RATE_PER_SOURCE,
@@ -166,6 +179,7 @@ impl OscCore {
             })
             .find(|n| !taken(n, &self.instances))
             .unwrap_or(base);
+        self.resolved.clear();
         let n = specs.len();
         let values = specs.iter().map(|s| s.default).collect();
         let exposed = specs.iter().map(|s| s.remote == Remote::Open).collect();
@@ -193,6 +207,7 @@ impl OscCore {
         let Some(instance) = self.instances.get_mut(&id) else {
             return;
         };
+        self.resolved.clear();
         self.status
             .errors
             .retain(|e| !e.starts_with("OSC exposure"));
@@ -220,6 +235,7 @@ impl OscCore {
 
     /// Forget instance `id`.
     pub fn remove_instance(&mut self, id: u64) {
+        self.resolved.clear();
         self.instances.remove(&id);
     }
 

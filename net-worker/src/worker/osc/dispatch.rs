@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 
+use super::core::{MAX_RESOLVED, Resolved};
 use super::{MAX_PACKET, MAX_SUBSCRIBERS, Nanos, OscCore, Output, RECENT_SENDER, TransportRequest};
 use crate::params::{HostParamChange, ValueError};
 use crate::proto::osc::{self, Arg, Message};
@@ -84,9 +85,7 @@ impl OscCore {
         if self.last_messages.len() == 8 {
             self.last_messages.pop_front();
         }
-        let args: Vec<String> = m.args.iter().map(|a| format!("{a:?}")).collect();
-        self.last_messages
-            .push_back(format!("{} {} from {from}", m.address, args.join(" ")));
+        self.last_messages.push_back((m.clone(), from));
         match m.address.as_str() {
             "/lockstep/dump" => return self.dump(from, out),
             "/lockstep/subscribe" => {
@@ -116,45 +115,13 @@ impl OscCore {
         if self.handle_mapped(now, from, m, out) {
             return;
         }
-        let pattern = match self.cache.get(&m.address) {
-            Ok(p) => p.clone(),
+        let (targets, closed) = match self.resolve(&m.address) {
+            Ok(resolved) => resolved,
             Err(e) => {
                 self.status.unknown_address += 1;
                 return self.error(from, &m.address, &format!("bad address pattern: {e}"), out);
             }
         };
-        let mut targets = Vec::new();
-        let mut closed = Vec::new();
-        let ids: Vec<u64> = self.instances.keys().copied().collect();
-        for id in ids {
-            let prefixes = [
-                self.prefix(id),
-                format!("/lockstep/{}", self.instances[&id].name),
-            ];
-            let instance = &self.instances[&id];
-            for (index, spec) in instance.specs.iter().enumerate() {
-                for prefix in &prefixes {
-                    let real = format!("{prefix}/param/{}", spec.id);
-                    let normalized = format!("{real}/normalized");
-                    let hit = if pattern.matches(&real) {
-                        Some(false)
-                    } else if pattern.matches(&normalized) {
-                        Some(true)
-                    } else {
-                        None
-                    };
-                    if let Some(normalized) = hit {
-                        // A pattern reaches only what remote control may set.
-                        if instance.exposed[index] {
-                            targets.push((id, index, normalized));
-                        } else {
-                            closed.push(spec.id.clone());
-                        }
-                        break;
-                    }
-                }
-            }
-        }
         if targets.is_empty() && !closed.is_empty() {
             self.status.not_exposed += 1;
             return self.error(
@@ -227,6 +194,48 @@ impl OscCore {
                 }
             }
         }
+    }
+
+    /// What `address` reaches (remembered: a controller sends the same few addresses over and
+    /// over, and matching one against every parameter's two forms costs dozens of strings).
+    fn resolve(&mut self, address: &str) -> Result<Resolved, String> {
+        if let Some(hit) = self.resolved.get(address) {
+            return Ok(hit.clone());
+        }
+        let pattern = self.cache.get(address).map_err(|e| e.to_string())?.clone();
+        let mut targets = Vec::new();
+        let mut closed = Vec::new();
+        for (&id, instance) in &self.instances {
+            let prefixes = [self.prefix(id), format!("/lockstep/{}", instance.name)];
+            for (index, spec) in instance.specs.iter().enumerate() {
+                for prefix in &prefixes {
+                    let real = format!("{prefix}/param/{}", spec.id);
+                    let normalized = format!("{real}/normalized");
+                    let hit = if pattern.matches(&real) {
+                        Some(false)
+                    } else if pattern.matches(&normalized) {
+                        Some(true)
+                    } else {
+                        None
+                    };
+                    if let Some(normalized) = hit {
+                        // A pattern reaches only what remote control may set.
+                        if instance.exposed[index] {
+                            targets.push((id, index, normalized));
+                        } else {
+                            closed.push(spec.id.clone());
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        if self.resolved.len() >= MAX_RESOLVED {
+            self.resolved.clear();
+        }
+        self.resolved
+            .insert(address.to_owned(), (targets.clone(), closed.clone()));
+        Ok((targets, closed))
     }
 
     fn transport_request(&mut self, from: SocketAddr, m: &Message, out: &mut Output) {

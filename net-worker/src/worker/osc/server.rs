@@ -39,6 +39,8 @@ pub struct OscServer {
     backlog: Backlog,
 }
 
+/// The receive buffer asked for on the OSC UDP socket.
+pub const OSC_RECEIVE_BUFFER: usize = 4 << 20;
 /// Most TCP controllers at once.
 pub const MAX_STREAMS: usize = 16;
 /// Most TCP controllers from one address.
@@ -119,6 +121,10 @@ impl OscServer {
         socket
             .set_nonblocking(true)
             .map_err(|e| format!("OSC socket: {e}"))?;
+        // Room for bursts while the worker is busy elsewhere: ask for 4 MiB (the system caps
+        // it: Linux at twice `net.core.rmem_max`, 416 KiB by default, about 3 ms of 100,000
+        // small messages a second).
+        let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(OSC_RECEIVE_BUFFER);
         let tcp = std::net::TcpListener::bind(("0.0.0.0", actual)).and_then(|l| {
             l.set_nonblocking(true)?;
             Ok(TcpListener::from_std(l))

@@ -25,8 +25,20 @@ impl OscCore {
                     .map(|(a, _)| format!("{a} (recent sender)")),
             )
             .collect();
-        s.last_messages = self.last_messages.iter().cloned().collect();
+        s.last_messages = self
+            .last_messages
+            .iter()
+            .map(|(m, from)| {
+                let args: Vec<String> = m.args.iter().map(|a| format!("{a:?}")).collect();
+                format!("{} {} from {from}", m.address, args.join(" "))
+            })
+            .collect();
         s
+    }
+
+    /// `n` changes were superseded by a newer one of the same parameter in the same pass.
+    pub fn merged(&mut self, n: u64) {
+        self.status.merged += n;
     }
 
     /// The plugin's inbox for instance `id` was full: count it.
