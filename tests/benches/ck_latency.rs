@@ -10,11 +10,11 @@ use std::net::UdpSocket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lockstep_host::bundle::Build;
 use lockstep_host::host::{Bundle, Layout};
-use lockstep_host::responder::responder;
+use lockstep_host::responder::{receive, responder};
 use lockstep_host::status::StatusProbe;
 use lockstep_net::settings::PeerSettings;
 
@@ -32,14 +32,23 @@ fn proxy_port(
     socket
         .set_read_timeout(Some(Duration::from_millis(50)))
         .expect("timeout");
+    nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::ReceiveTimestampns,
+        &true,
+    )
+    .expect("SO_TIMESTAMPNS");
     let sender = socket.try_clone().expect("clone");
-    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>, u16)>();
+    let (tx, rx) = mpsc::channel::<(f64, Vec<u8>, u16)>();
     let receive = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
+            let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
             while !stop.load(Ordering::Relaxed) {
-                let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                // The delay counts from the kernel's receive time, not from when this thread
+                // woke up to read the datagram.
+                let Some((len, from, Some(arrived))) = receive(&socket, &mut buf, &mut cmsg) else {
                     continue;
                 };
                 let to = if from.port() == LOCKSTEP + offset {
@@ -47,19 +56,24 @@ fn proxy_port(
                 } else {
                     LOCKSTEP + offset
                 };
-                let _ = tx.send((Instant::now() + delay, buf[..len].to_vec(), to));
+                let due = arrived + delay.as_nanos() as f64;
+                let _ = tx.send((due, buf[..len].to_vec(), to));
             }
         })
     };
     let send = std::thread::spawn(move || {
+        let realtime = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_nanos() as f64)
+        };
         while let Ok((due, bytes, to)) = rx.recv() {
             // Sleep most of the way, spin the rest: the delay should be exact.
-            if let Some(wait) =
-                due.checked_duration_since(Instant::now() + Duration::from_micros(300))
-            {
-                std::thread::sleep(wait);
+            let wait = due - realtime() - 300_000.0;
+            if wait > 0.0 {
+                std::thread::sleep(Duration::from_nanos(wait as u64));
             }
-            while Instant::now() < due {
+            while realtime() < due {
                 std::hint::spin_loop();
             }
             let _ = sender.send_to(&bytes, ("127.0.0.1", to));

@@ -20,7 +20,7 @@ use lockstep_net::proto::applemidi::{self, Ck, Command, Exchange};
 use lockstep_net::proto::rtpmidi::{self, MidiCommand};
 
 /// Receive one datagram: (length, sender, kernel receive time in ns of CLOCK_REALTIME).
-fn receive(
+pub fn receive(
     socket: &UdpSocket,
     buf: &mut [u8],
     cmsg: &mut [u8],

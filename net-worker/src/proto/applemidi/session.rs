@@ -484,7 +484,13 @@ impl Session {
                 };
                 self.push(Port::Data, &Command::Ck(reply));
                 self.ck_pending_since = None;
-                let rtt = t3.wrapping_sub(t1) as i64 as f64;
+                // The answer to our latest CK0: its round trip to the nanosecond (when it left,
+                // when the kernel received the answer), not in the CK clock's 100 µs steps.
+                let rtt = if t1 == ticks(self.epoch, self.ck_sent_at) && now >= self.ck_sent_at {
+                    (now - self.ck_sent_at) as f64 / 100_000.0
+                } else {
+                    t3.wrapping_sub(t1) as i64 as f64
+                };
                 let offset = (t1 as f64 + t3 as f64) / 2.0 - t2 as f64;
                 self.record(rtt, -offset);
             }

@@ -223,6 +223,20 @@ mod tests {
         net
     }
 
+    /// The initiator times its own CK0 and the answer to the nanosecond: a delay that is not
+    /// a whole number of the CK clock's 100 µs steps is measured exactly.
+    #[test]
+    fn the_initiator_measures_the_round_trip_to_the_microsecond() {
+        let odd = Conditions {
+            delay: 5_037_000,
+            ..CLEAN
+        };
+        let mut net = start(odd, 3);
+        net.run_until(net.now + 10 * SECOND);
+        let latency = net.endpoints[0].peers()[0].latency.expect("CK measured");
+        assert!((latency.rtt_us - 10_074.0).abs() < 1.0, "{latency:?}");
+    }
+
     #[test]
     fn clean_network_connects_and_measures_latency() {
         let mut net = start(CLEAN, 1);
