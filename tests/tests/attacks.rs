@@ -64,7 +64,19 @@ fn every_attack_leaves_the_clock_the_controller_and_memory_alone() -> Result<()>
             break;
         }
         eprintln!("the clock missed its bound during {noisy:?}: running them again");
-        for again in run(&noisy)? {
+        // In the same conditions: the invitation flood leaves 32 guests receiving clock for
+        // every later scenario, so it runs first again (its own report stays the first one).
+        let mut again_list = vec![Scenario::InvitationFlood];
+        again_list.extend(
+            noisy
+                .iter()
+                .copied()
+                .filter(|s| *s != Scenario::InvitationFlood),
+        );
+        for again in run(&again_list)? {
+            if !noisy.iter().any(|s| s.name() == again.scenario) {
+                continue;
+            }
             eprintln!("{}", serde_json::to_string(&again)?);
             if let Some(r) = reports.iter_mut().find(|r| r.scenario == again.scenario)
                 && again.late_max_us - again.floor_max_us < r.late_max_us - r.floor_max_us
