@@ -17,13 +17,25 @@ const BLOCK: u32 = 512;
 #[test]
 fn lockstep_and_zeroconf_find_each_other_and_lockstep_says_goodbye() -> Result<()> {
     let _guard = exclusive();
-    let peer = ScriptPeer::spawn(
-        "mdns_peer.py",
-        &["Studio B".into(), "6104".into(), "60".into()],
-    )?;
-    peer.wait("zeroconf ready", |l| {
-        l.iter().any(|v| v["event"] == "ready")
-    })?;
+    // python-zeroconf has twice been seen not to finish registering within 20 s right after
+    // the attack suite on this VM (never reproduced alone): one more start before failing.
+    let start = || -> Result<ScriptPeer> {
+        let peer = ScriptPeer::spawn(
+            "mdns_peer.py",
+            &["Studio B".into(), "6104".into(), "60".into()],
+        )?;
+        peer.wait("zeroconf ready", |l| {
+            l.iter().any(|v| v["event"] == "ready")
+        })?;
+        Ok(peer)
+    };
+    let peer = match start() {
+        Ok(peer) => peer,
+        Err(e) => {
+            eprintln!("{e}: starting zeroconf once more");
+            start()?
+        }
+    };
 
     let path = Build::Release.clap_path();
     let bundle = Bundle::load(&path)?;

@@ -47,8 +47,8 @@ pub const PING_INTERVAL: Nanos = 15 * SECOND;
 /// A WebSocket that has sent nothing (not even a pong) for this long is closed.
 pub const WEBSOCKET_IDLE: Nanos = 40 * SECOND;
 /// When every slot is taken, a WebSocket silent this long gives its slot to a newcomer (it is
-/// pinged every [`PING_INTERVAL`], so a live client is rarely silent longer).
-pub const STALE_WEBSOCKET: Nanos = 5 * SECOND;
+/// pinged every [`PING_INTERVAL`], so a live client answers well within it).
+pub const STALE_WEBSOCKET: Nanos = PING_INTERVAL + 5 * SECOND;
 /// When every slot looks live, a newcomer waits this long for a WebSocket to fail a ping.
 pub const CHALLENGE_WAIT: Nanos = SECOND;
 /// Bytes one connection may have read per pass; more waits for the next pass.
@@ -271,7 +271,7 @@ enum State {
     },
     /// A WebSocket: the paths it listens to, with the value last sent.
     Ws {
-        ws: Box<WebSocket<TcpStream>>,
+        ws: Box<WebSocket<Budgeted>>,
         listens: Vec<(String, Option<Vec<u8>>)>,
         ping_at: Nanos,
         /// We sent a close frame: drop the connection once it is written or after a second.
@@ -316,6 +316,39 @@ impl std::fmt::Debug for Connection {
             .field("peer", &self.peer)
             .field("websocket", &self.is_websocket())
             .finish_non_exhaustive()
+    }
+}
+
+/// A WebSocket's stream as tungstenite sees it: reads stop (`WouldBlock`) once the pass's
+/// byte budget is spent, so a client streaming frames that never complete a message cannot
+/// hold the worker inside one `read()`.
+#[derive(Debug)]
+struct Budgeted {
+    stream: TcpStream,
+    left: usize,
+    spent: bool,
+}
+
+impl Read for Budgeted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            self.spent = true;
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.left);
+        let got = self.stream.read(&mut buf[..n])?;
+        self.left -= got;
+        Ok(got)
+    }
+}
+
+impl Write for Budgeted {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
     }
 }
 
@@ -492,7 +525,9 @@ impl QueryServer {
                 .iter()
                 .filter(|c| c.peer.ip() == peer.ip())
                 .count();
-            if from_peer >= MAX_PER_ADDRESS {
+            // Loopback is exempt: every local client (a browser's parallel requests, several
+            // apps) shares 127.0.0.1; the total still bounds them.
+            if from_peer >= MAX_PER_ADDRESS && !peer.ip().is_loopback() {
                 self.counters.refused_connections += 1;
                 continue;
             }
@@ -600,6 +635,11 @@ fn serve_http(
                 upgrade: Some(rest),
             };
         }
+        let stream = Budgeted {
+            stream,
+            left: READ_PER_PASS,
+            spent: false,
+        };
         let ws = WebSocket::from_partially_read(stream, rest, Role::Server, Some(ws_config()));
         let state = State::Ws {
             ws: Box::new(ws),
@@ -729,7 +769,15 @@ fn serve_websocket(
         return state;
     };
     let mut close_with: Option<(CloseCode, &str)> = None;
-    for k in 0.. {
+    ws.get_mut().left = READ_PER_PASS;
+    ws.get_mut().spent = false;
+    // A connection being closed is not read any more.
+    let reads = if closing.is_some() {
+        0
+    } else {
+        MESSAGES_PER_PASS + 1
+    };
+    for k in 0..reads {
         if k == MESSAGES_PER_PASS {
             *unread = true;
             break;
@@ -741,9 +789,11 @@ fn serve_websocket(
                     let command: Value = serde_json::from_str(text.as_str()).unwrap_or_default();
                     let path = command["DATA"].as_str().unwrap_or_default().to_owned();
                     match command["COMMAND"].as_str() {
+                        // Only paths that exist: a made-up one would cost a lookup every pass.
                         Some("LISTEN")
                             if !listens.iter().any(|(p, _)| *p == path)
-                                && listens.len() < MAX_LISTENS =>
+                                && listens.len() < MAX_LISTENS
+                                && core.has_path(&path) =>
                         {
                             listens.push((path, None));
                         }
@@ -770,10 +820,15 @@ fn serve_websocket(
             Err(_) => return State::Done,
         }
     }
+    if ws.get_ref().spent {
+        *unread = true;
+    }
     if closing.is_none() && close_with.is_none() && now > c.heard + WEBSOCKET_IDLE {
         close_with = Some((CloseCode::Away, "idle"));
     }
-    if let Some((code, reason)) = close_with {
+    if closing.is_none()
+        && let Some((code, reason)) = close_with
+    {
         counters.closed += 1;
         let _ = ws.close(Some(CloseFrame {
             code,

@@ -56,8 +56,10 @@ pub const ACTIVE_PERIOD: (Duration, Duration) =
     (Duration::from_micros(500), Duration::from_millis(5));
 /// Clock packets are built this much more than a drain period before they are due.
 pub const BUILD_MARGIN: Duration = Duration::from_millis(2);
-/// OSC values waiting for room in an inbox are offered again this much later (ns).
-const PENDING_RETRY: u64 = 1_000_000;
+/// OSC values waiting for room in an inbox are offered again this much later (ns): an audio
+/// thread that stopped taking them (a host that stopped calling `process()`) costs 100
+/// wake-ups a second, not 1,000.
+const PENDING_RETRY: u64 = 10_000_000;
 /// mDNS results, the event log and OSCQuery request timeouts are looked at this often.
 pub const HOUSEKEEPING: Duration = Duration::from_millis(250);
 
@@ -554,6 +556,10 @@ impl Runtime {
             }
         });
         for (id, change) in timed {
+            // A timed value goes after any older one still waiting, which it supersedes.
+            if self.osc_pending.remove(&(id, change.clap_id)).is_some() {
+                server.core.merged(1);
+            }
             let pushed = rings
                 .get_mut(&id)
                 .and_then(|a| a.inbox.as_ref())

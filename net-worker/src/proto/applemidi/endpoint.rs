@@ -24,6 +24,11 @@ pub const DEFAULT_MAX_GUESTS: usize = 32;
 /// initiator completes within a round trip; an invitation flood only churns these slots and
 /// never touches a connected session.
 pub const MAX_HALF_OPEN: usize = 8;
+/// Most guests from one address: one host cannot take every guest slot.
+pub const MAX_GUESTS_PER_ADDRESS: usize = 4;
+/// Most new guest sessions started a second: a flood of invitations is not answered (OK)
+/// one for one; over it, invitations are dropped unanswered and counted.
+pub const MAX_NEW_GUESTS_PER_SECOND: u32 = 20;
 /// Most refusals (NO) sent a second: a flood of refused invitations is not reflected
 /// one-for-one at whatever source address it claims.
 pub const MAX_REFUSALS_PER_SECOND: u32 = 20;
@@ -155,6 +160,8 @@ pub struct Endpoint {
     max_guests: usize,
     /// Refusals answered in the current second: (second, count).
     refusals: (Nanos, u32),
+    /// New guest sessions started in the current second: (second, count).
+    new_guests: (Nanos, u32),
     rng: u64,
     counters: Counters,
     transmits: VecDeque<Transmit>,
@@ -171,6 +178,7 @@ impl Endpoint {
             slots: Vec::new(),
             max_guests: DEFAULT_MAX_GUESTS,
             refusals: (0, 0),
+            new_guests: (0, 0),
             rng: seed | 1,
             counters: Counters::default(),
             transmits: VecDeque::new(),
@@ -409,6 +417,28 @@ impl Endpoint {
             return false;
         }
         let known = self.slots.iter().any(|s| s.status.address == control);
+        if !known && !listed {
+            let from_host = self
+                .slots
+                .iter()
+                .filter(|s| s.is_guest() && s.status.address.ip() == control.ip())
+                .count();
+            if from_host >= MAX_GUESTS_PER_ADDRESS {
+                self.counters.full += 1;
+                self.refuse(now, on, from, e.token);
+                return false;
+            }
+            let second = now / SECOND;
+            if self.new_guests.0 != second {
+                self.new_guests = (second, 0);
+            }
+            if self.new_guests.1 >= MAX_NEW_GUESTS_PER_SECOND {
+                self.counters.full += 1;
+                self.counters.unanswered += 1;
+                return false;
+            }
+            self.new_guests.1 += 1;
+        }
         if !known && !self.make_room_for_guest() {
             self.counters.full += 1;
             self.refuse(now, on, from, e.token);

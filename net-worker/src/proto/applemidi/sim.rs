@@ -8,7 +8,8 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 
 use super::endpoint::{
-    Access, DEFAULT_MAX_GUESTS, Endpoint, EndpointEvent, MAX_HALF_OPEN, MAX_REFUSALS_PER_SECOND,
+    Access, DEFAULT_MAX_GUESTS, Endpoint, EndpointEvent, MAX_GUESTS_PER_ADDRESS, MAX_HALF_OPEN,
+    MAX_NEW_GUESTS_PER_SECOND, MAX_REFUSALS_PER_SECOND,
 };
 use super::session::{CloseReason, Nanos, Port, Transmit};
 
@@ -624,7 +625,8 @@ mod tests {
         let b = 1;
         let now = net.now;
         for i in 0..5_000u32 {
-            let from = SocketAddr::from(([127, 0, 0, 2], 10_000 + 2 * (i as u16)));
+            // 5,000 hosts (one host may hold at most MAX_GUESTS_PER_ADDRESS slots).
+            let from = SocketAddr::from(([127, 1, (i / 250) as u8, (i % 250) as u8 + 1], 10_000));
             let bytes = invitation(0x5000_0000 + i, 0x7000_0000 + i);
             net.endpoints[b].handle_datagram(
                 now + u64::from(i) * 100_000,
@@ -654,6 +656,11 @@ mod tests {
         assert!(half_open <= MAX_HALF_OPEN, "{half_open} half-open");
         let c = net.endpoints[b].counters();
         assert!(c.full > 2_000 && c.evicted > 0, "{c:?}");
+        // New guests: at most MAX_NEW_GUESTS_PER_SECOND started in the flood's half second.
+        assert!(
+            guests <= MAX_NEW_GUESTS_PER_SECOND as usize,
+            "{guests} guests started"
+        );
         // NO replies: at most 20 a second over the flood's 0.5 s.
         let mut nos = 0;
         while let Some(t) = net.endpoints[b].poll_transmit() {
@@ -703,6 +710,26 @@ mod tests {
         e.handle_datagram(SECOND, Port::Control, guest(2), &invitation(9, 109));
         let t = e.poll_transmit().expect("an OK");
         assert_eq!(&t.bytes[2..4], b"OK");
+    }
+
+    /// One host cannot take every guest slot: its fifth session is refused.
+    #[test]
+    fn one_host_holds_at_most_four_guest_slots() {
+        let mut e = Endpoint::new("B", Access::Anyone, 7);
+        for i in 0..5u16 {
+            let control = SocketAddr::from(([127, 0, 0, 5], 40_000 + 2 * i));
+            let data = SocketAddr::new(control.ip(), control.port() + 1);
+            let bytes = invitation(u32::from(i) + 1, u32::from(i) + 500);
+            e.handle_datagram(SECOND, Port::Control, control, &bytes);
+            e.handle_datagram(SECOND, Port::Data, data, &bytes);
+        }
+        let connected = e.peers().iter().filter(|p| p.connected).count();
+        assert_eq!(connected, MAX_GUESTS_PER_ADDRESS);
+        assert_eq!(
+            e.counters().full,
+            2,
+            "the fifth host session, on both ports"
+        );
     }
 
     /// Interop: an initiator that uses a fresh token for its data-port invitation gets an OK

@@ -161,7 +161,9 @@ impl OscCore {
     /// (one token a message): asking for dumps cannot make Lockstep send more than the limit.
     pub(super) fn dump(&mut self, to: SocketAddr, out: &mut Output) {
         let count: usize = self.instances.values().map(|i| 2 * i.specs.len()).sum();
-        if !self.charge(self.now, to.ip(), count as f64) {
+        // Never more than a full bucket, or a low limit would refuse every dump.
+        let cost = (count as f64).min(2.0 * self.rate);
+        if !self.charge(self.now, to.ip(), cost) {
             self.status.replies_limited += 1;
             return;
         }

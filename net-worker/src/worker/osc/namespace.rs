@@ -20,16 +20,31 @@ impl OscCore {
                     return Some(if path == real { a } else { b });
                 }
             }
-            let feed = instance.transport.as_ref().map(TransportFeed::of)?;
-            if let Some(m) = feed
-                .messages(&prefix, None)
-                .into_iter()
-                .find(|m| m.address == path)
-            {
+            // An instance without a transport yet has no feed; the others still may.
+            if let Some(m) = instance.transport.as_ref().and_then(|t| {
+                TransportFeed::of(t)
+                    .messages(&prefix, None)
+                    .into_iter()
+                    .find(|m| m.address == path)
+            }) {
                 return Some(m);
             }
         }
         None
+    }
+
+    /// Is `path` in the namespace (a parameter in either form, or a transport field, whether
+    /// or not the field has a value yet)?
+    pub fn has_path(&self, path: &str) -> bool {
+        if self.value_message(path).is_some() {
+            return true;
+        }
+        self.instances.keys().any(|&id| {
+            let prefix = self.prefix(id);
+            ["playing", "tempo", "beat", "bar", "timesig"]
+                .iter()
+                .any(|leaf| path == format!("{prefix}/transport/{leaf}"))
+        })
     }
 
     /// The OSCQuery namespace: every parameter (real units and normalized) and the transport

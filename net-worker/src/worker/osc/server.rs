@@ -248,10 +248,15 @@ impl OscServer {
     fn poll_streams(&mut self, now: Nanos, readable: bool, out: &mut Output) -> bool {
         let mut more = false;
         if let Some(listener) = self.tcp.as_ref().filter(|_| readable) {
+            // More connections may wait if the loop ends at its count.
+            more = true;
             for _ in 0..2 * MAX_STREAMS {
                 let (mut stream, peer) = match listener.accept() {
                     Ok(accepted) => accepted,
-                    Err(_) => break,
+                    Err(_) => {
+                        more = false;
+                        break;
+                    }
                 };
                 if !self.core.allowed(peer.ip()) {
                     self.core.status.refused_source += 1;
