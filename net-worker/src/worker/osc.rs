@@ -65,5 +65,7 @@ pub const FEEDBACK_INTERVAL: Nanos = 20 * MS;
 pub const NO_ECHO: Nanos = 500 * MS;
 /// Senders heard this recently get feedback without subscribing.
 pub const RECENT_SENDER: Nanos = 30_000 * MS;
-/// Most feedback destinations kept.
+/// Most feedback destinations kept (subscribers, and recent senders, each).
 pub const MAX_SUBSCRIBERS: usize = 32;
+/// Most of those from one host (address), of each kind.
+pub const MAX_FEEDBACK_PER_HOST: usize = 4;

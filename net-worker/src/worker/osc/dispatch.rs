@@ -9,7 +9,10 @@
 use std::net::SocketAddr;
 
 use super::core::{MAX_RESOLVED, Resolved};
-use super::{MAX_PACKET, MAX_SUBSCRIBERS, Nanos, OscCore, Output, RECENT_SENDER, TransportRequest};
+use super::{
+    MAX_FEEDBACK_PER_HOST, MAX_PACKET, MAX_SUBSCRIBERS, Nanos, OscCore, Output, RECENT_SENDER,
+    TransportRequest,
+};
 use crate::params::{HostParamChange, ValueError};
 use crate::proto::osc::{self, Arg, Message};
 
@@ -70,7 +73,12 @@ impl OscCore {
     fn remember_sender(&mut self, now: Nanos, from: SocketAddr) {
         self.recent
             .retain(|(a, t)| *a != from && now < t + RECENT_SENDER);
-        if self.recent.len() < MAX_SUBSCRIBERS {
+        let from_host = self
+            .recent
+            .iter()
+            .filter(|(a, _)| a.ip() == from.ip())
+            .count();
+        if self.recent.len() < MAX_SUBSCRIBERS && from_host < MAX_FEEDBACK_PER_HOST {
             self.recent.push((from, now));
         }
     }
@@ -94,7 +102,16 @@ impl OscCore {
                     _ => from.port(),
                 };
                 let to = SocketAddr::new(from.ip(), port);
-                if !self.subscribers.contains(&to) && self.subscribers.len() < MAX_SUBSCRIBERS {
+                let from_host = self
+                    .subscribers
+                    .iter()
+                    .filter(|a| a.ip() == to.ip())
+                    .count();
+                // One host cannot take every feedback slot (32) by subscribing many ports.
+                if !self.subscribers.contains(&to)
+                    && self.subscribers.len() < MAX_SUBSCRIBERS
+                    && from_host < MAX_FEEDBACK_PER_HOST
+                {
                     self.subscribers.push(to);
                 }
                 return self.dump(to, out);
@@ -501,6 +518,34 @@ mod tests {
             Message::new("/1/toggle1", vec![Arg::Float(0.0)]),
         );
         assert!(out.changes.is_empty());
+    }
+
+    /// One host subscribing from 32 ports, or sending from 32 ports, holds at most 4 feedback
+    /// destinations of each kind: a second controller still gets feedback.
+    #[test]
+    fn one_host_cannot_take_every_feedback_slot() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        for port in 0..32u16 {
+            let from = SocketAddr::from(([192, 168, 1, 66], 20_000 + port));
+            send(
+                &mut core,
+                from,
+                Message::new(
+                    "/lockstep/subscribe",
+                    vec![Arg::Int(i32::from(30_000 + port))],
+                ),
+            );
+        }
+        assert_eq!(core.subscribers.len(), MAX_FEEDBACK_PER_HOST);
+        assert_eq!(core.recent.len(), MAX_FEEDBACK_PER_HOST);
+        let phone = SocketAddr::from(PHONE);
+        send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/subscribe", vec![]),
+        );
+        assert!(core.subscribers.contains(&phone));
     }
 
     #[test]
