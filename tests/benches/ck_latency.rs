@@ -62,11 +62,7 @@ fn proxy_port(
         })
     };
     let send = std::thread::spawn(move || {
-        let realtime = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_nanos() as f64)
-        };
+        let realtime = lockstep_host::harness::realtime_ns;
         while let Ok((due, bytes, to)) = rx.recv() {
             // Sleep most of the way, spin the rest: the delay should be exact.
             let wait = due - realtime() - 300_000.0;

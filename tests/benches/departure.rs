@@ -108,24 +108,11 @@ fn floor(bpm: f64, seconds: f64) -> (f64, f64, f64) {
     std::thread::spawn(move || {
         lockstep_net::sys::realtime(lockstep_net::worker::sender::PRIORITY);
         let period = Duration::from_secs_f64(60.0 / bpm / 24.0);
-        let spin = lockstep_net::worker::sender::SPIN;
         let n = (seconds / period.as_secs_f64()) as usize;
         let mut late = Vec::with_capacity(n);
         let mut deadline = Instant::now() + period;
         for _ in 0..n {
-            loop {
-                let now = Instant::now();
-                if deadline > now + spin {
-                    std::thread::park_timeout(deadline - now - spin);
-                } else {
-                    break;
-                }
-            }
-            let mut now = Instant::now();
-            while now < deadline {
-                std::hint::spin_loop();
-                now = Instant::now();
-            }
+            let now = lockstep_host::harness::wait_like_the_send_path(deadline);
             late.push((now - deadline).as_secs_f64() * 1e6);
             deadline += period;
         }

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use lockstep_net::proto::applemidi::{self, Ck, Command as Apple, Exchange};
@@ -27,6 +27,7 @@ use lockstep_net::proto::link::{
 use lockstep_net::proto::osc::{self, Arg, Message, Packet};
 use lockstep_net::status::ExportedStatus;
 
+use crate::harness::{realtime_ns, rss_kb, wait_like_the_send_path};
 use crate::responder::responder;
 
 /// Our AppleMIDI control port (data = +1).
@@ -183,12 +184,6 @@ pub struct Report {
     pub status: Option<ExportedStatus>,
 }
 
-fn realtime_ns() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_nanos() as f64)
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -295,15 +290,7 @@ impl Runner {
     }
 
     fn rss_kb(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
+        rss_kb(self.child.id())
     }
 }
 
@@ -417,20 +404,9 @@ impl Floor {
                 return;
             };
             let period = Duration::from_secs_f64(60.0 / BPM / 24.0);
-            let spin = lockstep_net::worker::sender::SPIN;
             let mut deadline = Instant::now() + period / 2;
             while !halt.load(Ordering::Relaxed) {
-                loop {
-                    let now = Instant::now();
-                    if deadline > now + spin {
-                        std::thread::park_timeout(deadline - now - spin);
-                    } else {
-                        break;
-                    }
-                }
-                while Instant::now() < deadline {
-                    std::hint::spin_loop();
-                }
+                wait_like_the_send_path(deadline);
                 let _ = socket.send_to(&[0xF8; 16], (Ipv4Addr::LOCALHOST, FLOOR_PORT));
                 // A strict grid, as the clock's: a late wake-up shows as lateness, never
                 // shifts the grid.
@@ -530,16 +506,7 @@ pub fn run(runner: &Path, plugin: &Path, scenarios: &[Scenario]) -> Result<Vec<R
         let pid = lockstep.child.id();
         std::thread::spawn(move || {
             while sampling.load(Ordering::Relaxed) {
-                let kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find(|l| l.starts_with("VmRSS:"))
-                            .and_then(|l| l.split_whitespace().nth(1))
-                            .and_then(|v| v.parse().ok())
-                    })
-                    .unwrap_or(0);
-                lock(&rss).push((realtime_ns(), kb));
+                lock(&rss).push((realtime_ns(), rss_kb(pid)));
                 std::thread::sleep(Duration::from_millis(50));
             }
         })

@@ -202,3 +202,44 @@ impl Drop for ScriptPeer {
         let _ = self.child.wait();
     }
 }
+
+/// Now on `CLOCK_REALTIME` in ns: the clock the kernel's receive timestamps (`SO_TIMESTAMPNS`)
+/// use.
+pub fn realtime_ns() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_nanos() as f64)
+}
+
+/// Wait until `deadline` the way Lockstep's send path does: park until
+/// [`SPIN`](lockstep_net::worker::sender::SPIN) before it, spin the rest; returns when it woke.
+pub fn wait_like_the_send_path(deadline: Instant) -> Instant {
+    let spin = lockstep_net::worker::sender::SPIN;
+    loop {
+        let now = Instant::now();
+        if deadline > now + spin {
+            std::thread::park_timeout(deadline - now - spin);
+        } else {
+            break;
+        }
+    }
+    let mut now = Instant::now();
+    while now < deadline {
+        std::hint::spin_loop();
+        now = Instant::now();
+    }
+    now
+}
+
+/// Resident memory of process `pid`, KiB (0 if it cannot be read).
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -28,7 +28,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocket, WebSocketConfig};
 
 use super::osc::OscCore;
-use super::runtime::Backlog;
+use super::runtime::{Backlog, write_pending};
 
 /// Nanoseconds on the worker's clock.
 pub type Nanos = u64;
@@ -256,19 +256,34 @@ pub fn answer(req: &Request, core: &OscCore, host: &HostInfo) -> Vec<u8> {
     }
 }
 
+/// An HTTP connection: the request as read so far, and the reply being written.
+struct Http {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// The reply, written as the socket takes it.
+    out: Vec<u8>,
+    /// Close once `out` is written.
+    closing: bool,
+    /// Became a WebSocket once `out` (the 101) is written; the bytes after the request.
+    upgrade: Option<Vec<u8>>,
+}
+
+impl Http {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+            out: Vec::new(),
+            closing: false,
+            upgrade: None,
+        }
+    }
+}
+
 /// What a connection is doing.
 enum State {
     /// Reading a request, or writing the reply (then closing).
-    Http {
-        stream: TcpStream,
-        buf: Vec<u8>,
-        /// The reply, written as the socket takes it.
-        out: Vec<u8>,
-        /// Close once `out` is written.
-        closing: bool,
-        /// Became a WebSocket once `out` (the 101) is written; the bytes after the request.
-        upgrade: Option<Vec<u8>>,
-    },
+    Http(Http),
     /// A WebSocket: the paths it listens to, with the value last sent.
     Ws {
         ws: Box<WebSocket<Budgeted>>,
@@ -300,7 +315,7 @@ impl Connection {
     /// the `challenge` (when every slot looked live) within [`CHALLENGE_WAIT`].
     fn stale(&self, now: Nanos, challenge: Option<Nanos>) -> bool {
         match self.state {
-            State::Http { .. } => true,
+            State::Http(_) => true,
             State::Ws { .. } => {
                 now.saturating_sub(self.heard) > STALE_WEBSOCKET
                     || challenge.is_some_and(|c| self.heard < c && now >= c + CHALLENGE_WAIT)
@@ -350,22 +365,6 @@ impl Write for Budgeted {
     fn flush(&mut self) -> std::io::Result<()> {
         self.stream.flush()
     }
-}
-
-/// Write what `out` holds as far as the socket takes it. False when the connection broke.
-fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
-    while !out.is_empty() {
-        match stream.write(out) {
-            Ok(0) => return false,
-            Ok(n) => {
-                out.drain(..n);
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return false,
-        }
-    }
-    true
 }
 
 /// What the server counts.
@@ -478,21 +477,7 @@ impl QueryServer {
         for c in &mut self.connections {
             let state = std::mem::replace(&mut c.state, State::Done);
             c.state = match state {
-                State::Http {
-                    stream,
-                    buf,
-                    out,
-                    closing,
-                    upgrade,
-                } => serve_http(
-                    c,
-                    now,
-                    (stream, buf, out, closing, upgrade),
-                    core,
-                    host,
-                    counters,
-                    unread,
-                ),
+                State::Http(http) => serve_http(c, now, http, core, host, counters, unread),
                 ws @ State::Ws { .. } => serve_websocket(c, now, ws, core, counters, unread),
                 State::Done => State::Done,
             };
@@ -572,13 +557,7 @@ impl QueryServer {
                     peer,
                     since: now,
                     heard: now,
-                    state: State::Http {
-                        stream,
-                        buf: Vec::new(),
-                        out: Vec::new(),
-                        closing: false,
-                        upgrade: None,
-                    },
+                    state: State::Http(Http::new(stream)),
                 });
             }
         }
@@ -609,34 +588,27 @@ impl QueryServer {
     }
 }
 
-type HttpParts = (TcpStream, Vec<u8>, Vec<u8>, bool, Option<Vec<u8>>);
-
 /// One pass of an HTTP connection: write what waits, read (within the budget), answer a
 /// complete request, upgrade to a WebSocket once the 101 is out.
 fn serve_http(
     c: &mut Connection,
     now: Nanos,
-    (mut stream, mut buf, mut out, mut closing, upgrade): HttpParts,
+    mut h: Http,
     core: &OscCore,
     host: &HostInfo,
     counters: &mut QueryCounters,
     unread: &mut bool,
 ) -> State {
-    if !flush(&mut stream, &mut out) {
+    if !write_pending(&mut h.stream, &mut h.out) {
         return State::Done;
     }
-    if let Some(rest) = upgrade {
-        if !out.is_empty() {
-            return State::Http {
-                stream,
-                buf,
-                out,
-                closing,
-                upgrade: Some(rest),
-            };
+    if h.upgrade.is_some() {
+        if !h.out.is_empty() {
+            return State::Http(h);
         }
+        let rest = h.upgrade.take().unwrap_or_default();
         let stream = Budgeted {
-            stream,
+            stream: h.stream,
             left: READ_PER_PASS,
             spent: false,
         };
@@ -649,16 +621,10 @@ fn serve_http(
         };
         return serve_websocket(c, now, state, core, counters, unread);
     }
-    if closing {
+    if h.closing {
         // Waiting for the client to take the reply, not forever.
-        return if !out.is_empty() && now <= c.since + REQUEST_TIMEOUT {
-            State::Http {
-                stream,
-                buf,
-                out,
-                closing,
-                upgrade,
-            }
+        return if !h.out.is_empty() && now <= c.since + REQUEST_TIMEOUT {
+            State::Http(h)
         } else {
             State::Done
         };
@@ -666,14 +632,14 @@ fn serve_http(
     let mut chunk = [0u8; 2048];
     let mut taken = 0;
     loop {
-        if taken >= READ_PER_PASS || buf.len() > MAX_REQUEST {
+        if taken >= READ_PER_PASS || h.buf.len() > MAX_REQUEST {
             *unread = true;
             break;
         }
-        match stream.read(&mut chunk) {
+        match h.stream.read(&mut chunk) {
             Ok(0) => return State::Done,
             Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
+                h.buf.extend_from_slice(&chunk[..n]);
                 taken += n;
                 c.heard = now;
             }
@@ -682,7 +648,7 @@ fn serve_http(
             Err(_) => return State::Done,
         }
     }
-    let reply = match parse_request(&buf) {
+    let reply = match parse_request(&h.buf) {
         Ok(Some((req, used))) if req.websocket_key.is_some() => {
             if req.websocket_version.as_deref() != Some("13") {
                 counters.refused += 1;
@@ -691,22 +657,15 @@ fn serve_http(
                 let key = req.websocket_key.unwrap_or_default();
                 let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
                 counters.served += 1;
-                out.extend_from_slice(
+                h.out.extend_from_slice(
                     format!(
                         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
                     )
                     .as_bytes(),
                 );
-                let rest = buf.split_off(used);
-                return serve_http(
-                    c,
-                    now,
-                    (stream, Vec::new(), out, false, Some(rest)),
-                    core,
-                    host,
-                    counters,
-                    unread,
-                );
+                h.upgrade = Some(h.buf.split_off(used));
+                h.buf = Vec::new();
+                return serve_http(c, now, h, core, host, counters, unread);
             }
         }
         Ok(Some((req, _))) => {
@@ -717,7 +676,7 @@ fn serve_http(
             counters.refused += 1;
             Some(response(400, None))
         }
-        Ok(None) if buf.len() > MAX_REQUEST => {
+        Ok(None) if h.buf.len() > MAX_REQUEST => {
             counters.refused += 1;
             Some(response(431, None))
         }
@@ -728,20 +687,14 @@ fn serve_http(
         Ok(None) => None,
     };
     if let Some(bytes) = reply {
-        out = bytes;
-        closing = true;
+        h.out = bytes;
+        h.closing = true;
         c.since = now;
-        if !flush(&mut stream, &mut out) || out.is_empty() {
+        if !write_pending(&mut h.stream, &mut h.out) || h.out.is_empty() {
             return State::Done;
         }
     }
-    State::Http {
-        stream,
-        buf,
-        out,
-        closing,
-        upgrade: None,
-    }
+    State::Http(h)
 }
 
 /// Most WebSocket messages taken from one client per pass.

@@ -160,6 +160,24 @@ pub fn read_budgeted(
     true
 }
 
+/// Write what `out` holds to a non-blocking stream as far as it takes it (what it does not
+/// take waits for the next pass, so a reply is never cut or the worker held). False when the
+/// connection broke.
+pub fn write_pending(stream: &mut impl std::io::Write, out: &mut Vec<u8>) -> bool {
+    while !out.is_empty() {
+        match stream.write(out) {
+            Ok(0) => return false,
+            Ok(n) => {
+                out.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 /// Timed OSC changes go to the plugin this long before they are due (covers a block of up
 /// to 2048 samples at 48 kHz); the CLAP shim holds them until their block.
 const OSC_LOOKAHEAD: u64 = 50_000_000;

@@ -327,10 +327,8 @@ impl Endpoint {
     }
 
     fn find(&mut self, pred: impl Fn(&Session) -> bool) -> Option<&mut Session> {
-        self.slots
-            .iter_mut()
-            .filter_map(|s| s.session.as_mut())
-            .find(|s| pred(s))
+        let i = self.position(pred)?;
+        self.slots[i].session.as_mut()
     }
 
     /// True if a session acted on it.

@@ -6,9 +6,9 @@
 //! ([`OscServer::register`]); the worker calls [`OscServer::poll`] with `readable` set when
 //! that token fired, so an idle OSC port costs no system call.
 
-use crate::worker::runtime::{Backlog, read_budgeted};
+use crate::worker::runtime::{Backlog, read_budgeted, write_pending};
 use std::io::ErrorKind;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 
 use mio::net::{TcpListener, TcpStream};
@@ -76,24 +76,6 @@ struct Stream {
     heard: Option<Nanos>,
     /// Framed replies and feedback not yet taken by the socket.
     out: Vec<u8>,
-}
-
-impl Stream {
-    /// Write what waits as far as the socket takes it; false if the connection broke.
-    fn flush(&mut self) -> bool {
-        while !self.out.is_empty() {
-            match self.stream.write(&self.out) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    self.out.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        true
-    }
 }
 
 impl OscServer {
@@ -234,7 +216,7 @@ impl OscServer {
         }
         let closed = &mut self.core.status.tcp_closed;
         self.streams.retain_mut(|s| {
-            let ok = s.flush();
+            let ok = write_pending(&mut s.stream, &mut s.out);
             *closed += u64::from(!ok);
             ok
         });
