@@ -5,6 +5,8 @@
 //! - [`params`]: the frozen parameter set and persistent settings.
 //! - [`audio`]: host transport → [`lockstep_net::bridge::TransportSnapshot`], on the audio thread.
 //! - [`status_export`]: the `lockstep_status_json` C symbol the headless runner and tests read.
+//! - [`host_layer`]: the CLAP and VST3 entry points: nice-plug's wrappers inside a thin layer
+//!   that lets remote control change parameters the way a host-side controller would.
 //! - `lockstep_net` (crate `net-worker/`): the bridge ring, the one network worker, protocols.
 //!
 //! Audio passes through untouched (nice-plug copies input to output before `process()` when the
@@ -13,8 +15,8 @@
 #![warn(missing_docs)]
 
 pub mod audio;
-mod clap_shim;
 pub mod editor;
+pub mod host_layer;
 pub mod params;
 pub mod status_export;
 
@@ -53,9 +55,13 @@ pub struct Lockstep {
     reported_clock_params: Option<ClockParams>,
     /// Parameter values (normalized) the worker was last told about, for OSC feedback.
     reported_params: [f32; PARAM_COUNT],
-    /// Producer end of the queue from the worker (remote control) to this instance's CLAP
-    /// shim; shared with the worker while attached. Never touched by the audio thread.
+    /// Producer end of the queue from the worker (remote control) to this instance's
+    /// host-facing layer; shared with the worker while attached. Never touched by the audio
+    /// thread.
     param_inbox: Arc<Mutex<rtrb::Producer<HostParamChange>>>,
+    /// What this instance shares with its host-facing layer (the sample clock, whether the
+    /// layer attached, its counters).
+    layer: Arc<host_layer::Shared>,
     /// The worker's id of this instance while active (0 otherwise), for the editor.
     instance_id: Arc<std::sync::atomic::AtomicU64>,
     /// The editor's size and scale.
@@ -81,8 +87,10 @@ struct Spine {
 
 impl Default for Lockstep {
     fn default() -> Self {
-        let (producer, consumer) = rtrb::RingBuffer::new(clap_shim::INBOX_CAPACITY);
-        clap_shim::offer_inbox(consumer);
+        // The host-facing layer that is constructing this instance (CLAP or VST3) takes the
+        // consumer end right after this returns, on this thread.
+        let layer = Arc::new(host_layer::Shared::default());
+        let producer = host_layer::offer(&layer);
         Self {
             params: Arc::new(LockstepParams::default()),
             spine: None,
@@ -93,6 +101,7 @@ impl Default for Lockstep {
             reported_clock_params: None,
             reported_params: [f32::NAN; PARAM_COUNT],
             param_inbox: Arc::new(Mutex::new(producer)),
+            layer,
             instance_id: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             editor_state: editor::default_state(),
         }
@@ -140,7 +149,7 @@ impl Plugin for Lockstep {
         &mut self,
         _audio_io_layout: &AudioIOLayout,
         buffer_config: &BufferConfig,
-        context: &mut impl ActivateContext<Self>,
+        _context: &mut impl ActivateContext<Self>,
     ) -> bool {
         self.sample_rate = buffer_config.sample_rate;
         // activate() may run several times without deactivate(): keep an existing spine.
@@ -165,9 +174,12 @@ impl Plugin for Lockstep {
             );
             if fresh {
                 // After the settings (the OSC port comes from them). Remote control reaches
-                // the host only through the CLAP shim; under VST3 the worker knows the
-                // parameters (for feedback) but cannot set them.
-                let inbox = (context.plugin_api() == PluginApi::Clap)
+                // the plugin through its host-facing layer (CLAP and VST3 alike); without one
+                // the worker refuses remote changes with an error.
+                let inbox = self
+                    .layer
+                    .attached
+                    .load(std::sync::atomic::Ordering::Acquire)
                     .then(|| Arc::clone(&self.param_inbox));
                 spine.lease.set_params(self.params.specs(), inbox);
                 self.reported_params = [f32::NAN; PARAM_COUNT];
@@ -187,6 +199,9 @@ impl Plugin for Lockstep {
     fn reset(&mut self) {
         // Realtime-safe: the engine resets in place.
         self.sample_clock = 0;
+        self.layer
+            .clock
+            .store(0, std::sync::atomic::Ordering::Release);
         self.clock.reset(f64::from(self.sample_rate));
         self.reported_clock_state = None;
     }
@@ -201,6 +216,10 @@ impl Plugin for Lockstep {
         let block_len = u32::try_from(buffer.samples()).unwrap_or(u32::MAX);
         let snapshot = audio::snapshot(context.transport(), self.sample_clock, block_len, now_ns);
         self.sample_clock += u64::from(block_len);
+        // The layer places the next block's timed remote changes on this clock.
+        self.layer
+            .clock
+            .store(self.sample_clock, std::sync::atomic::Ordering::Release);
         if let Some(spine) = &mut self.spine {
             // A full ring drops the newest item and counts it; the status shows the count, and
             // the worker repairs a clock stream with holes in it.
@@ -281,5 +300,5 @@ impl Vst3Plugin for Lockstep {
         &[Vst3SubCategory::Fx, Vst3SubCategory::Tools];
 }
 
-// The CLAP entry point is `clap_shim::clap_entry` (nice-plug's wrapper inside our shim).
-nice_export_vst3!(Lockstep);
+// The CLAP and VST3 entry points are in `host_layer::clap` and `host_layer::vst3`
+// (nice-plug's wrappers inside our host-facing layer).

@@ -45,8 +45,11 @@ pub struct OscStatus {
     /// them (one drain pass): merged, not lost.
     #[serde(default)]
     pub merged: u64,
-    /// Changes the plugin could not take (its inbox was full, or no CLAP shim under VST3).
+    /// Changes the plugin could not take (its instance went away while they waited).
     pub dropped_full: u64,
+    /// Changes refused because the instance's host-facing layer did not attach (each got an
+    /// error reply).
+    pub no_host_layer: u64,
     /// Messages for an instance whose OSC Control parameter is off.
     pub disabled: u64,
     /// Mappings that could not be used (unknown parameter, bad address).

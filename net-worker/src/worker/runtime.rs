@@ -448,6 +448,7 @@ impl Runtime {
         };
         if let Some(server) = &mut self.osc {
             server.core.add_instance(id, &name, specs);
+            server.core.set_settable(id, attached.inbox.is_some());
             for (i, v) in attached.param_values.iter().enumerate() {
                 server.core.set_current(id, i, *v);
             }
@@ -566,7 +567,7 @@ impl Runtime {
         self.osc_pending.retain(|(id, _), change| {
             match rings.get_mut(id).and_then(|a| a.inbox.as_ref()) {
                 Some(inbox) => super::lock(inbox).push(*change).is_err(),
-                // No inbox (the instance went, or has no CLAP shim): nothing can take it.
+                // No inbox (the instance went): nothing can take it.
                 None => {
                     dropped += 1;
                     false

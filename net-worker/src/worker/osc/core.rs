@@ -46,6 +46,9 @@ pub(super) struct Instance {
     /// The host transport as last seen, and what was last sent of it (and when).
     pub(super) transport: Option<TransportSnapshot>,
     pub(super) transport_sent: Option<(TransportFeed, Nanos)>,
+    /// Whether the plugin's host-facing layer takes parameter changes (see
+    /// [`OscCore::set_settable`]).
+    pub(super) settable: bool,
 }
 
 /// The sans-IO OSC bridge.
@@ -195,6 +198,7 @@ impl OscCore {
                 mappings: Vec::new(),
                 transport: None,
                 transport_sent: None,
+                settable: true,
             },
         );
     }
@@ -256,6 +260,37 @@ impl OscCore {
     }
 
     /// The value of switch parameter `param` (e.g. `osc_on`) of instance `id`, on if unknown.
+    /// Whether instance `id` can take parameter changes: its host-facing layer attached. An
+    /// instance without one (a host or format the layer does not cover) refuses every remote
+    /// change with an error instead of dropping it.
+    pub fn set_settable(&mut self, id: u64, settable: bool) {
+        if let Some(instance) = self.instances.get_mut(&id) {
+            instance.settable = settable;
+        }
+    }
+
+    /// Refuse a change for instance `id` when it cannot take one: counted, and the sender
+    /// hears why. Returns whether it was refused.
+    pub(super) fn refuse_unsettable(
+        &mut self,
+        id: u64,
+        from: SocketAddr,
+        address: &str,
+        out: &mut Output,
+    ) -> bool {
+        if self.instances.get(&id).is_none_or(|i| i.settable) {
+            return false;
+        }
+        self.status.no_host_layer += 1;
+        self.error(
+            from,
+            address,
+            "this instance cannot take remote changes: its host gave Lockstep's layer no way in",
+            out,
+        );
+        true
+    }
+
     pub(super) fn switch_on(&self, id: u64, param: &str) -> bool {
         self.instances.get(&id).is_none_or(|i| {
             i.specs

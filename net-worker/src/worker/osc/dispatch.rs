@@ -170,6 +170,9 @@ impl OscCore {
                 );
                 continue;
             }
+            if self.refuse_unsettable(id, from, &m.address, out) {
+                continue;
+            }
             let spec = &self.instances[&id].specs[index];
             let value = match (arg, normalized) {
                 (Arg::Str(s) | Arg::Symbol(s), false) => spec.normalize_name(s),

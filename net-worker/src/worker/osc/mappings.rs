@@ -81,6 +81,9 @@ impl OscCore {
                 );
                 continue;
             }
+            if self.refuse_unsettable(id, from, &m.address, out) {
+                continue;
+            }
             let Some(value) = m.args.get(mapping.arg).and_then(Arg::as_f64) else {
                 self.status.wrong_type += 1;
                 self.error(
