@@ -203,7 +203,54 @@ impl ParamSpec {
     }
 }
 
-/// A value for the host: the plugin's CLAP layer turns it into gesture + value events.
+/// What a plugin instance's host-facing layer counts (audio thread writes, anyone reads).
+#[derive(Debug, Default)]
+pub struct LayerStats {
+    /// Remote changes handed to the plugin.
+    pub applied: std::sync::atomic::AtomicU64,
+    /// Blocks that took their maximum of remote changes while more waited (those came with
+    /// the next block).
+    pub deferred: std::sync::atomic::AtomicU64,
+    /// Timed changes applied before their sample because the hold was full.
+    pub early: std::sync::atomic::AtomicU64,
+    /// Blocks whose host events were too many to interleave with ours (ours went first).
+    pub unmerged: std::sync::atomic::AtomicU64,
+    /// Blocks whose remote changes waited because the layer was entered concurrently (a host
+    /// breaking the format's threading rules).
+    pub contended: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of [`LayerStats`], as the status shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerCounters {
+    /// Remote changes handed to the plugin.
+    pub applied: u64,
+    /// Blocks that deferred remote changes to the next block.
+    pub deferred: u64,
+    /// Timed changes applied early (hold full).
+    pub early: u64,
+    /// Blocks that could not interleave remote changes with the host's events.
+    pub unmerged: u64,
+    /// Blocks whose remote changes waited for a concurrent entry.
+    pub contended: u64,
+}
+
+impl LayerStats {
+    /// Read every counter.
+    pub fn load(&self) -> LayerCounters {
+        use std::sync::atomic::Ordering::Relaxed;
+        LayerCounters {
+            applied: self.applied.load(Relaxed),
+            deferred: self.deferred.load(Relaxed),
+            early: self.early.load(Relaxed),
+            unmerged: self.unmerged.load(Relaxed),
+            contended: self.contended.load(Relaxed),
+        }
+    }
+}
+
+/// A value for the host: the plugin's host-facing layer (CLAP or VST3) applies it and reports
+/// it to the host.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HostParamChange {
     /// CLAP parameter id.

@@ -102,6 +102,7 @@ impl InstanceStatus {
             clock_schedule: SchedulerConfig::DEFAULT,
             clock_timing: SchedulerStats::default(),
             rtpmidi: None,
+            host_layer: None,
         }
     }
 }
@@ -140,6 +141,20 @@ pub struct InstanceStatus {
     pub clock_timing: SchedulerStats,
     /// RTP-MIDI: ports, peers, counters; `None` until the instance is configured.
     pub rtpmidi: Option<RtpMidiStatus>,
+    /// The plugin's host-facing layer (how remote changes reach the host); `None` until the
+    /// instance described its parameters.
+    #[serde(default)]
+    pub host_layer: Option<HostLayerStatus>,
+}
+
+/// The host-facing layer of one instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostLayerStatus {
+    /// Whether the layer attached (remote changes can reach the host).
+    pub attached: bool,
+    /// What it did.
+    #[serde(flatten)]
+    pub counters: crate::params::LayerCounters,
 }
 
 /// What the plugin's `lockstep_status_json` symbol returns: the worker's view plus a live count

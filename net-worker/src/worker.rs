@@ -30,7 +30,7 @@ use crossbeam_channel::Sender;
 use thiserror::Error;
 
 use crate::bridge::{self, AudioSide, RingCounters, WorkerSide};
-use crate::params::{HostParamChange, ParamSpec};
+use crate::params::{HostParamChange, LayerStats, ParamSpec};
 use crate::settings::SharedSettings;
 use crate::status::{InstanceStatus, WorkerStatus};
 
@@ -94,6 +94,7 @@ pub(crate) enum Command {
         id: u64,
         specs: Vec<ParamSpec>,
         inbox: Option<Inbox>,
+        layer: Arc<LayerStats>,
     },
     Shutdown,
 }
@@ -161,15 +162,17 @@ impl Lease {
     }
 
     /// Describe the instance's parameters for remote control, with the producer end of the
-    /// queue its host-facing layer (the CLAP shim) takes parameter changes from (`None` when
-    /// there is no such layer: changes are then counted as dropped). Main thread.
-    pub fn set_params(&self, specs: Vec<ParamSpec>, inbox: Option<Inbox>) {
+    /// queue its host-facing layer takes parameter changes from (`None` when no layer
+    /// attached: remote changes are then refused with an error) and the layer's counters.
+    /// Main thread.
+    pub fn set_params(&self, specs: Vec<ParamSpec>, inbox: Option<Inbox>, layer: Arc<LayerStats>) {
         let registry = lock(&REGISTRY);
         if let Some(running) = registry.running.as_ref() {
             running.send(Command::Params {
                 id: self.id,
                 specs,
                 inbox,
+                layer,
             });
         }
     }

@@ -181,7 +181,9 @@ impl Plugin for Lockstep {
                     .attached
                     .load(std::sync::atomic::Ordering::Acquire)
                     .then(|| Arc::clone(&self.param_inbox));
-                spine.lease.set_params(self.params.specs(), inbox);
+                spine
+                    .lease
+                    .set_params(self.params.specs(), inbox, Arc::clone(&self.layer.stats));
                 self.reported_params = [f32::NAN; PARAM_COUNT];
             }
             // Main thread, before processing starts. If the ring is somehow full the worker

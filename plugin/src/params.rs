@@ -17,6 +17,13 @@
 //! | `lnk_q` | Link Quantum | 1..16 beats | 4 |
 //! | `lnk_ss` | Link Start/Stop | on/off | on |
 //! | `mac_1`..`mac_16` | Macro 1..16 | 0..1 | 0 |
+//! | `bypass` | Bypass | on/off | off |
+//!
+//! `bypass` is the host's bypass switch (flagged as such to CLAP and VST3 hosts). Lockstep's
+//! audio is an untouched pass-through either way, and bypass does not stop the clock or sync:
+//! hosts bypass plugins for many reasons (a click, CPU saving, a freeze) and a studio's clock
+//! must not stop mid-song because of one. Clock Out switches the clock off. Remote control
+//! cannot reach it.
 //!
 //! Ports, session name, peers and the users' macro names are persistent state
 //! ([`lockstep_net::settings::NetSettings`]), not parameters: they describe the studio, not the song.
@@ -78,6 +85,9 @@ pub struct LockstepParams {
     /// The 16 OSC-driven macros the DAW maps onto other devices.
     #[nested(group = "Macros")]
     pub macros: MacroBank,
+    /// The host's bypass switch: audio passes untouched either way; the clock keeps going.
+    #[id = "bypass"]
+    pub bypass: BoolParam,
     /// Ports, peers, session and macro names.
     #[persist = "net"]
     pub net: NetSettingsField,
@@ -132,6 +142,7 @@ impl Default for LockstepParams {
                 .with_unit(" beats"),
             link_start_stop: on_off("Link Start/Stop", true),
             macros: MacroBank::default(),
+            bypass: BoolParam::new("Bypass", false).make_bypass(),
             net: NetSettingsField(Arc::new(SharedSettings::default())),
         }
     }

@@ -25,6 +25,11 @@ impl Build {
         };
         target_dir().join(dir).join("Lockstep.clap")
     }
+
+    /// Path of the `.vst3` bundle folder of this build.
+    pub fn vst3_path(self) -> PathBuf {
+        self.clap_path().with_extension("vst3")
+    }
 }
 
 /// The workspace's target directory.

@@ -73,7 +73,14 @@ struct Rig {
 }
 
 fn rig(tweak: impl FnOnce(&mut lockstep_net::settings::NetSettings)) -> Result<Rig> {
-    let path = Build::Release.clap_path();
+    rig_of(Build::Release, tweak)
+}
+
+fn rig_of(
+    build: Build,
+    tweak: impl FnOnce(&mut lockstep_net::settings::NetSettings),
+) -> Result<Rig> {
+    let path = build.clap_path();
     let bundle = Bundle::load(&path)?;
     let probe = StatusProbe::open(&path)?;
     let mut instance = bundle.instantiate()?;
@@ -646,5 +653,52 @@ fn osc_over_tcp_with_both_framings() -> Result<()> {
         "{lines:?}"
     );
     instance.deactivate(p);
+    Ok(())
+}
+
+/// The allocation-checked build takes immediate and timed OSC changes: the host-facing layer's
+/// planning, holding, merging and reporting run under the allocation checker, so an
+/// allocation inside `process()` aborts this test. (Sample placement is measured on the
+/// release build above; the debug build's slower `process()` blurs the clock estimate.)
+#[test]
+fn the_allocation_checked_build_takes_immediate_and_timed_changes() -> Result<()> {
+    let _guard = exclusive();
+    let Rig {
+        _bundle,
+        probe: _probe,
+        instance: _instance,
+        mut p,
+        t,
+    } = rig_of(Build::DebugAllocChecked, |_| {})?;
+    let period = Duration::from_secs_f64(f64::from(BLOCK) / RATE);
+    let _client = ScriptPeer::spawn(
+        "osc_client.py",
+        &[
+            OSC_PORT.to_string(),
+            CLIENT_PORT.to_string(),
+            "2".into(),
+            r#"["/lockstep/param/mac_5", "f", 0.5]"#.into(),
+            r#"{"in": 0.3, "messages": [["/lockstep/param/mac_6", "f", 0.7]]}"#.into(),
+        ],
+    )?;
+    let (mac_5, mac_6) = (clap_param_id("mac_5"), clap_param_id("mac_6"));
+    let (mut got_5, mut got_6) = (false, false);
+    let stop = Instant::now() + Duration::from_secs(10);
+    let mut deadline = Instant::now();
+    while !(got_5 && got_6) {
+        ensure!(Instant::now() < stop, "mac_5 {got_5}, mac_6 {got_6}");
+        p.process(BLOCK, Some(&t.event()), &[])?;
+        for e in p.out_param_events() {
+            match e {
+                OutParamEvent::Value(id, v) if id == mac_5 => got_5 = (v - 0.5).abs() < 1e-6,
+                OutParamEvent::Value(id, v) if id == mac_6 => got_6 = (v - 0.7).abs() < 1e-6,
+                _ => {}
+            }
+        }
+        deadline += period;
+        if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
     Ok(())
 }

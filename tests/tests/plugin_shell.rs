@@ -38,6 +38,8 @@ fn frozen_params() -> Vec<(String, String, &'static str, f64, f64, f64)> {
             0.0,
         ));
     }
+    // The host's bypass switch (added after the macros; flagged as bypass to hosts).
+    rows.push(("bypass".into(), "Bypass".into(), "", 0.0, 1.0, 0.0));
     rows
 }
 

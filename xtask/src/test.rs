@@ -1,7 +1,8 @@
 //! `cargo xtask test`: everything CI runs, from a fresh machine.
 //!
 //! 1. Install what the tests need (unless `--no-install`): Debian `tshark`, `liblo-tools`,
-//!    `iproute2`, `util-linux`, `xvfb`, `xauth` when missing (as root), and a Python virtualenv in
+//!    `iproute2`, `util-linux`, `xvfb`, `xauth`, `gcc-mingw-w64-x86-64` and `ardour` when
+//!    missing (as root), and a Python virtualenv in
 //!    `target/peers-venv` with the real peers (aalink, pymidi, python-osc, websockets, zeroconf).
 //! 2. `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`; then the other
 //!    platforms: clippy for `x86_64-pc-windows-gnu`, `aarch64-apple-darwin` and
@@ -33,6 +34,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("xauth", "xauth"),
     // Links the Windows bundles (cross-built and checked, see platforms.rs).
     ("gcc-mingw-w64-x86-64", "x86_64-w64-mingw32-gcc"),
+    // A real DAW: the VST3 test runs Ardour headless (`ardour7-lua`, Dummy backend).
+    ("ardour", "ardour7-lua"),
 ];
 
 /// The PyPI peers, pinned so every machine tests against the same peers.

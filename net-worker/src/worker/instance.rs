@@ -18,7 +18,9 @@ use crate::clock::follower::ClockFollower;
 use crate::clock::link_clock::LinkClock;
 use crate::clock::scheduler::{Scheduler, SchedulerConfig};
 use crate::clock::{ClockEvent, ClockKind, ClockState};
+use crate::params::LayerStats;
 use crate::settings::{NetSettings, SharedSettings};
+use crate::status::HostLayerStatus;
 use crate::status::InstanceStatus;
 use std::sync::Arc;
 
@@ -50,8 +52,10 @@ pub struct Attached {
     pub(super) output: (bool, bool),
     /// The settings from the last configuration, to reopen RTP-MIDI when it is switched back on.
     pub(super) settings: Option<NetSettings>,
-    /// Where OSC-driven parameter changes go (the plugin's CLAP shim takes them out).
+    /// Where OSC-driven parameter changes go (the plugin's host-facing layer takes them out).
     pub(super) inbox: Option<Inbox>,
+    /// Whether the host-facing layer attached, and its counters.
+    pub(super) layer: Option<(bool, Arc<LayerStats>)>,
     /// The instance's parameter ids (index = the `Param` event's index) and values.
     pub(super) param_ids: Vec<String>,
     pub(super) param_values: Vec<f64>,
@@ -85,6 +89,7 @@ impl Attached {
             settings: None,
             shared: None,
             inbox: None,
+            layer: None,
             param_ids: Vec::new(),
             param_values: Vec::new(),
             last_daw: None,
@@ -122,6 +127,13 @@ impl Attached {
             clock_schedule: self.scheduler.config(),
             clock_timing: self.scheduler.stats(),
             rtpmidi,
+            host_layer: self
+                .layer
+                .as_ref()
+                .map(|(attached, stats)| HostLayerStatus {
+                    attached: *attached,
+                    counters: stats.load(),
+                }),
         }
     }
 

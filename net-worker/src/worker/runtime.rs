@@ -351,7 +351,12 @@ impl Runtime {
                     instance::configure(id, attached, &current, rtp_midi, &mut services);
                 }
             }
-            Command::Params { id, specs, inbox } => self.params(id, specs, inbox),
+            Command::Params {
+                id,
+                specs,
+                inbox,
+                layer,
+            } => self.params(id, specs, inbox, layer),
             Command::Detach { id } => {
                 self.discovery.withdraw(id);
                 if let Some(server) = &mut self.osc {
@@ -378,10 +383,12 @@ impl Runtime {
         id: u64,
         specs: Vec<crate::params::ParamSpec>,
         inbox: Option<super::Inbox>,
+        layer: std::sync::Arc<crate::params::LayerStats>,
     ) {
         let Some(attached) = self.rings.get_mut(&id) else {
             return;
         };
+        attached.layer = Some((inbox.is_some(), layer));
         attached.inbox = inbox;
         attached.param_ids = specs.iter().map(|s| s.id.clone()).collect();
         // Values reported before this command was handled (the ring and the command channel

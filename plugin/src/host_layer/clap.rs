@@ -24,6 +24,7 @@ use nice_plug::wrapper::setup_logger;
 
 use super::{AudioCell, Injected, MAX_PER_BLOCK, Planner, Report, claim};
 use crate::Lockstep;
+use lockstep_net::params::LayerStats;
 
 /// Host input events we can interleave our timed ones with. Beyond this, ours go first at
 /// time 0 and every host event follows (none is ever dropped).
@@ -39,6 +40,8 @@ struct Shim {
     /// nice-plug's own `clap_plugin` (inside its wrapper, which lives as long as we do).
     inner: *const clap_plugin,
     state: AudioCell<State>,
+    /// The planner's counters, reachable when the state is busy.
+    stats: Arc<LayerStats>,
 }
 
 /// What the layer changes per block (audio thread; `activate` on the main thread while not
@@ -249,11 +252,14 @@ unsafe extern "C" fn shim_process(
         report_to_host(&mut state.planner, host_process);
         status
     };
-    match shim.state.try_with(run) {
+    match super::checked(|| shim.state.try_with(run)) {
         Some(status) => status,
         None => {
             // Entered concurrently (the host broke CLAP's rules): pass the host's events
             // through; our changes stay queued.
+            shim.stats
+                .contended
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // SAFETY: nice-plug's own function and pointer, the host's process data.
             unsafe { inner_process(shim.inner, process) }
         }
@@ -340,9 +346,11 @@ unsafe extern "C" fn create_plugin(
     clap.activate = Some(shim_activate);
     clap.process = Some(shim_process);
     clap.destroy = Some(shim_destroy);
+    let stats = Arc::clone(planner.stats());
     let shim = Box::new(Shim {
         clap,
         inner,
+        stats,
         state: AudioCell::new(State {
             planner,
             events: [param_value(Injected {

@@ -34,9 +34,10 @@
 //!   plugin) through [`Shared::clock`]; the layer reads it to place timed changes, so it never
 //!   depends on when nice-plug resets the plugin.
 //! - Nothing is dropped silently: changes beyond a block's capacity wait in the queue for the
-//!   next block ([`LayerStats::deferred`]), timed changes beyond the hold capacity are applied
-//!   at once ([`LayerStats::early`]), a block whose host events are too many to interleave gets
-//!   ours first at its start ([`LayerStats::unmerged`]); every host event is always passed on.
+//!   next block (`deferred`), timed changes beyond the hold capacity are applied
+//!   at once (`early`), a block whose host events are too many to interleave gets
+//!   ours first at its start (`unmerged`); counters in
+//!   [`LayerStats`], shown in the status under `host_layer`; every host event is always passed on.
 
 pub mod clap;
 pub mod vst3;
@@ -45,7 +46,7 @@ use std::cell::{RefCell, UnsafeCell};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use lockstep_net::params::HostParamChange;
+use lockstep_net::params::{HostParamChange, LayerStats};
 
 /// Most remote changes taken into one block (the rest wait for the next one).
 pub const MAX_PER_BLOCK: usize = 64;
@@ -58,22 +59,6 @@ pub const GESTURE_HOLD_SECONDS: f64 = 0.25;
 /// Queue capacity between the worker and one instance's layer.
 pub const INBOX_CAPACITY: usize = 1024;
 
-/// Counters of what the layer did, readable from any thread (the status shows them).
-#[derive(Debug, Default)]
-pub struct LayerStats {
-    /// Remote changes handed to the plugin.
-    pub applied: AtomicU64,
-    /// Changes that waited for a later block because one block took [`MAX_PER_BLOCK`].
-    pub deferred: AtomicU64,
-    /// Timed changes applied before their sample because [`MAX_PENDING`] were already held.
-    pub early: AtomicU64,
-    /// Blocks whose host events were too many to interleave with ours (ours went first).
-    pub unmerged: AtomicU64,
-    /// Blocks whose remote changes were skipped because the layer was entered concurrently
-    /// (a host breaking the format's threading rules); they stay queued.
-    pub contended: AtomicU64,
-}
-
 /// What the plugin instance and its layer share.
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -83,8 +68,8 @@ pub struct Shared {
     pub clock: AtomicU64,
     /// Set when a format layer claimed this instance's queue.
     pub attached: AtomicBool,
-    /// The layer's counters.
-    pub stats: LayerStats,
+    /// The layer's counters (the worker shows them in the status).
+    pub stats: Arc<LayerStats>,
 }
 
 /// What the plugin offers the layer that is constructing it.
@@ -120,6 +105,20 @@ pub fn claim() -> Option<Offer> {
     let offer = OFFER.with(|slot| slot.borrow_mut().take())?;
     offer.shared.attached.store(true, Ordering::Release);
     Some(offer)
+}
+
+/// Run the layer's part of a process call: under the allocation checker in debug bundles
+/// (feature `assert_process_allocs`: an allocation aborts, as inside nice-plug's own
+/// `process()`), plainly otherwise.
+pub fn checked<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "assert_process_allocs")]
+    {
+        nice_assert_no_alloc::assert_no_alloc(f)
+    }
+    #[cfg(not(feature = "assert_process_allocs"))]
+    {
+        f()
+    }
 }
 
 /// State owned by the audio thread inside an object the host can see. `try_with` gives
@@ -245,8 +244,8 @@ impl Planner {
         self.inbox.is_some()
     }
 
-    /// The counters (shared with the plugin instance).
-    pub fn stats(&self) -> &LayerStats {
+    /// The counters (shared with the plugin instance and the worker).
+    pub fn stats(&self) -> &Arc<LayerStats> {
         &self.shared.stats
     }
 

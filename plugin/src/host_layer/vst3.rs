@@ -44,6 +44,8 @@ use nice_plug::wrapper::vst3::{PluginInfo, Wrapper};
 
 use super::{AudioCell, Injected, MAX_PER_BLOCK, Planner, Report, claim};
 use crate::Lockstep;
+use lockstep_net::params::LayerStats;
+use std::sync::Arc;
 
 /// One injected change as a VST3 parameter queue with one point. Written by the audio thread
 /// before the wrapper reads it during the same process call.
@@ -157,6 +159,8 @@ struct Component {
     /// (parameter id, VST3 step count) for every parameter, read once at creation.
     steps: Vec<(u32, i32)>,
     planner: AudioCell<Planner>,
+    /// The planner's counters, reachable when the planner is busy.
+    stats: Arc<LayerStats>,
 }
 
 impl Class for Component {
@@ -204,6 +208,7 @@ impl Component {
                     .collect(),
             }),
             steps,
+            stats: Arc::clone(planner.stats()),
             planner: AudioCell::new(planner),
         })
     }
@@ -418,14 +423,15 @@ impl IAudioProcessorTrait for Component {
         if data.is_null() {
             return unsafe { self.processor.process(data) };
         }
-        match self
-            .planner
-            .try_with(|planner| self.process_with(planner, data))
-        {
+        match super::checked(|| {
+            self.planner
+                .try_with(|planner| self.process_with(planner, data))
+        }) {
             Some(status) => status,
             None => {
                 // Entered concurrently (a host breaking VST3's rules): pass the host's data
                 // through; our changes stay queued.
+                self.stats.contended.fetch_add(1, Ordering::Relaxed);
                 unsafe { self.processor.process(data) }
             }
         }

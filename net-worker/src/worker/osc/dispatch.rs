@@ -316,6 +316,29 @@ mod tests {
     use crate::worker::osc::tests::{PHONE, errors, send, specs};
 
     #[test]
+    fn an_instance_without_a_host_layer_refuses_changes_with_an_error() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        core.set_settable(1, false);
+        let phone = SocketAddr::from(PHONE);
+        let out = send(
+            &mut core,
+            phone,
+            Message::new("/lockstep/param/mac_1", vec![Arg::Float(0.5)]),
+        );
+        assert!(out.changes.is_empty(), "nothing may be queued for it");
+        let errors = errors(&out);
+        assert_eq!(errors.len(), 1, "the sender hears why");
+        assert!(
+            matches!(&errors[0].args[..], [Arg::Str(a), Arg::Str(why)]
+                if a == "/lockstep/param/mac_1" && why.contains("no way in")),
+            "{errors:?}"
+        );
+        assert_eq!(core.status().no_host_layer, 1);
+        assert_eq!(core.status().applied, 0);
+    }
+
+    #[test]
     fn sets_parameters_in_real_units_normalized_and_by_name() {
         let mut core = OscCore::new();
         core.add_instance(1, "Lockstep", specs());
