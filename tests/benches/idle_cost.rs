@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lockstep_host::bundle::Build;
+use lockstep_host::harness::thread_cost;
 use lockstep_host::host::{Bundle, Layout};
 use lockstep_host::responder::responder;
 use lockstep_host::transport::HostTransport;
@@ -28,38 +29,8 @@ const RATE: f64 = 48_000.0;
 const BLOCK: u32 = 256;
 const THREADS: [&str; 2] = ["lockstep-net", "lockstep-send"];
 
-/// (CPU ns, context switches) per thread name, summed over threads of that name.
 fn sample() -> BTreeMap<String, (u64, u64)> {
-    let mut out = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return out;
-    };
-    for task in tasks.filter_map(Result::ok) {
-        let path = task.path();
-        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
-            continue;
-        };
-        let comm = comm.trim_end().to_owned();
-        if !THREADS.contains(&comm.as_str()) {
-            continue;
-        }
-        let cpu_ns = std::fs::read_to_string(path.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        let switches: u64 = std::fs::read_to_string(path.join("status"))
-            .map(|s| {
-                s.lines()
-                    .filter(|l| l.contains("ctxt_switches"))
-                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0);
-        let entry = out.entry(comm).or_insert((0, 0));
-        entry.0 += cpu_ns;
-        entry.1 += switches;
-    }
-    out
+    thread_cost("self", &THREADS)
 }
 
 fn run(scenario: &str, playing: bool, peers: u16, seconds: f64) -> String {

@@ -243,3 +243,39 @@ pub fn rss_kb(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// CPU time (ns on a CPU, from `schedstat`) and context switches (voluntary + involuntary,
+/// from `status`) of the threads of process `pid` (a number or `self`) named one of `names`,
+/// summed per name.
+pub fn thread_cost(pid: &str, names: &[&str]) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.filter_map(Result::ok) {
+        let path = task.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        let comm = comm.trim_end().to_owned();
+        if !names.contains(&comm.as_str()) {
+            continue;
+        }
+        let cpu_ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let switches: u64 = std::fs::read_to_string(path.join("status"))
+            .map(|s| {
+                s.lines()
+                    .filter(|l| l.contains("ctxt_switches"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        let entry = out.entry(comm).or_insert((0, 0));
+        entry.0 += cpu_ns;
+        entry.1 += switches;
+    }
+    out
+}

@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ardour;
 pub mod attack;
 pub mod bundle;
 pub mod cli;

@@ -139,6 +139,8 @@ pub fn main(args: &[String]) -> Result<()> {
     let latencies = json_bench("ck_latency", 2)?;
     // What the worker and the send path cost at rest and playing (CPU and wake-ups).
     let idle = json_bench("idle_cost", 3)?;
+    // The same inside a real DAW: the VST3 on Ardour's master bus, stopped and rolling.
+    let ardour = json_bench("ardour_cpu", 2)?;
     // OSC: sustained rate with zero loss, receive → audio thread, matcher with 1,000 mappings.
     let osc = json_bench("osc", 3)?;
     let osc_value = |kind: &str, key: &str| {
@@ -320,6 +322,15 @@ pub fn main(args: &[String]) -> Result<()> {
                 wake_target,
             ),
         ]
+    }))
+    .chain(ardour.iter().map(|a| {
+        let scenario = a["scenario"].as_str().unwrap_or("?");
+        Row::new(
+            &format!("ardour_vst3_worker_{scenario}_cpu"),
+            a["cpu_pct"].as_f64().unwrap_or(f64::NAN),
+            "%",
+            Some(if scenario == "stopped" { 0.2 } else { 0.5 }),
+        )
     }))
     .chain([
         Row::at_least("osc_rate_zero_loss_8_senders", osc_rate, "msg/s", 100_000.0),
