@@ -7,7 +7,8 @@
 //!   whose audio end never allocates, locks or blocks.
 //! - [`clock`]: the clock engine (transport → MIDI clock, Start/Stop/Continue, SPP, stamped
 //!   with sample position and smoothed host time), its estimator and its reference model.
-//! - [`proto`]: sans-IO protocol cores (AppleMIDI, RTP-MIDI, OSC, Link).
+//! - [`proto`]: sans-IO protocol cores (AppleMIDI, RTP-MIDI, OSC, Link, and the remote-session
+//!   pieces: session code, keys, sealed peer datagrams, WAN clock offset).
 //! - [`params`]: the plugin's parameters as remote control sees them (ids, ranges, host values).
 //! - [`worker`]: the one network worker per process: an event-driven thread (`lockstep-net`)
 //!   started by the first plugin instance that activates and joined when the last one goes,
