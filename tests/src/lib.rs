@@ -18,6 +18,7 @@
 //! - [`harness`]: helpers for the end-to-end tests.
 //! - [`pcap`]: writes datagrams to a pcap file for tshark's dissectors.
 //! - [`link`]: comparing Lockstep's Link beat with a real Link peer's (tests and bench).
+//! - [`wanlab`]: an emulated WAN of namespaces: two home LANs behind NAT routers and a server.
 
 #![warn(missing_docs)]
 
@@ -34,3 +35,4 @@ pub mod responder;
 pub mod runner;
 pub mod status;
 pub mod transport;
+pub mod wanlab;

@@ -29,6 +29,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("liblo-tools", "oscdump"),
     ("iproute2", "ip"),
     ("util-linux", "unshare"),
+    // The WAN lab's NAT routers (tests/src/wanlab.rs).
+    ("nftables", "nft"),
     // The editor test opens the real editor on a virtual X server.
     ("xvfb", "xvfb-run"),
     ("xauth", "xauth"),

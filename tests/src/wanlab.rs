@@ -1,0 +1,396 @@
+//! An emulated WAN for the "remote studios through home routers" tests: two home LANs behind
+//! NAT routers, a shared "internet" bridge and a server, each in its own named network
+//! namespace (spec `wan-and-receive.md` §6.2–6.3).
+//!
+//! ```text
+//! hostA 203.0.113.2  ─ lan0|natA|wan0 198.51.100.11 ─┐
+//!                                                br0 (inet) ─ eth0|srv 198.51.100.2
+//! hostB 203.0.113.66 ─ lan0|natB|wan0 198.51.100.12 ─┘
+//! ```
+//!
+//! Network safety: only documentation ranges (198.51.100.0/24, 203.0.113.0/24) are used, and
+//! every namespace is created *inside* the private namespace the suite runs in, so nothing the
+//! lab sends can leave it. `ip netns add` leaves a mount under `/run/netns`, so [`WanLab`]
+//! deletes every namespace it made when dropped (also while a test panics) and checks that
+//! none is left. Names carry the process id and a counter so parallel labs never collide.
+//!
+//! NAT behaviour (RFC 4787 terms): [`Nat::Home`] is Linux `masquerade` (keeps the source port
+//! when free, so endpoint-independent mapping) behind a stateful forward chain (address- and
+//! port-dependent filtering), with short UDP timers. [`Nat::Symmetric`] adds `fully-random`, a
+//! new port per destination. Both routers drop unsolicited WAN traffic addressed to
+//! themselves, as home routers do: otherwise the first hole-punching packet would create a
+//! conntrack entry on the peer's router that steals the very port its host is about to use.
+//!
+//! Delay and loss are not emulated yet (the kernel has no `sch_netem`).
+// Next: a userspace WAN emulator (spec §6.4). Replace the bridge in `inet` by routing: one TUN
+// device per side (`IFF_TUN | IFF_NO_PI`, opened on a thread after `setns` into `inet`), the
+// routers' and srv's veth peers stay in `inet` with /32 routes via the TUNs' owner thread; the
+// thread reads a packet, draws Bernoulli loss from the seeded `harness::Rng`, queues it in a
+// min-heap with `due = max(now + delay_dir, last_due_dir)` and writes it to the TUN owning the
+// destination prefix when due (`poll` with the earliest deadline as timeout). `LabConfig`
+// grows `delay_a_ms`, `delay_b_ms`, `loss_ppm`, `seed`; Drop stops and joins the thread.
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result, bail, ensure};
+use nix::sched::{CloneFlags, setns};
+
+/// How a home router translates addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// `masquerade`: endpoint-independent mapping, address- and port-dependent filtering.
+    Home,
+    /// `masquerade fully-random`: a new mapped port per destination (symmetric NAT).
+    Symmetric,
+    /// Plain routing, no translation and no filtering: the baseline.
+    None,
+}
+
+/// What to build.
+#[derive(Debug, Clone, Copy)]
+pub struct LabConfig {
+    /// The router in front of hostA.
+    pub nat_a: Nat,
+    /// The router in front of hostB.
+    pub nat_b: Nat,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self {
+            nat_a: Nat::Home,
+            nat_b: Nat::Home,
+        }
+    }
+}
+
+/// One of the lab's namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ns {
+    /// Studio A's computer, 203.0.113.2.
+    HostA,
+    /// Studio A's router: LAN 203.0.113.1, WAN 198.51.100.11.
+    NatA,
+    /// Studio B's computer, 203.0.113.66.
+    HostB,
+    /// Studio B's router: LAN 203.0.113.65, WAN 198.51.100.12.
+    NatB,
+    /// The "internet": a bridge joining the routers and the server.
+    Inet,
+    /// The public server (STUN/TURN/broker), 198.51.100.2.
+    Srv,
+}
+
+impl Ns {
+    /// Every namespace, in creation order.
+    pub const ALL: [Ns; 6] = [Ns::HostA, Ns::NatA, Ns::HostB, Ns::NatB, Ns::Inet, Ns::Srv];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Ns::HostA => "hostA",
+            Ns::NatA => "natA",
+            Ns::HostB => "hostB",
+            Ns::NatB => "natB",
+            Ns::Inet => "inet",
+            Ns::Srv => "srv",
+        }
+    }
+}
+
+/// The server's address.
+pub const SRV_IP: [u8; 4] = [198, 51, 100, 2];
+/// hostA's LAN address.
+pub const HOST_A_IP: [u8; 4] = [203, 0, 113, 2];
+/// hostB's LAN address.
+pub const HOST_B_IP: [u8; 4] = [203, 0, 113, 66];
+/// Router A's WAN (public) address.
+pub const WAN_A_IP: [u8; 4] = [198, 51, 100, 11];
+/// Router B's WAN (public) address.
+pub const WAN_B_IP: [u8; 4] = [198, 51, 100, 12];
+
+/// The prefix every lab namespace name starts with.
+pub const NAME_PREFIX: &str = "lswan";
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// A built lab. Thread-safe: `&WanLab` methods only run commands and open namespace files.
+/// Dropping it deletes every namespace it created.
+#[derive(Debug)]
+pub struct WanLab {
+    /// `lswan<pid>-<counter>-`: unique per lab across parallel tests and test binaries.
+    prefix: String,
+    /// Namespaces created so far, so a half-built lab is cleaned up too.
+    created: Vec<String>,
+}
+
+impl WanLab {
+    /// Create the namespaces, links, addresses, routes and NAT rules.
+    pub fn build(config: LabConfig) -> Result<Self> {
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let mut lab = Self {
+            prefix: format!("{NAME_PREFIX}{}-{n}-", std::process::id()),
+            created: Vec::new(),
+        };
+        for ns in Ns::ALL {
+            let name = lab.name(ns);
+            run(Command::new("ip").args(["netns", "add", &name]))?;
+            lab.created.push(name);
+        }
+        lab.wire()?;
+        lab.address()?;
+        lab.load_nat(Ns::NatA, config.nat_a)?;
+        lab.load_nat(Ns::NatB, config.nat_b)?;
+        Ok(lab)
+    }
+
+    /// The namespace's name, for `ip netns exec` and `/run/netns/<name>`.
+    pub fn name(&self, ns: Ns) -> String {
+        format!("{}{}", self.prefix, ns.suffix())
+    }
+
+    /// The prefix of all of this lab's namespace names.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A command that runs `program` inside `ns` (`ip netns exec <name> program`).
+    pub fn command(&self, ns: Ns, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name(ns), program]);
+        command
+    }
+
+    /// Run `program args` inside `ns`; fails with the command and its stderr on a non-zero
+    /// exit. Returns stdout.
+    pub fn exec(&self, ns: Ns, program: &str, args: &[&str]) -> Result<String> {
+        run(self.command(ns, program).args(args))
+    }
+
+    /// Run `f` on a new thread named `wanlab-<ns>` whose network namespace is `ns`; sockets it
+    /// creates stay in `ns` when handed back to other threads.
+    pub fn spawn_in<T, F>(&self, ns: Ns, f: F) -> Result<JoinHandle<Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T> + Send + 'static,
+    {
+        let path = format!("/run/netns/{}", self.name(ns));
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        std::thread::Builder::new()
+            .name(format!("wanlab-{}", ns.suffix()))
+            .spawn(move || {
+                setns(&file, CloneFlags::CLONE_NEWNET).with_context(|| format!("setns {path}"))?;
+                f()
+            })
+            .context("spawning a lab thread")
+    }
+
+    /// A UDP socket bound to `addr` inside `ns`.
+    pub fn udp_socket(&self, ns: Ns, addr: SocketAddr) -> Result<UdpSocket> {
+        self.spawn_in(ns, move || {
+            UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("lab thread for {ns:?} panicked"))?
+    }
+
+    fn wire(&self) -> Result<()> {
+        let [host_a, nat_a, host_b, nat_b, inet, srv] = Ns::ALL.map(|ns| self.name(ns));
+        ip(&inet, &["link", "add", "br0", "type", "bridge"])?;
+        for (host, nat, side) in [(&host_a, &nat_a, "vA"), (&host_b, &nat_b, "vB")] {
+            // Created inside the router's namespace, so parallel labs never share a name.
+            ip(
+                nat,
+                &[
+                    "link", "add", "lan0", "type", "veth", "peer", "name", "eth0", "netns", host,
+                ],
+            )?;
+            ip(
+                nat,
+                &[
+                    "link", "add", "wan0", "type", "veth", "peer", "name", side, "netns", &inet,
+                ],
+            )?;
+            ip(&inet, &["link", "set", side, "master", "br0", "up"])?;
+            ip(nat, &["link", "set", "lan0", "up"])?;
+            ip(nat, &["link", "set", "wan0", "up"])?;
+            run(Command::new("ip").args([
+                "netns",
+                "exec",
+                nat,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ]))?;
+        }
+        ip(
+            &srv,
+            &[
+                "link", "add", "eth0", "type", "veth", "peer", "name", "vS", "netns", &inet,
+            ],
+        )?;
+        ip(&inet, &["link", "set", "vS", "master", "br0", "up"])?;
+        ip(&inet, &["link", "set", "br0", "up"])?;
+        for name in [&host_a, &host_b, &srv] {
+            ip(name, &["link", "set", "eth0", "up"])?;
+        }
+        for name in Ns::ALL.map(|ns| self.name(ns)) {
+            ip(&name, &["link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    fn address(&self) -> Result<()> {
+        for (ns, dev, cidr) in [
+            (Ns::HostA, "eth0", "203.0.113.2/26"),
+            (Ns::NatA, "lan0", "203.0.113.1/26"),
+            (Ns::NatA, "wan0", "198.51.100.11/24"),
+            (Ns::HostB, "eth0", "203.0.113.66/26"),
+            (Ns::NatB, "lan0", "203.0.113.65/26"),
+            (Ns::NatB, "wan0", "198.51.100.12/24"),
+            (Ns::Srv, "eth0", "198.51.100.2/24"),
+        ] {
+            ip(&self.name(ns), &["addr", "add", cidr, "dev", dev])?;
+        }
+        ip(
+            &self.name(Ns::HostA),
+            &["route", "add", "default", "via", "203.0.113.1"],
+        )?;
+        ip(
+            &self.name(Ns::HostB),
+            &["route", "add", "default", "via", "203.0.113.65"],
+        )?;
+        Ok(())
+    }
+
+    fn load_nat(&self, ns: Ns, nat: Nat) -> Result<()> {
+        let Some(ruleset) = nat_ruleset(nat) else {
+            return Ok(());
+        };
+        let mut command = self.command(ns, "nft");
+        command.args(["-f", "-"]);
+        run_with_stdin(&mut command, &ruleset)
+    }
+
+    /// Namespaces whose names start with `prefix` (see [`WanLab::prefix`]) that are still
+    /// listed by `ip netns list` or present in `/run/netns`.
+    pub fn leftovers(prefix: &str) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        let listed = run(Command::new("ip").args(["netns", "list"]))?;
+        for line in listed.lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if name.starts_with(prefix) {
+                found.push(format!("ip netns list: {name}"));
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(prefix) {
+                    found.push(format!("/run/netns/{name}"));
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl Drop for WanLab {
+    fn drop(&mut self) {
+        for name in self.created.drain(..).rev() {
+            if let Err(e) = run(Command::new("ip").args(["netns", "del", &name])) {
+                eprintln!("wanlab: {e:#}");
+            }
+        }
+        match Self::leftovers(&self.prefix) {
+            Ok(left) if left.is_empty() => {}
+            Ok(left) => eprintln!("wanlab: namespaces left behind: {left:?}"),
+            Err(e) => eprintln!("wanlab: checking for leftovers: {e:#}"),
+        }
+    }
+}
+
+/// The nftables ruleset for a router, or `None` for plain routing. Checked with `nft -c`
+/// (nftables 1.0.6): `nft list` omits `unreplied : 30` because it equals the kernel default.
+pub fn nat_ruleset(nat: Nat) -> Option<String> {
+    let masquerade = match nat {
+        Nat::Home => "masquerade",
+        Nat::Symmetric => "masquerade fully-random",
+        Nat::None => return None,
+    };
+    Some(format!(
+        r#"table inet lockstep_nat {{
+    ct timeout udp_home {{
+        protocol udp
+        l3proto ip
+        policy = {{ unreplied : 30, replied : 60 }}
+    }}
+    chain prerouting {{
+        type filter hook prerouting priority raw; policy accept;
+        iifname "lan0" meta l4proto udp ct timeout set "udp_home"
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "lan0" oifname "wan0" accept
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname "wan0" ct state established,related accept
+        iifname "wan0" drop
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan0" {masquerade}
+    }}
+}}
+"#
+    ))
+}
+
+fn ip(ns_name: &str, args: &[&str]) -> Result<String> {
+    run(Command::new("ip").args(["-n", ns_name]).args(args))
+}
+
+/// Run a command to completion; a non-zero exit is an error naming the command and its stderr.
+fn run(command: &mut Command) -> Result<String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
+    ensure!(
+        output.status.success(),
+        "{command:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn run_with_stdin(command: &mut Command, input: &str) -> Result<()> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input.as_bytes())
+        .with_context(|| format!("writing to {command:?}"))?;
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}

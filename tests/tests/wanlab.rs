@@ -1,0 +1,153 @@
+//! The emulated WAN lab works: NAT is applied, unsolicited traffic is filtered, hole punching
+//! succeeds between two home NATs and fails against a symmetric one, and nothing is left behind.
+//! Runs inside the suite's private network namespace; the lab nests its namespaces in it.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use lockstep_host::wanlab::{
+    HOST_A_IP, HOST_B_IP, LabConfig, Nat, Ns, SRV_IP, WAN_A_IP, WAN_B_IP, WanLab,
+};
+
+const RECV_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The server's "STUN" port: it tells each client the source address it saw.
+const SRV_PORT: u16 = 3478;
+
+fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+fn bind(lab: &WanLab, ns: Ns, at: SocketAddr) -> Result<UdpSocket> {
+    let socket = lab.udp_socket(ns, at)?;
+    socket.set_read_timeout(Some(RECV_TIMEOUT))?;
+    Ok(socket)
+}
+
+/// Receive one datagram, or `None` after the timeout.
+fn recv(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 1500];
+    let (n, from) = socket.recv_from(&mut buf).ok()?;
+    Some((buf[..n].to_vec(), from))
+}
+
+/// What the server sees as `client`'s source (its mapped address), like a STUN binding.
+fn mapped(client: &UdpSocket, srv: &UdpSocket) -> Result<SocketAddr> {
+    client.send_to(b"binding", addr(SRV_IP, SRV_PORT))?;
+    let (_, seen) = recv(srv).context("srv got no binding request")?;
+    Ok(seen)
+}
+
+#[test]
+fn home_nat_maps_the_source_and_lets_replies_back() -> Result<()> {
+    let lab = WanLab::build(LabConfig::default())?;
+    let srv = bind(&lab, Ns::Srv, addr(SRV_IP, SRV_PORT))?;
+    let host_a = bind(&lab, Ns::HostA, addr(HOST_A_IP, 40000))?;
+    let seen = mapped(&host_a, &srv)?;
+    ensure!(
+        seen.ip() == SocketAddr::from((WAN_A_IP, 0)).ip(),
+        "srv saw {seen}, not router A's WAN address"
+    );
+    srv.send_to(b"reply", seen)?;
+    let (bytes, from) = recv(&host_a).context("srv's reply did not reach hostA")?;
+    ensure!(
+        bytes == b"reply" && from == addr(SRV_IP, SRV_PORT),
+        "{bytes:?} from {from}"
+    );
+    Ok(())
+}
+
+#[test]
+fn unsolicited_traffic_is_filtered() -> Result<()> {
+    let lab = WanLab::build(LabConfig::default())?;
+    let srv = bind(&lab, Ns::Srv, addr(SRV_IP, SRV_PORT))?;
+    let srv_other = bind(&lab, Ns::Srv, addr(SRV_IP, SRV_PORT + 1))?;
+    let host_b = bind(&lab, Ns::HostB, addr(HOST_B_IP, 40001))?;
+    // A port hostB never used: nothing arrives.
+    srv.send_to(b"unsolicited", addr(WAN_B_IP, 40001))?;
+    ensure!(
+        recv(&host_b).is_none(),
+        "unsolicited datagram reached hostB"
+    );
+    // After hostB contacts srv:3478, only srv:3478 gets through (port-dependent filtering).
+    let seen = mapped(&host_b, &srv)?;
+    srv_other.send_to(b"other port", seen)?;
+    ensure!(
+        recv(&host_b).is_none(),
+        "datagram from another port reached hostB"
+    );
+    srv.send_to(b"reply", seen)?;
+    let (bytes, _) = recv(&host_b).context("reply from the contacted port did not arrive")?;
+    ensure!(bytes == b"reply", "{bytes:?}");
+    Ok(())
+}
+
+/// Both hosts learn their mapped addresses from srv, then send to each other's; returns whether
+/// hostA and hostB each received the other's datagram.
+fn punch(config: LabConfig) -> Result<(bool, bool)> {
+    let lab = WanLab::build(config)?;
+    let srv = bind(&lab, Ns::Srv, addr(SRV_IP, SRV_PORT))?;
+    let host_a = bind(&lab, Ns::HostA, addr(HOST_A_IP, 40000))?;
+    let host_b = bind(&lab, Ns::HostB, addr(HOST_B_IP, 40001))?;
+    let mapped_a = mapped(&host_a, &srv)?;
+    let mapped_b = mapped(&host_b, &srv)?;
+    // A's first datagram opens A's router for B and is dropped by B's; B's then passes A's.
+    host_a.send_to(b"punch a", mapped_b)?;
+    host_b.send_to(b"punch b", mapped_a)?;
+    host_a.send_to(b"punch a", mapped_b)?;
+    let a_got = recv(&host_a).is_some_and(|(b, from)| b == b"punch b" && from == mapped_b);
+    let b_got = recv(&host_b).is_some_and(|(b, from)| b == b"punch a" && from == mapped_a);
+    Ok((a_got, b_got))
+}
+
+#[test]
+fn hole_punching_works_between_home_nats_only() -> Result<()> {
+    let home = punch(LabConfig::default())?;
+    ensure!(
+        home == (true, true),
+        "home↔home punch (A got, B got) = {home:?}"
+    );
+    let symmetric = punch(LabConfig {
+        nat_a: Nat::Home,
+        nat_b: Nat::Symmetric,
+    })?;
+    ensure!(
+        symmetric == (false, false),
+        "home↔symmetric punch should fail, (A got, B got) = {symmetric:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn no_nat_is_plain_routing() -> Result<()> {
+    let lab = WanLab::build(LabConfig {
+        nat_a: Nat::None,
+        nat_b: Nat::None,
+    })?;
+    let srv = bind(&lab, Ns::Srv, addr(SRV_IP, SRV_PORT))?;
+    let host_a = bind(&lab, Ns::HostA, addr(HOST_A_IP, 40000))?;
+    // Without NAT the server sees the LAN address, and needs a route back to it.
+    lab.exec(
+        Ns::Srv,
+        "ip",
+        &["route", "add", "203.0.113.0/26", "via", "198.51.100.11"],
+    )?;
+    let seen = mapped(&host_a, &srv)?;
+    ensure!(seen == addr(HOST_A_IP, 40000), "srv saw {seen}");
+    Ok(())
+}
+
+#[test]
+fn dropping_the_lab_leaves_no_namespace() -> Result<()> {
+    let lab = WanLab::build(LabConfig::default())?;
+    let prefix = lab.prefix().to_owned();
+    ensure!(
+        WanLab::leftovers(&prefix)?.len() == 12,
+        "{:?}",
+        WanLab::leftovers(&prefix)?
+    );
+    drop(lab);
+    let left = WanLab::leftovers(&prefix)?;
+    ensure!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}
