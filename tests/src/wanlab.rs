@@ -3,16 +3,24 @@
 //! namespace (spec `wan-and-receive.md` §6.2–6.3).
 //!
 //! ```text
-//! hostA 203.0.113.2  ─ lan0|natA|wan0 198.51.100.11 ─┐
-//!                                                br0 (inet) ─ eth0|srv 198.51.100.2
-//! hostB 203.0.113.66 ─ lan0|natB|wan0 198.51.100.12 ─┘
+//! hostA 203.0.113.2  ─ lan0|natA|wan0 198.51.100.11 ─ vA ┐
+//!                                                  inet ─ tun0 (emulator thread)
+//! hostB 203.0.113.66 ─ lan0|natB|wan0 198.51.100.12 ─ vB ┤
+//!                                 srv 198.51.100.2 ─ vS ┘
 //! ```
+//!
+//! `inet` routes instead of bridging: proxy ARP on `vA`/`vB`/`vS` answers for the other
+//! 198.51.100.0/24 addresses, a policy rule sends everything arriving on them into `tun0`, and
+//! the emulator ([`emu`]) writes each packet back after its delay (or drops it), so `inet`'s
+//! main table delivers it. One-way delay is per access link: a packet between hostA and srv
+//! takes `delay_a_ms`, between the hosts `delay_a_ms + delay_b_ms` (spec §6.4).
 //!
 //! Network safety: only documentation ranges (198.51.100.0/24, 203.0.113.0/24) are used, and
 //! every namespace is created *inside* the private namespace the suite runs in, so nothing the
 //! lab sends can leave it. `ip netns add` leaves a mount under `/run/netns`, so [`WanLab`]
-//! deletes every namespace it made when dropped (also while a test panics) and checks that
-//! none is left. Names carry the process id and a counter so parallel labs never collide.
+//! stops the emulator and deletes every namespace it made when dropped (also while a test
+//! panics) and checks that none is left. Names carry the process id and a counter so parallel
+//! labs never collide.
 //!
 //! NAT behaviour (RFC 4787 terms): [`Nat::Home`] is Linux `masquerade` (keeps the source port
 //! when free, so endpoint-independent mapping) behind a stateful forward chain (address- and
@@ -20,15 +28,10 @@
 //! new port per destination. Both routers drop unsolicited WAN traffic addressed to
 //! themselves, as home routers do: otherwise the first hole-punching packet would create a
 //! conntrack entry on the peer's router that steals the very port its host is about to use.
-//!
-//! Delay and loss are not emulated yet (the kernel has no `sch_netem`).
-// Next: a userspace WAN emulator (spec §6.4). Replace the bridge in `inet` by routing: one TUN
-// device per side (`IFF_TUN | IFF_NO_PI`, opened on a thread after `setns` into `inet`), the
-// routers' and srv's veth peers stay in `inet` with /32 routes via the TUNs' owner thread; the
-// thread reads a packet, draws Bernoulli loss from the seeded `harness::Rng`, queues it in a
-// min-heap with `due = max(now + delay_dir, last_due_dir)` and writes it to the TUN owning the
-// destination prefix when due (`poll` with the earliest deadline as timeout). `LabConfig`
-// grows `delay_a_ms`, `delay_b_ms`, `loss_ppm`, `seed`; Drop stops and joins the thread.
+
+mod emu;
+
+pub use emu::EmuStats;
 
 use std::fs::File;
 use std::io::Write;
@@ -58,6 +61,14 @@ pub struct LabConfig {
     pub nat_a: Nat,
     /// The router in front of hostB.
     pub nat_b: Nat,
+    /// One-way delay of studio A's access link (router A ↔ inet), ms; 0 = none.
+    pub delay_a_ms: u32,
+    /// One-way delay of studio B's access link, ms; 0 = none.
+    pub delay_b_ms: u32,
+    /// Probability that a packet crossing inet is lost, parts per million.
+    pub loss_ppm: u32,
+    /// Seed of the loss draws ([`crate::harness::Rng`]), so a run reproduces.
+    pub seed: u64,
 }
 
 impl Default for LabConfig {
@@ -65,6 +76,10 @@ impl Default for LabConfig {
         Self {
             nat_a: Nat::Home,
             nat_b: Nat::Home,
+            delay_a_ms: 0,
+            delay_b_ms: 0,
+            loss_ppm: 0,
+            seed: 1,
         }
     }
 }
@@ -80,7 +95,7 @@ pub enum Ns {
     HostB,
     /// Studio B's router: LAN 203.0.113.65, WAN 198.51.100.12.
     NatB,
-    /// The "internet": a bridge joining the routers and the server.
+    /// The "internet": routes between the routers and the server through the emulator.
     Inet,
     /// The public server (STUN/TURN/broker), 198.51.100.2.
     Srv,
@@ -118,14 +133,17 @@ pub const NAME_PREFIX: &str = "lswan";
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
-/// A built lab. Thread-safe: `&WanLab` methods only run commands and open namespace files.
-/// Dropping it deletes every namespace it created.
+/// A built lab. Thread-safe: `&WanLab` methods only run commands, open namespace files and
+/// read the emulator's counters. Dropping it stops the emulator and deletes every namespace it
+/// created.
 #[derive(Debug)]
 pub struct WanLab {
     /// `lswan<pid>-<counter>-`: unique per lab across parallel tests and test binaries.
     prefix: String,
     /// Namespaces created so far, so a half-built lab is cleaned up too.
     created: Vec<String>,
+    /// The delay/loss thread; `None` until started and after Drop stopped it.
+    emulator: Option<emu::Emulator>,
 }
 
 impl WanLab {
@@ -135,6 +153,7 @@ impl WanLab {
         let mut lab = Self {
             prefix: format!("{NAME_PREFIX}{}-{n}-", std::process::id()),
             created: Vec::new(),
+            emulator: None,
         };
         for ns in Ns::ALL {
             let name = lab.name(ns);
@@ -143,9 +162,18 @@ impl WanLab {
         }
         lab.wire()?;
         lab.address()?;
+        lab.route_inet(config)?;
         lab.load_nat(Ns::NatA, config.nat_a)?;
         lab.load_nat(Ns::NatB, config.nat_b)?;
         Ok(lab)
+    }
+
+    /// The emulator's counters so far (zero before it started).
+    pub fn emulator_stats(&self) -> EmuStats {
+        self.emulator
+            .as_ref()
+            .map(emu::Emulator::stats)
+            .unwrap_or_default()
     }
 
     /// The namespace's name, for `ip netns exec` and `/run/netns/<name>`.
@@ -200,7 +228,6 @@ impl WanLab {
 
     fn wire(&self) -> Result<()> {
         let [host_a, nat_a, host_b, nat_b, inet, srv] = Ns::ALL.map(|ns| self.name(ns));
-        ip(&inet, &["link", "add", "br0", "type", "bridge"])?;
         for (host, nat, side) in [(&host_a, &nat_a, "vA"), (&host_b, &nat_b, "vB")] {
             // Created inside the router's namespace, so parallel labs never share a name.
             ip(
@@ -215,7 +242,7 @@ impl WanLab {
                     "link", "add", "wan0", "type", "veth", "peer", "name", side, "netns", &inet,
                 ],
             )?;
-            ip(&inet, &["link", "set", side, "master", "br0", "up"])?;
+            ip(&inet, &["link", "set", side, "up"])?;
             ip(nat, &["link", "set", "lan0", "up"])?;
             ip(nat, &["link", "set", "wan0", "up"])?;
             run(Command::new("ip").args([
@@ -233,8 +260,7 @@ impl WanLab {
                 "link", "add", "eth0", "type", "veth", "peer", "name", "vS", "netns", &inet,
             ],
         )?;
-        ip(&inet, &["link", "set", "vS", "master", "br0", "up"])?;
-        ip(&inet, &["link", "set", "br0", "up"])?;
+        ip(&inet, &["link", "set", "vS", "up"])?;
         for name in [&host_a, &host_b, &srv] {
             ip(name, &["link", "set", "eth0", "up"])?;
         }
@@ -264,6 +290,62 @@ impl WanLab {
             &self.name(Ns::HostB),
             &["route", "add", "default", "via", "203.0.113.65"],
         )?;
+        Ok(())
+    }
+
+    /// Make `inet` a router whose forwarding path runs through the emulator's TUN.
+    fn route_inet(&mut self, config: LabConfig) -> Result<()> {
+        let inet = self.name(Ns::Inet);
+        let mut sysctls = vec![
+            "net.ipv4.ip_forward=1".to_owned(),
+            // Packets re-enter from tun0 with sources routed via the veths.
+            "net.ipv4.conf.all.rp_filter=0".to_owned(),
+            "net.ipv4.conf.default.rp_filter=0".to_owned(),
+            // No IPv6 on tun0 (router solicitations would only be noise for the emulator).
+            "net.ipv6.conf.default.disable_ipv6=1".to_owned(),
+        ];
+        for side in ["vA", "vB", "vS"] {
+            sysctls.push(format!("net.ipv4.conf.{side}.proxy_arp=1"));
+            // Broadcast ARP requests are otherwise answered after a random delay ≤ 0.8 s.
+            sysctls.push(format!("net.ipv4.neigh.{side}.proxy_delay=0"));
+        }
+        for sysctl in &sysctls {
+            self.exec(Ns::Inet, "sysctl", &["-qw", sysctl])?;
+        }
+        // inet's own address: the source of its ARP requests on the veths.
+        ip(&inet, &["addr", "add", "198.51.100.1/32", "dev", "lo"])?;
+        for route in [
+            "198.51.100.11/32 dev vA",
+            "198.51.100.12/32 dev vB",
+            "198.51.100.2/32 dev vS",
+            "203.0.113.0/26 via 198.51.100.11 dev vA",
+            "203.0.113.64/26 via 198.51.100.12 dev vB",
+        ] {
+            let mut args = vec!["route", "add"];
+            args.extend(route.split(' '));
+            ip(&inet, &args)?;
+        }
+        let link = emu::LinkConfig {
+            delay_a_ms: config.delay_a_ms,
+            delay_b_ms: config.delay_b_ms,
+            loss_ppm: config.loss_ppm,
+            seed: config.seed,
+        };
+        self.emulator = Some(emu::Emulator::start(&format!("/run/netns/{inet}"), link)?);
+        let tun = emu::TUN_NAME;
+        self.exec(
+            Ns::Inet,
+            "sysctl",
+            &["-qw", &format!("net.ipv4.conf.{tun}.rp_filter=0")],
+        )?;
+        ip(&inet, &["link", "set", tun, "up"])?;
+        ip(
+            &inet,
+            &["route", "add", "default", "dev", tun, "table", "100"],
+        )?;
+        for side in ["vA", "vB", "vS"] {
+            ip(&inet, &["rule", "add", "iif", side, "lookup", "100"])?;
+        }
         Ok(())
     }
 
@@ -301,6 +383,8 @@ impl WanLab {
 
 impl Drop for WanLab {
     fn drop(&mut self) {
+        // Joins the thread and closes the TUN before its namespace goes.
+        self.emulator = None;
         for name in self.created.drain(..).rev() {
             if let Err(e) = run(Command::new("ip").args(["netns", "del", &name])) {
                 eprintln!("wanlab: {e:#}");

@@ -1,9 +1,10 @@
 //! The emulated WAN lab works: NAT is applied, unsolicited traffic is filtered, hole punching
-//! succeeds between two home NATs and fails against a symmetric one, and nothing is left behind.
+//! succeeds between two home NATs and fails against a symmetric one (also with delay), the
+//! userspace emulator delays and drops as configured, and nothing is left behind.
 //! Runs inside the suite's private network namespace; the lab nests its namespaces in it.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use lockstep_host::wanlab::{
@@ -110,6 +111,7 @@ fn hole_punching_works_between_home_nats_only() -> Result<()> {
     let symmetric = punch(LabConfig {
         nat_a: Nat::Home,
         nat_b: Nat::Symmetric,
+        ..LabConfig::default()
     })?;
     ensure!(
         symmetric == (false, false),
@@ -123,6 +125,7 @@ fn no_nat_is_plain_routing() -> Result<()> {
     let lab = WanLab::build(LabConfig {
         nat_a: Nat::None,
         nat_b: Nat::None,
+        ..LabConfig::default()
     })?;
     let srv = bind(&lab, Ns::Srv, addr(SRV_IP, SRV_PORT))?;
     let host_a = bind(&lab, Ns::HostA, addr(HOST_A_IP, 40000))?;
@@ -149,5 +152,97 @@ fn dropping_the_lab_leaves_no_namespace() -> Result<()> {
     drop(lab);
     let left = WanLab::leftovers(&prefix)?;
     ensure!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}
+
+#[test]
+fn hole_punching_works_with_delay() -> Result<()> {
+    let home = punch(LabConfig {
+        delay_a_ms: 30,
+        delay_b_ms: 20,
+        ..LabConfig::default()
+    })?;
+    ensure!(
+        home == (true, true),
+        "home↔home punch with delay (A got, B got) = {home:?}"
+    );
+    Ok(())
+}
+
+/// 40 ms one-way on A's link, none on the server's: every echo takes 80 ms plus at most
+/// 10 ms. The emulator rounds each `poll` timeout up to whole milliseconds (≤ 1 ms per
+/// crossing, 2 per round trip) and the rest is scheduling on a shared 2-core machine; the
+/// emulator never releases a packet early, so the lower bound is exact.
+#[test]
+fn delay_is_one_way_per_side() -> Result<()> {
+    let lab = WanLab::build(LabConfig {
+        delay_a_ms: 40,
+        ..LabConfig::default()
+    })?;
+    let srv = bind(&lab, Ns::Srv, addr(SRV_IP, SRV_PORT))?;
+    let host_a = bind(&lab, Ns::HostA, addr(HOST_A_IP, 40000))?;
+    let (low, high) = (Duration::from_millis(80), Duration::from_millis(90));
+    let mut rtts = Vec::new();
+    for i in 0u8..20 {
+        let sent = Instant::now();
+        host_a.send_to(&[i], addr(SRV_IP, SRV_PORT))?;
+        let (bytes, from) = recv(&srv).context("echo request lost")?;
+        srv.send_to(&bytes, from)?;
+        let (bytes, _) = recv(&host_a).context("echo reply lost")?;
+        let rtt = sent.elapsed();
+        ensure!(bytes == [i], "reply {bytes:?} to echo {i}");
+        rtts.push(rtt);
+    }
+    eprintln!("delay: rtts {rtts:?}");
+    ensure!(
+        rtts.iter().all(|rtt| (low..=high).contains(rtt)),
+        "rtts outside [{low:?}, {high:?}]: {rtts:?}"
+    );
+    let stats = lab.emulator_stats();
+    ensure!(
+        stats.forwarded == 40 && stats.dropped == 0,
+        "emulator {stats:?}"
+    );
+    Ok(())
+}
+
+/// 20 % loss, fixed seed: 1,000 datagrams arrive 800 ± 60 (binomial σ ≈ 12.6, so ± 60 is
+/// about 4.7 σ and does not depend on the seed), and every missing one is counted as dropped.
+#[test]
+fn loss_drops_the_configured_share() -> Result<()> {
+    const SENT: u32 = 1000;
+    let lab = WanLab::build(LabConfig {
+        loss_ppm: 200_000,
+        seed: 0x5eed,
+        ..LabConfig::default()
+    })?;
+    let srv = lab.udp_socket(Ns::Srv, addr(SRV_IP, SRV_PORT))?;
+    srv.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let host_a = bind(&lab, Ns::HostA, addr(HOST_A_IP, 40000))?;
+    let counter = std::thread::Builder::new()
+        .name("loss-sink".into())
+        .spawn(move || {
+            let mut got = 0u32;
+            while recv(&srv).is_some() {
+                got += 1;
+            }
+            got
+        })?;
+    for i in 0..SENT {
+        host_a.send_to(&i.to_be_bytes(), addr(SRV_IP, SRV_PORT))?;
+        // Paced, so neither the TUN's queue nor srv's socket buffer can overflow unseen.
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let got = counter
+        .join()
+        .map_err(|_| anyhow::anyhow!("sink panicked"))?;
+    let stats = lab.emulator_stats();
+    eprintln!("loss: {got}/{SENT} arrived, emulator {stats:?}");
+    ensure!((740..=860).contains(&got), "{got} of {SENT} arrived");
+    ensure!(
+        u64::from(SENT - got) == stats.dropped && u64::from(got) == stats.forwarded,
+        "{} missing but emulator {stats:?}",
+        SENT - got
+    );
     Ok(())
 }
