@@ -15,16 +15,21 @@
 //!   direction and an [`frame::Opener`] per peer, and the inner messages (RTP-MIDI, RS, ping,
 //!   pong, timeline, bye).
 //! - [`replay`]: the 128-bit sliding replay window an opener keeps per (peer, epoch).
+//! - [`rendezvous`]: the sealed MQTT rendezvous messages (§8.3): topics, the JSON payload,
+//!   XChaCha20-Poly1305 sealing with the topic as associated data, and the per-peer sequence
+//!   book that refuses replays; times are the caller's wall-clock milliseconds.
 //! - [`offset`]: the NTP-style clock offset and drift estimator over a WAN path (§9), with a
 //!   slewed peer-time mapping.
 //! - [`probe`]: when to send the next ping and how long to wait for its pong (§9).
 //!
-//! Types flow down: [`frame`] uses [`keys`] and [`replay`], [`keys`] uses [`code`]; [`offset`]
-//! and [`probe`] stand alone (the caller carries ping/pong times from [`frame`] to [`offset`]).
+//! Types flow down: [`frame`] uses [`keys`] and [`replay`], [`rendezvous`] uses [`keys`] and
+//! [`code`], [`keys`] uses [`code`]; [`offset`] and [`probe`] stand alone (the caller carries
+//! ping/pong times from [`frame`] to [`offset`]).
 
 pub mod code;
 pub mod frame;
 pub mod keys;
 pub mod offset;
 pub mod probe;
+pub mod rendezvous;
 pub mod replay;
