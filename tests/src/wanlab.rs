@@ -28,10 +28,18 @@
 //! new port per destination. Both routers drop unsolicited WAN traffic addressed to
 //! themselves, as home routers do: otherwise the first hole-punching packet would create a
 //! conntrack entry on the peer's router that steals the very port its host is about to use.
+//!
+//! Real servers in `srv` (`wanlab/servers.rs`): [`WanLab::start_broker`] (mosquitto) and
+//! [`WanLab::start_turn`] (coturn) return guards that borrow the lab, so they are dropped (the
+//! server killed and reaped) before the lab deletes the namespace.
 
 mod emu;
+mod servers;
 
 pub use emu::EmuStats;
+pub use servers::{
+    BROKER_PORT, Broker, START_TIMEOUT, TURN_PORT, TURN_REALM, Turn, turn_rest_credentials,
+};
 
 use std::fs::File;
 use std::io::Write;

@@ -1,12 +1,15 @@
 //! The emulated WAN lab works: NAT is applied, unsolicited traffic is filtered, hole punching
 //! succeeds between two home NATs and fails against a symmetric one (also with delay), the
-//! userspace emulator delays and drops as configured, and nothing is left behind.
+//! userspace emulator delays and drops as configured, nothing is left behind, and the real
+//! broker (mosquitto) and relay (coturn) in `srv` serve hosts behind the home NATs.
 //! Runs inside the suite's private network namespace; the lab nests its namespaces in it.
 
+use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use lockstep_host::wanlab::{
     HOST_A_IP, HOST_B_IP, LabConfig, Nat, Ns, SRV_IP, WAN_A_IP, WAN_B_IP, WanLab,
 };
@@ -243,6 +246,234 @@ fn loss_drops_the_configured_share() -> Result<()> {
         u64::from(SENT - got) == stats.dropped && u64::from(got) == stats.forwarded,
         "{} missing but emulator {stats:?}",
         SENT - got
+    );
+    Ok(())
+}
+
+/// Run `command` to completion, killing it after `timeout`; stdout and stderr are drained by
+/// threads so a chatty child cannot block on a full pipe.
+fn output_within(command: &mut Command, timeout: Duration) -> Result<Output> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().context("stdout")?));
+    let stderr = drain(Box::new(child.stderr.take().context("stderr")?));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            child.wait()?;
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let join = |h: std::thread::JoinHandle<Vec<u8>>| h.join().unwrap_or_default();
+    let (stdout, stderr) = (join(stdout), join(stderr));
+    let Some(status) = status else {
+        bail!(
+            "{command:?} still running after {timeout:?}, killed; stdout: {} stderr: {}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Poll `log` until it contains `needle`, up to 5 s.
+fn wait_for_log(log: impl Fn() -> String, needle: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log().contains(needle) {
+        ensure!(
+            Instant::now() < deadline,
+            "{needle:?} not logged within 5 s; log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// hostB subscribes and hostA publishes on the real broker in `srv`, both behind home NATs:
+/// the broker sees them as their routers' WAN addresses and B gets A's payload unchanged.
+#[test]
+fn broker_relays_between_hosts_behind_home_nats() -> Result<()> {
+    const PAYLOAD: &str = r#"{"announce":"peerA","note":"through two NATs"}"#;
+    let lab = WanLab::build(LabConfig::default())?;
+    let broker = lab.start_broker()?;
+    let mut sub = lab.command(Ns::HostB, "mosquitto_sub");
+    sub.args([
+        "-h",
+        "198.51.100.2",
+        "-i",
+        "lockstep-b",
+        "-t",
+        "lockstep/v1/0042/#",
+        "-C",
+        "1",
+        "-W",
+        "5",
+    ]);
+    let subscriber = std::thread::Builder::new()
+        .name("mosquitto-sub".into())
+        .spawn(move || output_within(&mut sub, Duration::from_secs(8)))?;
+    // Publish only once B's subscription is in place (QoS 0, no retain: earlier is lost).
+    let subscribed = wait_for_log(|| broker.log(), "Received SUBSCRIBE from lockstep-b");
+    let published = subscribed.and_then(|()| {
+        let mut publish = lab.command(Ns::HostA, "mosquitto_pub");
+        publish.args([
+            "-h",
+            "198.51.100.2",
+            "-i",
+            "lockstep-a",
+            "-t",
+            "lockstep/v1/0042/announce",
+            "-m",
+            PAYLOAD,
+        ]);
+        let out = output_within(&mut publish, Duration::from_secs(5))?;
+        ensure!(
+            out.status.success(),
+            "mosquitto_pub: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    });
+    // Always join the subscriber (it exits by itself within -W 5 or is killed at 8 s).
+    let got = subscriber
+        .join()
+        .map_err(|_| anyhow::anyhow!("subscriber thread panicked"))??;
+    published?;
+    ensure!(
+        got.status.success(),
+        "mosquitto_sub {}: {}",
+        got.status,
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let got = String::from_utf8_lossy(&got.stdout);
+    ensure!(got == format!("{PAYLOAD}\n"), "B received {got:?}");
+    let log = broker.log();
+    for wan in ["198.51.100.11", "198.51.100.12"] {
+        ensure!(
+            log.contains(&format!("New connection from {wan}:")),
+            "broker never saw router {wan}; log:\n{log}"
+        );
+    }
+    Ok(())
+}
+
+/// `turnutils_uclient -y` in hostA (behind a home NAT) allocates two relays on the real coturn
+/// in `srv` with REST credentials and sends messages from one client to the other through
+/// them: every message must come back, none lost.
+#[test]
+fn turn_relays_for_a_host_behind_a_home_nat() -> Result<()> {
+    const SECRET: &str = "lockstep-lab-secret";
+    let lab = WanLab::build(LabConfig::default())?;
+    let turn = lab.start_turn(SECRET)?;
+    let (user, pass) = turn.credentials("peerA", Duration::from_secs(600));
+    let mut uclient = lab.command(Ns::HostA, "turnutils_uclient");
+    // -y client-to-client through the relays, -c no RTCP pair, 10 messages of 100 bytes.
+    uclient.args([
+        "-y",
+        "-c",
+        "-n",
+        "10",
+        "-l",
+        "100",
+        "-u",
+        &user,
+        "-w",
+        &pass,
+        "198.51.100.2",
+    ]);
+    let out = output_within(&mut uclient, Duration::from_secs(20))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success(),
+        "turnutils_uclient {}: {text}",
+        out.status
+    );
+    let totals = text
+        .lines()
+        .rev()
+        .find_map(|line| line.split_once("start_mclient: tot_send_msgs="))
+        .map(|(_, rest)| rest.to_owned())
+        .with_context(|| format!("no totals in: {text}"))?;
+    let (sent, received) = totals
+        .split_once(", tot_recv_msgs=")
+        .with_context(|| format!("totals {totals:?}"))?;
+    let (sent, received): (u32, u32) = (sent.trim().parse()?, received.trim().parse()?);
+    eprintln!("turn: sent {sent}, received {received}");
+    ensure!(
+        sent >= 10 && received == sent,
+        "sent {sent}, received {received}: {text}"
+    );
+    ensure!(
+        text.contains("Total lost packets 0 (0.000000%)"),
+        "losses reported: {text}"
+    );
+    let log = turn.log();
+    ensure!(
+        log.contains("error 401: Unauthorized")
+            && log.contains(&format!(
+                "user <{user}>: incoming packet ALLOCATE processed, success"
+            )),
+        "no 401 challenge then authenticated ALLOCATE in coturn's log:\n{log}"
+    );
+    Ok(())
+}
+
+/// A wrong secret gives no allocation: credentials are really checked.
+#[test]
+fn turn_rejects_credentials_from_another_secret() -> Result<()> {
+    let lab = WanLab::build(LabConfig::default())?;
+    let turn = lab.start_turn("lockstep-lab-secret")?;
+    let (user, pass) = lockstep_host::wanlab::turn_rest_credentials(
+        "not-the-secret",
+        "peerA",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            + 600,
+    );
+    let mut uclient = lab.command(Ns::HostA, "turnutils_uclient");
+    uclient.args([
+        "-y",
+        "-c",
+        "-n",
+        "2",
+        "-u",
+        &user,
+        "-w",
+        &pass,
+        "198.51.100.2",
+    ]);
+    let out = output_within(&mut uclient, Duration::from_secs(20))?;
+    let log = turn.log();
+    ensure!(
+        !out.status.success() && !log.contains("ALLOCATE processed, success"),
+        "allocation with a wrong secret: {}\n{log}",
+        out.status
     );
     Ok(())
 }

@@ -38,6 +38,11 @@ const DEBIAN: &[(&str, &str)] = &[
     ("gcc-mingw-w64-x86-64", "x86_64-w64-mingw32-gcc"),
     // A real DAW: the VST3 test runs Ardour headless (`ardour7-lua`, Dummy backend).
     ("ardour", "ardour7-lua"),
+    // The WAN lab's rendezvous broker and TURN relay in its `srv` namespace
+    // (tests/src/wanlab/servers.rs); `turnutils_uclient` ships with coturn.
+    ("coturn", "turnserver"),
+    ("mosquitto", "mosquitto"),
+    ("mosquitto-clients", "mosquitto_pub"),
 ];
 
 /// The PyPI peers, pinned so every machine tests against the same peers.
