@@ -179,6 +179,45 @@ impl ClockSample {
     }
 }
 
+/// The last `N` values pushed, in a fixed array (oldest overwritten; order within the slice
+/// is by slot, not by age).
+#[derive(Debug, Clone, Copy)]
+struct Recent<T, const N: usize> {
+    slots: [T; N],
+    /// Valid slots (from 0).
+    len: usize,
+    /// Where the next value goes (the newest is just before it).
+    next: usize,
+}
+
+impl<T: Copy + Default, const N: usize> Recent<T, N> {
+    fn new() -> Self {
+        Self {
+            slots: [T::default(); N],
+            len: 0,
+            next: 0,
+        }
+    }
+
+    fn push(&mut self, value: T) {
+        self.slots[self.next] = value;
+        self.next = (self.next + 1) % N;
+        self.len = (self.len + 1).min(N);
+    }
+
+    fn newest(&self) -> Option<T> {
+        (self.len > 0).then(|| self.slots[(self.next + N - 1) % N])
+    }
+
+    fn as_slice(&self) -> &[T] {
+        &self.slots[..self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.slots[..self.len]
+    }
+}
+
 /// The smallest-δ sample of one bucket of our clock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Bucket {
@@ -219,18 +258,10 @@ fn signed_diff(a: u64, b: u64) -> f64 {
 /// The NTP-style offset and drift estimator for one peer. See the module docs.
 #[derive(Debug, Clone)]
 pub struct OffsetEstimator {
-    /// The last [`WINDOW_SAMPLES`] accepted samples (a ring).
-    window: [Point; WINDOW_SAMPLES],
-    /// Valid entries in `window`.
-    window_len: usize,
-    /// Where the next sample goes in `window`.
-    window_next: usize,
-    /// The best sample of the last [`DRIFT_BUCKETS`] buckets (a ring, oldest overwritten).
-    buckets: [Bucket; DRIFT_BUCKETS],
-    /// Valid entries in `buckets`.
-    buckets_len: usize,
-    /// Where the next bucket goes in `buckets` (the newest is just before it).
-    buckets_next: usize,
+    /// The last [`WINDOW_SAMPLES`] accepted samples.
+    window: Recent<Point, WINDOW_SAMPLES>,
+    /// The best sample of the last [`DRIFT_BUCKETS`] buckets.
+    buckets: Recent<Bucket, DRIFT_BUCKETS>,
     /// Drift estimate (ns per ns; 1e-6 = 1 ppm), 0 until [`MIN_DRIFT_SPAN_NS`].
     drift: f64,
     /// Smoothed δ, ns.
@@ -253,12 +284,8 @@ impl OffsetEstimator {
     /// An estimator with no samples.
     pub fn new() -> Self {
         Self {
-            window: [Point::default(); WINDOW_SAMPLES],
-            window_len: 0,
-            window_next: 0,
-            buckets: [Bucket::default(); DRIFT_BUCKETS],
-            buckets_len: 0,
-            buckets_next: 0,
+            window: Recent::new(),
+            buckets: Recent::new(),
             drift: 0.0,
             srtt_ns: None,
             accepted: 0,
@@ -272,9 +299,7 @@ impl OffsetEstimator {
     pub fn handle_sample(&mut self, sample: ClockSample) -> Result<i64, SampleError> {
         let point = sample.point().inspect_err(|&e| self.rejected.count(e))?;
         self.accepted += 1;
-        self.window[self.window_next] = point;
-        self.window_next = (self.window_next + 1) % WINDOW_SAMPLES;
-        self.window_len = (self.window_len + 1).min(WINDOW_SAMPLES);
+        self.window.push(point);
         let delay = point.delay_ns as f64;
         self.srtt_ns = Some(self.srtt_ns.map_or(delay, |s| s + (delay - s) * SRTT_GAIN));
         self.add_to_bucket(point);
@@ -323,7 +348,7 @@ impl OffsetEstimator {
         let Some(best) = self.best() else {
             return 0;
         };
-        let samples = &self.window[..self.window_len];
+        let samples = self.window.as_slice();
         let sum_sq: f64 = samples
             .iter()
             .map(|p| {
@@ -346,7 +371,7 @@ impl OffsetEstimator {
 
     /// The smallest-δ sample of the window (the newest on ties).
     fn best(&self) -> Option<Point> {
-        let samples = &self.window[..self.window_len];
+        let samples = self.window.as_slice();
         samples
             .iter()
             .copied()
@@ -359,14 +384,15 @@ impl OffsetEstimator {
             .newest_bucket()
             .is_none_or(|newest| index > newest.index)
         {
-            self.buckets[self.buckets_next] = Bucket { index, best: point };
-            self.buckets_next = (self.buckets_next + 1) % DRIFT_BUCKETS;
-            self.buckets_len = (self.buckets_len + 1).min(DRIFT_BUCKETS);
+            self.buckets.push(Bucket { index, best: point });
             return;
         }
         // A pong of an earlier exchange arriving late: its bucket, if we still have it.
-        let len = self.buckets_len;
-        if let Some(bucket) = self.buckets[..len].iter_mut().find(|b| b.index == index)
+        if let Some(bucket) = self
+            .buckets
+            .as_mut_slice()
+            .iter_mut()
+            .find(|b| b.index == index)
             && point.delay_ns < bucket.best.delay_ns
         {
             bucket.best = point;
@@ -374,8 +400,7 @@ impl OffsetEstimator {
     }
 
     fn newest_bucket(&self) -> Option<Bucket> {
-        (self.buckets_len > 0)
-            .then(|| self.buckets[(self.buckets_next + DRIFT_BUCKETS - 1) % DRIFT_BUCKETS])
+        self.buckets.newest()
     }
 
     /// Weighted least-squares slope of the buckets' θ against their time, clamped; 0 until
@@ -386,7 +411,7 @@ impl OffsetEstimator {
     /// δ's excess over the smallest δ of all buckets plus [`DRIFT_ERROR_FLOOR_NS`]: buckets
     /// that caught nearly empty queues steer the fit, unlucky ones barely count.
     fn fit_drift(&self) -> f64 {
-        let buckets = &self.buckets[..self.buckets_len];
+        let buckets = self.buckets.as_slice();
         let (Some(first), Some(last)) = (
             buckets.iter().map(|b| b.best.mid_ns).min(),
             buckets.iter().map(|b| b.best.mid_ns).max(),

@@ -315,7 +315,9 @@ fn a_late_pong_improves_its_bucket() {
     // A pong of an exchange in the first bucket, arriving after the second one.
     est.handle_sample(at(T0 + 1_000_000_000, 80_000_000))
         .unwrap();
-    let first = est.buckets[..est.buckets_len]
+    let first = est
+        .buckets
+        .as_slice()
         .iter()
         .find(|b| b.index == T0 / BUCKET_NS)
         .unwrap();
