@@ -66,6 +66,31 @@ pub struct NetSettings {
     /// separated, or `all` (every interface that is up with multicast); empty = the interface
     /// the system routes Link's multicast group through.
     pub link_interface: String,
+    /// The remote session across the internet (off while its code is empty).
+    pub remote: RemoteSettings,
+}
+
+/// A remote session with studios on other networks: who to meet (the session code) and the
+/// standard servers that help (an MQTT broker for the rendezvous, STUN and TURN for the path).
+/// Addresses are `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RemoteSettings {
+    /// The session code every studio types (`<room>-<secret>`); empty = no remote session.
+    pub code: String,
+    /// The MQTT broker the rendezvous goes through (`broker.example:1883`).
+    pub broker: String,
+    /// A STUN server that tells us our public address (`stun.example:3478`); empty = none.
+    pub stun: String,
+    /// A TURN server that relays when no direct path works; empty = none.
+    pub turn: String,
+    /// TURN long-term credentials (user and password) ...
+    pub turn_user: String,
+    /// ... and their password.
+    pub turn_pass: String,
+    /// ... or coturn's REST shared secret (`use-auth-secret`), from which short-lived
+    /// credentials are made; used when set.
+    pub turn_secret: String,
 }
 
 /// One controller address driving one parameter.
@@ -198,6 +223,7 @@ impl Default for NetSettings {
             osc_expose: Vec::new(),
             osc_rate_limit: DEFAULT_OSC_RATE_LIMIT,
             link_interface: String::new(),
+            remote: RemoteSettings::default(),
             macro_names: vec![String::new(); MACRO_COUNT],
         }
     }

@@ -13,6 +13,7 @@ use crate::clock::{ClockEvent, ClockState};
 pub mod discovery;
 pub mod link;
 pub mod osc;
+pub mod remote;
 pub mod rtpmidi;
 pub mod send;
 
@@ -60,6 +61,9 @@ pub struct WorkerStatus {
     /// deadline), for the idle-cost checks.
     #[serde(default)]
     pub passes: u64,
+    /// The remote session, while one is configured.
+    #[serde(default)]
+    pub remote: Option<remote::RemoteStatus>,
 }
 
 impl WorkerStatus {
@@ -79,6 +83,7 @@ impl WorkerStatus {
             send_scheduling: String::new(),
             receive_times: String::new(),
             passes: 0,
+            remote: None,
         }
     }
 }

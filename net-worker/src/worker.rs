@@ -18,6 +18,7 @@
 //! - [`follow`]: the process's Link peer and Link-driven clocks.
 //! - [`publish`]: the status cell, the event log, the clock recording, transport requests.
 //! - [`sender`]: the clock send path; [`resolver`]: host-name lookups.
+//! - [`remote`]: the remote session (broker, ICE sockets, key derivation).
 //! - [`rtpmidi`], [`osc`], [`oscquery`], [`link`], [`discovery`]: one driver per protocol
 //!   (sockets around the sans-IO cores in [`crate::proto`]).
 
@@ -46,6 +47,7 @@ pub mod link;
 pub mod osc;
 pub mod oscquery;
 mod publish;
+pub mod remote;
 mod resolver;
 pub mod rtpmidi;
 mod runtime;

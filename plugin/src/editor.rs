@@ -100,7 +100,7 @@ pub enum Action {
     /// Set the Link quantum.
     Quantum(i32),
     /// Use these settings now.
-    Apply(NetSettings),
+    Apply(Box<NetSettings>),
     /// Write the log (these sources) to a file.
     ExportLog(BTreeSet<Source>),
 }
@@ -505,7 +505,7 @@ fn settings_page(ui: &mut egui::Ui, panel: &mut Panel, model: &Model, actions: &
                 .add_enabled(changed, egui::Button::new("apply (saved with the project)"))
                 .clicked()
             {
-                actions.push(Action::Apply(draft.clone()));
+                actions.push(Action::Apply(Box::new(draft.clone())));
             }
             if ui
                 .add_enabled(changed, egui::Button::new("revert"))
@@ -704,7 +704,7 @@ impl EditorApp {
                 }
             }
             Action::Apply(settings) => {
-                self.params.net.0.replace(settings);
+                self.params.net.0.replace(*settings);
                 self.panel.draft = None;
                 self.panel.allow_text = None;
                 self.fetched = None;

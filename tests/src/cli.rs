@@ -48,6 +48,13 @@ usage: cargo xtask run -- [options]
                        who may invite Lockstep (default anyone)
   --max-guests N       most peers in session with us on their invitation, 1..1024
                        (default 32)
+  --remote CODE        join the remote session with this code (<room>-<secret>, as
+                       every studio types it); needs --broker
+  --broker HOST:PORT   the MQTT broker the remote session meets through
+  --stun HOST:PORT     a STUN server (finds our public address for a direct path)
+  --turn HOST:PORT     a TURN server (relays when no direct path works), with
+  --turn-user USER --turn-pass PASS   its credentials, or
+  --turn-secret SECRET coturn's REST shared secret (use-auth-secret)
   --plugin PATH        the .clap file to load (default target/bundled/Lockstep.clap)
   -h, --help           this text
 ";
@@ -170,6 +177,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
         link: None,
         quantum: None,
         link_interface: None,
+        remote: lockstep_net::settings::RemoteSettings::default(),
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -350,11 +358,65 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
                     "guests, 1..1024",
                 )?);
             }
+            "--remote" => {
+                let code = value("--remote")?;
+                lockstep_net::proto::remote::code::SessionCode::parse(&code).map_err(|e| {
+                    CliError::Invalid {
+                        flag: "--remote",
+                        value: code.clone(),
+                        why: code_why(e),
+                    }
+                })?;
+                config.remote.code = code;
+            }
+            "--broker" => config.remote.broker = endpoint("--broker", &value("--broker")?)?,
+            "--stun" => config.remote.stun = endpoint("--stun", &value("--stun")?)?,
+            "--turn" => config.remote.turn = endpoint("--turn", &value("--turn")?)?,
+            "--turn-user" => config.remote.turn_user = value("--turn-user")?,
+            "--turn-pass" => config.remote.turn_pass = value("--turn-pass")?,
+            "--turn-secret" => config.remote.turn_secret = value("--turn-secret")?,
             "--plugin" => config.plugin = PathBuf::from(value("--plugin")?),
             other => return Err(CliError::Unknown(other.to_owned())),
         }
     }
+    if !config.remote.code.is_empty() && config.remote.broker.is_empty() {
+        return Err(CliError::Invalid {
+            flag: "--remote",
+            value: config.remote.code.clone(),
+            why: "a remote session needs --broker HOST:PORT to meet through",
+        });
+    }
     Ok(config)
+}
+
+/// Why a session code was refused, for the user.
+fn code_why(error: lockstep_net::proto::remote::code::CodeError) -> &'static str {
+    use lockstep_net::proto::remote::code::CodeError;
+    match error {
+        CodeError::WeakSecret { .. } => {
+            "the secret after the room is too easy to guess (needs about 50 bits or more)"
+        }
+        CodeError::BadRoom => "the room (before the first dash) must be 1 to 4 digits",
+        CodeError::InvalidChar(_) => "only letters, digits, spaces and dashes",
+        CodeError::TooLong => "too long for a session code",
+        CodeError::Empty | CodeError::NoSecret => "expected <room>-<secret>",
+    }
+}
+
+/// `HOST:PORT` with a port above 0 (HOST a name or an address).
+fn endpoint(flag: &'static str, value: &str) -> Result<String, CliError> {
+    let ok = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err(CliError::Invalid {
+            flag,
+            value: value.to_owned(),
+            why: "expected HOST:PORT",
+        })
+    }
 }
 
 #[cfg(test)]
@@ -521,5 +583,44 @@ mod tests {
             parse(args(&["--tempo=120"])),
             Err(CliError::Unknown("--tempo=120".into()))
         );
+    }
+
+    #[test]
+    fn remote_session_flags() {
+        let c = parse(args(&[
+            "--remote",
+            "4817-7KQ3-M2XP-9FTR-HW4D",
+            "--broker",
+            "198.51.100.2:1883",
+            "--stun",
+            "198.51.100.2:3478",
+            "--turn",
+            "turn.example:3478",
+            "--turn-secret",
+            "s3cret",
+        ]))
+        .expect("valid");
+        assert_eq!(c.remote.code, "4817-7KQ3-M2XP-9FTR-HW4D");
+        assert_eq!(c.remote.broker, "198.51.100.2:1883");
+        assert_eq!(c.remote.stun, "198.51.100.2:3478");
+        assert_eq!(c.remote.turn, "turn.example:3478");
+        assert_eq!(c.remote.turn_secret, "s3cret");
+        // A code needs a broker; a weak secret and a bad address are refused, with the flag.
+        assert!(matches!(
+            parse(args(&["--remote", "4817-7KQ3-M2XP-9FTR-HW4D"])),
+            Err(CliError::Invalid { flag: "--remote", .. })
+        ));
+        assert!(matches!(
+            parse(args(&["--remote", "12-cat", "--broker", "b:1883"])),
+            Err(CliError::Invalid { flag: "--remote", .. })
+        ));
+        assert!(matches!(
+            parse(args(&["--stun", "nohost"])),
+            Err(CliError::Invalid { flag: "--stun", .. })
+        ));
+        assert!(matches!(
+            parse(args(&["--broker", "b:0"])),
+            Err(CliError::Invalid { flag: "--broker", .. })
+        ));
     }
 }

@@ -71,6 +71,8 @@ pub struct RunConfig {
     pub oscquery_lan: bool,
     /// Most AppleMIDI guests (`--max-guests`).
     pub max_guests: Option<usize>,
+    /// The remote session (`--remote`, `--broker`, `--stun`, `--turn*`).
+    pub remote: lockstep_net::settings::RemoteSettings,
 }
 
 /// What the audio thread reports to the main thread.
@@ -152,6 +154,7 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
         || config.osc_rate.is_some()
         || config.oscquery_lan
         || config.max_guests.is_some()
+        || !config.remote.code.is_empty()
     {
         let mut settings = instance.net_settings()?;
         settings
@@ -189,6 +192,9 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
         settings.oscquery_lan |= config.oscquery_lan;
         if let Some(max) = config.max_guests {
             settings.rtp_midi_max_guests = max;
+        }
+        if !config.remote.code.is_empty() {
+            settings.remote.clone_from(&config.remote);
         }
         instance.set_net_settings(&settings)?;
     }

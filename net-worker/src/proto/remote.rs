@@ -21,6 +21,8 @@
 //! - [`offset`]: the NTP-style clock offset and drift estimator over a WAN path (§9), with a
 //!   slewed peer-time mapping.
 //! - [`probe`]: when to send the next ping and how long to wait for its pong (§9).
+//! - [`session`]: one remote session: rendezvous, ICE (rice-proto) and clock probes per peer.
+//! - [`turn_rest`]: short-lived TURN credentials from coturn's shared secret.
 //!
 //! Types flow down: [`frame`] uses [`keys`] and [`replay`], [`rendezvous`] uses [`keys`] and
 //! [`code`], [`keys`] uses [`code`]; [`offset`] and [`probe`] stand alone (the caller carries
@@ -33,3 +35,5 @@ pub mod offset;
 pub mod probe;
 pub mod rendezvous;
 pub mod replay;
+pub mod session;
+pub mod turn_rest;

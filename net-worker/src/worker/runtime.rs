@@ -23,7 +23,7 @@ use super::discovery::{self, Discovery};
 use super::instance::{self, Attached, Services};
 use super::resolver::Resolver;
 use super::sender::SendPath;
-use super::{Command, follow, link, osc, oscquery, publish};
+use super::{Command, follow, link, osc, oscquery, publish, remote};
 use crate::bridge::host_time_ns;
 use crate::log::{EventLog, Watcher};
 use crate::settings::DEFAULT_OSC_PORT;
@@ -191,6 +191,8 @@ struct Ready {
     osc: bool,
     query: bool,
     link: bool,
+    /// The remote session's host socket, TURN socket, broker connection.
+    remote: (bool, bool, bool),
     rtp: Vec<u64>,
 }
 
@@ -203,6 +205,7 @@ struct Runtime {
     query: Option<(oscquery::QueryServer, oscquery::HostInfo)>,
     osc_error: Option<String>,
     link: link::LinkService,
+    remote: remote::RemoteService,
     send_path: Option<SendPath>,
     send_path_error: Option<String>,
     resolver: Resolver,
@@ -248,6 +251,9 @@ pub(crate) fn run(mut poll: Poll, commands: Receiver<Command>, ready: Sender<()>
                 OSC => ready.osc = true,
                 QUERY => ready.query = true,
                 LINK => ready.link = true,
+                remote::UDP => ready.remote.0 = true,
+                remote::TURN => ready.remote.1 = true,
+                remote::BROKER => ready.remote.2 = true,
                 Token(t) if t >= RTP_BASE => ready.rtp.push((t - RTP_BASE) as u64),
                 Token(_) => {}
             }
@@ -304,6 +310,7 @@ impl Runtime {
             query: None,
             osc_error: None,
             link,
+            remote: remote::RemoteService::new(),
             send_path,
             send_path_error,
             resolver: Resolver::new(),
@@ -515,6 +522,16 @@ impl Runtime {
             }
         }
         at(instance::transmit(&mut self.rings, now));
+        // The remote session: configured by the first instance with a session code.
+        let wanted = self
+            .rings
+            .values()
+            .filter_map(|a| a.settings.as_ref())
+            .map(|s| &s.remote)
+            .find(|r| !r.code.is_empty());
+        self.remote.configure(wanted, &self.registry, now);
+        at(self.remote.poll(&self.registry, now, ready.remote));
+        self.urgent |= ready.remote != (false, false, false);
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING.as_nanos() as u64;
             self.discovery.poll();
@@ -686,6 +703,7 @@ impl Runtime {
             send_scheduling,
             receive_times: crate::sys::RX_STAMPS.to_owned(),
             passes: self.passes,
+            remote: self.remote.status(now),
             ..WorkerStatus::empty()
         };
         let mut status = status;
@@ -720,6 +738,7 @@ impl Runtime {
                 rtpmidi.shutdown(host_time_ns(), self.send_path.as_mut());
             }
         }
+        self.remote.stop(&self.registry, host_time_ns());
         self.rings.clear();
         self.query = None;
         self.osc = None;

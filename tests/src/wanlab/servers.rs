@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use data_encoding::BASE64;
-use hmac::{Hmac, KeyInit, Mac};
-use sha1::Sha1;
+pub use lockstep_net::proto::remote::turn_rest::turn_rest_credentials;
 
 use super::{Ns, WanLab};
 
@@ -34,17 +32,6 @@ pub const TURN_PORT: u16 = 3478;
 pub const TURN_REALM: &str = "lockstep.test";
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
-
-/// TURN REST credentials (coturn `use-auth-secret`, spec §5.3): the username is
-/// `<expiry_unix>:<user>` and the password `base64(HMAC-SHA1(secret, username))`.
-pub fn turn_rest_credentials(secret: &str, user: &str, expiry_unix: u64) -> (String, String) {
-    let username = format!("{expiry_unix}:{user}");
-    // HMAC accepts a key of any length, so this cannot fail.
-    let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).expect("hmac takes any key");
-    mac.update(username.as_bytes());
-    let password = BASE64.encode(&mac.finalize().into_bytes());
-    (username, password)
-}
 
 /// A running mosquitto broker listening on 198.51.100.2:1883 (anonymous, no persistence).
 /// Dropping it kills the broker.
@@ -269,18 +256,5 @@ impl Drop for Server<'_> {
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!("wanlab: removing {}: {e}", self.dir.display());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::turn_rest_credentials;
-
-    /// Spec §5.6 K4.
-    #[test]
-    fn rest_credentials_match_the_k4_vector() {
-        let (user, pass) = turn_rest_credentials("lockstep-test-secret", "peerA", 1_767_225_600);
-        assert_eq!(user, "1767225600:peerA");
-        assert_eq!(pass, "TOxYul89Y7cwkyjqQzrD9TgL8FY=");
     }
 }

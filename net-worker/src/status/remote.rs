@@ -1,0 +1,101 @@
+//! What the status shows of the remote session (`worker.remote`): the rendezvous, each remote
+//! studio's path and clock, and every refusal, counted.
+
+use serde::{Deserialize, Serialize};
+
+/// The remote session as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RemoteStatus {
+    /// The public part of the session code (the room); the secret is never shown.
+    pub room: String,
+    /// Our peer id in this session (16 hex digits, new at every start).
+    pub me: String,
+    /// Where the session stands: `deriving key`, `connecting to broker`, `waiting for peers`,
+    /// `connected`, or `error`.
+    pub state: String,
+    /// The broker (`host:port`) and whether we are connected to it.
+    pub broker: String,
+    /// Connected to the broker and subscribed.
+    pub broker_connected: bool,
+    /// Times the broker connection was (re)established.
+    pub broker_connects: u64,
+    /// Our candidates: `host`, `srflx` (STUN told us our public address), `relay` (TURN).
+    pub local_candidates: Vec<String>,
+    /// The remote studios.
+    pub peers: Vec<RemotePeerStatus>,
+    /// Refusals and errors, counted.
+    pub counters: RemoteCounters,
+    /// The latest problems, newest last (at most a few), in words.
+    pub errors: Vec<String>,
+}
+
+/// One remote studio.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RemotePeerStatus {
+    /// Its peer id (16 hex digits).
+    pub id: String,
+    /// ICE: `gathering`, `checking`, `connected`, `failed`.
+    pub ice: String,
+    /// `direct` or `relayed` once connected, else empty.
+    pub path: String,
+    /// The selected pair's candidate types, ours then theirs (`host`, `srflx`, `prflx`,
+    /// `relay`).
+    pub pair: String,
+    /// Round trip of the best recent probe (the one the offset comes from), ms.
+    pub rtt_ms: Option<f64>,
+    /// Smoothed round trip, ms.
+    pub srtt_ms: Option<f64>,
+    /// Half the best round trip: the one-way delay if the path is symmetric, ms.
+    pub one_way_ms: Option<f64>,
+    /// Its clock minus ours, ms (published once converged; slewed, never jumps).
+    pub offset_ms: Option<f64>,
+    /// How wrong `offset_ms` can be at most, from the round trip it came from (half of it):
+    /// no clock sync can see how a path's delay splits between the two directions.
+    pub offset_bound_ms: Option<f64>,
+    /// Its clock's rate against ours, parts per million (0 until a minute of buckets).
+    pub drift_ppm: f64,
+    /// Enough probes for the offset to be published.
+    pub converged: bool,
+    /// Probes sent.
+    pub pings: u64,
+    /// Answers taken.
+    pub pongs: u64,
+    /// Probe samples the estimator refused.
+    pub samples_rejected: u64,
+    /// Sealed datagrams sent to it.
+    pub datagrams_out: u64,
+    /// Sealed datagrams opened from it.
+    pub datagrams_in: u64,
+    /// ICE restarts for this peer (a path failed or fell silent).
+    pub restarts: u64,
+    /// How long the current path has been up, ms (0 while not connected).
+    pub connected_for_ms: u64,
+}
+
+/// Everything refused, by reason. None of these changes the session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RemoteCounters {
+    /// Rendezvous messages accepted.
+    pub rendezvous_accepted: u64,
+    /// Rendezvous messages that failed authentication (another code, tampering, moved topic).
+    pub rendezvous_forged: u64,
+    /// Replayed or reordered rendezvous messages (sequence not above the last).
+    pub rendezvous_stale: u64,
+    /// Expired rendezvous messages, or from too far in the future.
+    pub rendezvous_expired: u64,
+    /// Authentic but malformed rendezvous messages, or not ours (other versions, garbage).
+    pub rendezvous_malformed: u64,
+    /// New peers refused because the session already has the most it takes.
+    pub rendezvous_full: u64,
+    /// Datagrams that failed authentication.
+    pub datagrams_forged: u64,
+    /// Datagrams replayed, or too old for the replay window.
+    pub datagrams_replayed: u64,
+    /// Datagrams that are not Lockstep frames or malformed (counted, dropped).
+    pub datagrams_malformed: u64,
+    /// ICE agents that failed to find any path.
+    pub ice_failed: u64,
+}

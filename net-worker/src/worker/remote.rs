@@ -1,0 +1,515 @@
+//! The remote session's driver: the broker connection (TCP, MQTT), the UDP sockets ICE runs on
+//! (one host socket, one reserved for TURN), and the key derivation, around the sans-IO
+//! [`Session`]. One per process, configured by the first instance whose settings carry a
+//! session code.
+//!
+//! The memory-hard key derivation (Argon2id, hundreds of milliseconds) and the server name
+//! lookups run on a short-lived helper thread, never on the worker; the worker checks on it
+//! every [`DERIVE_POLL`]. The broker connection is re-established with a growing back-off
+//! ([`RECONNECT`]); the ICE paths do not depend on it once they are up.
+
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket as StdUdpSocket};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Interest, Registry, Token};
+
+use super::runtime::{read_budgeted, write_pending};
+use crate::proto::mqtt::{MqttClient, MqttConfig, MqttEvent, Will};
+use crate::proto::remote::code::SessionCode;
+use crate::proto::remote::keys::{KdfParams, PeerId, RootKey};
+use crate::proto::remote::session::{Session, SessionConfig, TurnServer};
+use crate::proto::remote::turn_rest::turn_rest_credentials;
+use crate::settings::RemoteSettings;
+use crate::status::remote::RemoteStatus;
+
+/// The host socket's token.
+pub const UDP: Token = Token(4);
+/// The TURN socket's token.
+pub const TURN: Token = Token(5);
+/// The broker connection's token.
+pub const BROKER: Token = Token(6);
+
+/// How often the worker looks whether the key is derived.
+pub const DERIVE_POLL: Duration = Duration::from_millis(50);
+/// Broker reconnect back-off: first and longest wait.
+pub const RECONNECT: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+/// MQTT keep-alive, seconds.
+const KEEP_ALIVE_S: u16 = 15;
+/// TURN REST credentials are asked for this long.
+const TURN_REST_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// What the helper thread hands back.
+struct Prepared {
+    root: RootKey,
+    broker: SocketAddr,
+    stun: Option<SocketAddr>,
+    turn: Option<SocketAddr>,
+}
+
+enum State {
+    Off,
+    Preparing {
+        rx: Receiver<Result<Prepared, String>>,
+    },
+    Running(Box<Running>),
+    Failed(String),
+}
+
+struct Broker {
+    stream: TcpStream,
+    client: MqttClient,
+    ready: bool,
+}
+
+struct Running {
+    session: Session,
+    udp: UdpSocket,
+    host: SocketAddr,
+    turn: Option<(UdpSocket, SocketAddr)>,
+    broker_addr: SocketAddr,
+    broker: Option<Broker>,
+    next_connect_ns: u64,
+    backoff: Duration,
+    connects: u64,
+}
+
+/// The process's remote session.
+pub struct RemoteService {
+    settings: Option<RemoteSettings>,
+    state: State,
+    me: PeerId,
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn resolve(what: &str, text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("cannot find the {what} {text}: {e}"))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| format!("the {what} {text} has no IPv4 address"))
+}
+
+/// The code, the key and the servers' addresses: on a helper thread.
+fn prepare(code: &SessionCode, settings: &RemoteSettings) -> Result<Prepared, String> {
+    let broker = resolve("broker", &settings.broker)?;
+    let stun = (!settings.stun.is_empty())
+        .then(|| resolve("STUN server", &settings.stun))
+        .transpose()?;
+    let turn = (!settings.turn.is_empty())
+        .then(|| resolve("TURN server", &settings.turn))
+        .transpose()?;
+    let root = RootKey::derive(code, &KdfParams::DEFAULT)
+        .map_err(|e| format!("cannot derive the session key: {e}"))?;
+    Ok(Prepared {
+        root,
+        broker,
+        stun,
+        turn,
+    })
+}
+
+impl Default for RemoteService {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RemoteService {
+    /// Off.
+    pub fn new() -> Self {
+        let mut id = [0u8; 8];
+        let _ = getrandom::fill(&mut id);
+        Self {
+            settings: None,
+            state: State::Off,
+            me: PeerId(id),
+        }
+    }
+
+    /// Apply the wanted settings (None: no instance asks for a remote session).
+    pub fn configure(&mut self, wanted: Option<&RemoteSettings>, registry: &Registry, now_ns: u64) {
+        if self.settings.as_ref() == wanted {
+            return;
+        }
+        self.stop(registry, now_ns);
+        self.settings = wanted.cloned();
+        let Some(settings) = wanted else {
+            return;
+        };
+        if let Err(e) = SessionCode::parse(&settings.code) {
+            self.state = State::Failed(format!("session code: {e}"));
+            return;
+        }
+        if settings.broker.is_empty() {
+            self.state = State::Failed("no broker set: a remote session meets through one".into());
+            return;
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let thread_settings = settings.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lockstep-kdf".into())
+            .spawn(move || {
+                let prepared = SessionCode::parse(&thread_settings.code)
+                    .map_err(|e| format!("session code: {e}"))
+                    .and_then(|code| prepare(&code, &thread_settings));
+                let _ = tx.send(prepared);
+            });
+        self.state = match spawned {
+            Ok(_) => State::Preparing { rx },
+            Err(e) => State::Failed(format!("cannot start the key derivation: {e}")),
+        };
+    }
+
+    /// Leave the session (a goodbye to every peer, presence cleared).
+    pub fn stop(&mut self, registry: &Registry, now_ns: u64) {
+        if let State::Running(running) = &mut self.state {
+            running.session.close(now_ns);
+            running.send_datagrams();
+            if let Some(broker) = &mut running.broker {
+                if broker.ready {
+                    let _ =
+                        broker
+                            .client
+                            .publish(running.session.announce_topic(), &[], true, now_ns);
+                }
+                broker.client.disconnect(now_ns);
+                let _ = write_pending(&mut broker.stream, broker.client.output());
+                let _ = registry.deregister(&mut broker.stream);
+            }
+            let _ = registry.deregister(&mut running.udp);
+            if let Some((sock, _)) = &mut running.turn {
+                let _ = registry.deregister(sock);
+            }
+        }
+        self.state = State::Off;
+    }
+
+    /// One pass: sockets that fired (`udp`, `turn`, `broker`), timers. Returns the deadline.
+    pub fn poll(
+        &mut self,
+        registry: &Registry,
+        now_ns: u64,
+        (udp, turn, broker): (bool, bool, bool),
+    ) -> Option<u64> {
+        if let State::Preparing { rx } = &self.state {
+            match rx.try_recv() {
+                Ok(Ok(prepared)) => {
+                    let settings = self.settings.clone().unwrap_or_default();
+                    self.state = match SessionCode::parse(&settings.code)
+                        .map_err(|e| format!("session code: {e}"))
+                        .and_then(|code| {
+                            Running::start(registry, self.me, code, &settings, prepared)
+                        }) {
+                        Ok(running) => State::Running(Box::new(running)),
+                        Err(e) => State::Failed(e),
+                    };
+                }
+                Ok(Err(e)) => self.state = State::Failed(e),
+                Err(TryRecvError::Empty) => {
+                    return Some(now_ns + DERIVE_POLL.as_nanos() as u64);
+                }
+                Err(TryRecvError::Disconnected) => {
+                    self.state = State::Failed("the key derivation stopped".into());
+                }
+            }
+        }
+        let State::Running(running) = &mut self.state else {
+            return None;
+        };
+        Some(running.poll(registry, now_ns, udp, turn, broker))
+    }
+
+    /// What the status shows (None while off).
+    pub fn status(&self, now_ns: u64) -> Option<RemoteStatus> {
+        let settings = self.settings.as_ref()?;
+        let room = SessionCode::parse(&settings.code)
+            .map(|c| c.room_text())
+            .unwrap_or_default();
+        let base = RemoteStatus {
+            room,
+            me: self.me.to_string(),
+            broker: settings.broker.clone(),
+            ..RemoteStatus::default()
+        };
+        Some(match &self.state {
+            State::Off => base,
+            State::Preparing { .. } => RemoteStatus {
+                state: "deriving key".into(),
+                ..base
+            },
+            State::Failed(why) => RemoteStatus {
+                state: "error".into(),
+                errors: vec![why.clone()],
+                ..base
+            },
+            State::Running(running) => {
+                let mut status = running.session.status(now_ns);
+                status.broker = base.broker;
+                status.broker_connected = running.broker.as_ref().is_some_and(|b| b.ready);
+                status.broker_connects = running.connects;
+                status
+            }
+        })
+    }
+}
+
+/// A routable local address for reaching `toward` (no packet is sent: a UDP connect only
+/// asks the routing table).
+fn local_ip_toward(toward: SocketAddr) -> std::io::Result<std::net::IpAddr> {
+    let probe = StdUdpSocket::bind("0.0.0.0:0")?;
+    probe.connect(toward)?;
+    Ok(probe.local_addr()?.ip())
+}
+
+fn bind_udp(registry: &Registry, token: Token) -> Result<(UdpSocket, u16), String> {
+    let mut sock = UdpSocket::bind("0.0.0.0:0".parse().expect("literal address"))
+        .map_err(|e| format!("cannot open a UDP socket for the remote session: {e}"))?;
+    let port = sock
+        .local_addr()
+        .map_err(|e| format!("UDP socket: {e}"))?
+        .port();
+    registry
+        .register(&mut sock, token, Interest::READABLE)
+        .map_err(|e| format!("cannot watch the remote session's socket: {e}"))?;
+    Ok((sock, port))
+}
+
+impl Running {
+    fn start(
+        registry: &Registry,
+        me: PeerId,
+        code: SessionCode,
+        settings: &RemoteSettings,
+        prepared: Prepared,
+    ) -> Result<Self, String> {
+        let toward = prepared.stun.or(prepared.turn).unwrap_or(prepared.broker);
+        let ip = local_ip_toward(toward)
+            .map_err(|e| format!("no route toward {toward} for the remote session: {e}"))?;
+        let (udp, port) = bind_udp(registry, UDP)?;
+        let host = SocketAddr::new(ip, port);
+        let turn = match prepared.turn {
+            Some(server) => {
+                let (sock, port) = bind_udp(registry, TURN)?;
+                let (user, pass) = if settings.turn_secret.is_empty() {
+                    (settings.turn_user.clone(), settings.turn_pass.clone())
+                } else {
+                    let expiry = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        + TURN_REST_VALIDITY;
+                    turn_rest_credentials(&settings.turn_secret, &me.to_string(), expiry.as_secs())
+                };
+                Some((
+                    sock,
+                    SocketAddr::new(ip, port),
+                    TurnServer {
+                        addr: server,
+                        user,
+                        pass,
+                    },
+                ))
+            }
+            None => None,
+        };
+        let config = SessionConfig {
+            me,
+            host,
+            stun: prepared.stun,
+            turn: turn
+                .as_ref()
+                .map(|(_, local, server)| (server.clone(), *local)),
+        };
+        Ok(Self {
+            session: Session::new(config, code, prepared.root),
+            udp,
+            host,
+            turn: turn.map(|(sock, local, _)| (sock, local)),
+            broker_addr: prepared.broker,
+            broker: None,
+            next_connect_ns: 0,
+            backoff: RECONNECT.0,
+            connects: 0,
+        })
+    }
+
+    fn poll(
+        &mut self,
+        registry: &Registry,
+        now_ns: u64,
+        udp: bool,
+        turn: bool,
+        broker: bool,
+    ) -> u64 {
+        let mut buf = [0u8; 2048];
+        if udp {
+            let (sock, host, session) = (&self.udp, self.host, &mut self.session);
+            read_budgeted(
+                || {
+                    let (n, from) = sock.recv_from(&mut buf)?;
+                    session.handle_datagram(host, from, &buf[..n], now_ns);
+                    Ok(())
+                },
+                || {},
+            );
+        }
+        if turn && let Some((sock, local)) = &self.turn {
+            let session = &mut self.session;
+            read_budgeted(
+                || {
+                    let (n, from) = sock.recv_from(&mut buf)?;
+                    session.handle_datagram(*local, from, &buf[..n], now_ns);
+                    Ok(())
+                },
+                || {},
+            );
+        }
+        let mut due = self.poll_broker(registry, now_ns, broker);
+        due = due.min(self.session.poll(now_ns, wall_ms()));
+        self.send_datagrams();
+        self.send_publishes(now_ns);
+        due
+    }
+
+    /// Connect, read, keep alive; returns the broker's deadline.
+    fn poll_broker(&mut self, registry: &Registry, now_ns: u64, readable: bool) -> u64 {
+        if self.broker.is_none() {
+            if now_ns < self.next_connect_ns {
+                return self.next_connect_ns;
+            }
+            match TcpStream::connect(self.broker_addr) {
+                Ok(mut stream) => {
+                    let registered = registry.register(
+                        &mut stream,
+                        BROKER,
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    if let Err(e) = registered {
+                        self.session
+                            .error(format!("cannot watch the broker connection: {e}"));
+                        return self.backoff(now_ns);
+                    }
+                    let mut id = [0u8; 8];
+                    let _ = getrandom::fill(&mut id);
+                    let config = MqttConfig {
+                        client_id: format!("lockstep-{}", PeerId(id)),
+                        keep_alive_s: KEEP_ALIVE_S,
+                        will: Some(Will {
+                            topic: self.session.announce_topic().to_owned(),
+                            payload: Vec::new(),
+                            retain: true,
+                        }),
+                        subscriptions: self.session.subscriptions(),
+                    };
+                    self.broker = Some(Broker {
+                        stream,
+                        client: MqttClient::new(config, now_ns),
+                        ready: false,
+                    });
+                }
+                Err(e) => {
+                    self.session
+                        .error(format!("cannot reach the broker {}: {e}", self.broker_addr));
+                    return self.backoff(now_ns);
+                }
+            }
+        }
+        let Some(broker) = &mut self.broker else {
+            return self.next_connect_ns;
+        };
+        let mut failure: Option<String> = None;
+        if readable || !broker.ready {
+            let mut buf = [0u8; 4096];
+            loop {
+                match broker.stream.read(&mut buf) {
+                    Ok(0) => {
+                        failure = Some("the broker closed the connection".into());
+                        break;
+                    }
+                    Ok(n) => {
+                        if let Err(e) = broker.client.handle_bytes(&buf[..n], now_ns) {
+                            failure = Some(e.to_string());
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == ErrorKind::NotConnected => break,
+                    Err(e) => {
+                        failure = Some(format!("broker connection: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        if failure.is_none()
+            && let Err(e) = broker.client.handle_timeout(now_ns)
+        {
+            failure = Some(e.to_string());
+        }
+        while let Some(event) = broker.client.poll_event() {
+            match event {
+                MqttEvent::Ready => {
+                    broker.ready = true;
+                    self.connects += 1;
+                    self.backoff = RECONNECT.0;
+                    self.session.broker_ready(now_ns);
+                }
+                MqttEvent::Message { topic, payload, .. } => {
+                    self.session
+                        .handle_message(&topic, &payload, now_ns, wall_ms());
+                }
+            }
+        }
+        if failure.is_none() && !write_pending(&mut broker.stream, broker.client.output()) {
+            failure = Some("cannot write to the broker".into());
+        }
+        if let Some(why) = failure {
+            let mut broker = self.broker.take().expect("checked above");
+            let _ = registry.deregister(&mut broker.stream);
+            self.session.broker_lost();
+            self.session.error(why);
+            return self.backoff(now_ns);
+        }
+        broker.client.deadline()
+    }
+
+    fn backoff(&mut self, now_ns: u64) -> u64 {
+        self.next_connect_ns = now_ns + self.backoff.as_nanos() as u64;
+        self.backoff = (self.backoff * 2).min(RECONNECT.1);
+        self.next_connect_ns
+    }
+
+    fn send_datagrams(&mut self) {
+        while let Some(t) = self.session.poll_transmit() {
+            let sock = match &self.turn {
+                Some((sock, local)) if *local == t.from => sock,
+                _ => &self.udp,
+            };
+            // A full socket buffer or an unreachable address loses this datagram; ICE
+            // retransmits and the probes come again.
+            let _ = sock.send_to(&t.data, t.to);
+        }
+    }
+
+    fn send_publishes(&mut self, now_ns: u64) {
+        let Some(broker) = self.broker.as_mut().filter(|b| b.ready) else {
+            return;
+        };
+        while let Some(p) = self.session.poll_publish() {
+            if let Err(e) = broker
+                .client
+                .publish(&p.topic, &p.payload, p.retain, now_ns)
+            {
+                self.session.error(format!("broker: {e}"));
+            }
+        }
+        let _ = write_pending(&mut broker.stream, broker.client.output());
+    }
+}
