@@ -12,6 +12,7 @@
 //! | [`ipv4_interfaces`] | `getifaddrs` | `getifaddrs` | `if-addrs` (GetAdaptersAddresses) |
 //! | [`share_port`] | `SO_REUSEADDR` + `SO_REUSEPORT` | `SO_REUSEADDR` + `SO_REUSEPORT` (as Link's asio does) | `SO_REUSEADDR` |
 //! | [`host_name`] | `gethostname` | `gethostname` | `COMPUTERNAME` |
+//! | [`host_clock_origin_ns`] | the host clock's zero on `CLOCK_MONOTONIC` | none | none |
 
 use std::net::Ipv4Addr;
 
@@ -36,7 +37,7 @@ pub use unix::{enable_rx_timestamps, host_name, ipv4_interfaces, recv_stamped};
 #[cfg(windows)]
 pub use windows::{enable_rx_timestamps, host_name, ipv4_interfaces, recv_stamped};
 
-pub use os::{RX_STAMPS, link_clock_micros, normal_priority, precise_timers};
+pub use os::{RX_STAMPS, host_clock_origin_ns, link_clock_micros, normal_priority, precise_timers};
 
 /// One IPv4 address of a network interface.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -608,11 +608,17 @@ mod tests {
         // A code needs a broker; a weak secret and a bad address are refused, with the flag.
         assert!(matches!(
             parse(args(&["--remote", "4817-7KQ3-M2XP-9FTR-HW4D"])),
-            Err(CliError::Invalid { flag: "--remote", .. })
+            Err(CliError::Invalid {
+                flag: "--remote",
+                ..
+            })
         ));
         assert!(matches!(
             parse(args(&["--remote", "12-cat", "--broker", "b:1883"])),
-            Err(CliError::Invalid { flag: "--remote", .. })
+            Err(CliError::Invalid {
+                flag: "--remote",
+                ..
+            })
         ));
         assert!(matches!(
             parse(args(&["--stun", "nohost"])),
@@ -620,7 +626,10 @@ mod tests {
         ));
         assert!(matches!(
             parse(args(&["--broker", "b:0"])),
-            Err(CliError::Invalid { flag: "--broker", .. })
+            Err(CliError::Invalid {
+                flag: "--broker",
+                ..
+            })
         ));
     }
 }

@@ -291,7 +291,14 @@ pub fn run(config: &RunConfig, stop: &AtomicBool, out: &mut dyn Write) -> Result
     drop(instance);
     drop(bundle);
     result?;
-    let after = probe.read()?;
+    // A joined thread can still be listed under /proc for a moment: the kernel wakes the
+    // joiner before it has released the task. A thread that really stays is still there 1 s on.
+    let mut after = probe.read()?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while after.live_worker_threads > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        after = probe.read()?;
+    }
     let summary = RunSummary {
         blocks: stats.blocks.load(Ordering::Relaxed),
         late_blocks: stats.late_blocks.load(Ordering::Relaxed),

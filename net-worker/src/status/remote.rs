@@ -11,6 +11,9 @@ pub struct RemoteStatus {
     pub room: String,
     /// Our peer id in this session (16 hex digits, new at every start).
     pub me: String,
+    /// Where the clock the offsets are given in starts, on the machine's monotonic clock, ns
+    /// (Linux only): lets two processes on one machine check each other's measured offset.
+    pub clock_origin_ns: Option<u64>,
     /// Where the session stands: `deriving key`, `connecting to broker`, `waiting for peers`,
     /// `connected`, or `error`.
     pub state: String,
@@ -98,4 +101,10 @@ pub struct RemoteCounters {
     pub datagrams_malformed: u64,
     /// ICE agents that failed to find any path.
     pub ice_failed: u64,
+    /// Datagrams our sockets refused to send (buffer full, no route).
+    pub send_errors: u64,
+    /// Datagrams read from our sockets (host and TURN).
+    pub datagrams_read: u64,
+    /// Errors reading our sockets (ICMP reports of earlier sends).
+    pub read_errors: u64,
 }

@@ -26,3 +26,8 @@ pub fn precise_timers() {}
 pub fn link_clock_micros() -> i64 {
     (crate::bridge::host_time_ns() / 1_000) as i64
 }
+
+/// Not offered here: no test compares two processes' clocks on this OS.
+pub fn host_clock_origin_ns() -> Option<u64> {
+    None
+}

@@ -53,6 +53,15 @@ pub fn link_clock_micros() -> i64 {
     }
 }
 
+/// Where the host clock ([`crate::bridge::host_time_ns`]) starts on the machine's
+/// `CLOCK_MONOTONIC` (std's `Instant` clock here), ns: two processes on one machine can compare
+/// their clocks with it (the remote-session tests' ground truth).
+pub fn host_clock_origin_ns() -> Option<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    let now = u64::try_from(t.tv_sec()).ok()? * 1_000_000_000 + u64::try_from(t.tv_nsec()).ok()?;
+    now.checked_sub(crate::bridge::host_time_ns())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

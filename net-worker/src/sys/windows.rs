@@ -31,6 +31,11 @@ pub fn link_clock_micros() -> i64 {
     (crate::bridge::host_time_ns() / 1_000) as i64
 }
 
+/// Not offered here: no test compares two processes' clocks on this OS.
+pub fn host_clock_origin_ns() -> Option<u64> {
+    None
+}
+
 /// No receive timestamps on Windows.
 pub fn enable_rx_timestamps<S>(_socket: &S) -> bool {
     false

@@ -251,6 +251,7 @@ impl RemoteService {
             },
             State::Running(running) => {
                 let mut status = running.session.status(now_ns);
+                status.clock_origin_ns = crate::sys::host_clock_origin_ns();
                 status.broker = base.broker;
                 status.broker_connected = running.broker.as_ref().is_some_and(|b| b.ready);
                 status.broker_connects = running.connects;
@@ -348,6 +349,7 @@ impl Running {
         broker: bool,
     ) -> u64 {
         let mut buf = [0u8; 2048];
+        let mut read_errors = 0;
         if udp {
             let (sock, host, session) = (&self.udp, self.host, &mut self.session);
             read_budgeted(
@@ -356,7 +358,7 @@ impl Running {
                     session.handle_datagram(host, from, &buf[..n], now_ns);
                     Ok(())
                 },
-                || {},
+                || read_errors += 1,
             );
         }
         if turn && let Some((sock, local)) = &self.turn {
@@ -367,8 +369,11 @@ impl Running {
                     session.handle_datagram(*local, from, &buf[..n], now_ns);
                     Ok(())
                 },
-                || {},
+                || read_errors += 1,
             );
+        }
+        for _ in 0..read_errors {
+            self.session.read_failed();
         }
         let mut due = self.poll_broker(registry, now_ns, broker);
         due = due.min(self.session.poll(now_ns, wall_ms()));
@@ -492,9 +497,12 @@ impl Running {
                 Some((sock, local)) if *local == t.from => sock,
                 _ => &self.udp,
             };
-            // A full socket buffer or an unreachable address loses this datagram; ICE
-            // retransmits and the probes come again.
-            let _ = sock.send_to(&t.data, t.to);
+            // A full socket buffer or an unreachable address loses this datagram (counted);
+            // ICE retransmits and the probes come again.
+            if let Err(e) = sock.send_to(&t.data, t.to) {
+                self.session
+                    .send_failed(format!("cannot send to {} from {}: {e}", t.to, t.from));
+            }
         }
     }
 

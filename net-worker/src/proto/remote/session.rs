@@ -58,6 +58,10 @@ pub const DIRECTED_LIFETIME_MS: u64 = 60_000;
 pub const PEER_SILENCE_NS: u64 = 10_000_000_000;
 /// Restarts for one peer at most this often.
 pub const RESTART_INTERVAL_NS: u64 = 5_000_000_000;
+/// A pair still checking this long after its agent started is restarted by the controlling
+/// side: rice-proto 0.4.3 can stall for good when a nomination goes unanswered (it neither
+/// retries nor fails), and a fresh agent costs one more round of checks.
+pub const CHECKING_TIMEOUT_NS: u64 = 6_000_000_000;
 /// A peer we have heard nothing from (rendezvous or datagram) this long is forgotten.
 pub const PEER_FORGET_NS: u64 = 180_000_000_000;
 /// Keepalive: something goes to every connected peer at least this often, inside common NAT
@@ -365,7 +369,25 @@ impl Session {
 
     /// A fresh agent for peer `index` (same keys, clock estimate and counters).
     fn restart(&mut self, index: usize, now_ns: u64) {
-        let old = self.peers.swap_remove(index);
+        let mut old = self.peers.swap_remove(index);
+        // Close the old agent first: its TURN allocation is deleted (a Refresh with lifetime
+        // 0) before the fresh agent allocates from the same socket, which the relay would
+        // otherwise refuse (437: one allocation per 5-tuple).
+        let rice_now = self.rice_now(now_ns);
+        old.agent.close(rice_now);
+        for _ in 0..DRIVE_BUDGET {
+            while let Some(t) = old.agent.poll_transmit(rice_now) {
+                self.transmits.push_back(Transmit {
+                    from: t.transmit.from,
+                    to: t.transmit.to,
+                    data: t.transmit.data.into_vec(),
+                });
+            }
+            match old.agent.poll(rice_now) {
+                AgentPoll::WaitUntil(_) | AgentPoll::Closed => break,
+                _ => {}
+            }
+        }
         let mut fresh = self.new_peer(old.id, now_ns);
         fresh.seen_ufrags = old.seen_ufrags;
         fresh.last_heard_ns = old.last_heard_ns;
@@ -489,6 +511,21 @@ impl Session {
         data: &[u8],
         now_ns: u64,
     ) {
+        self.counters.datagrams_read += 1;
+        let from_relay = self
+            .config
+            .turn
+            .as_ref()
+            .is_some_and(|(server, turn_local)| server.addr == from && *turn_local == local);
+        if from_relay {
+            // The TURN server on its own socket: allocations, permissions and relayed data
+            // (ChannelData or Data indications), for the pair that owns the allocation.
+            let target: Vec<usize> = (0..self.peers.len())
+                .filter(|&i| self.peers[i].relay)
+                .collect();
+            self.offer_to_agents(target, local, from, data, false, now_ns);
+            return;
+        }
         if frame::is_frame(data) {
             // Direct path: the peer whose selected pair ends at `from`, or (its first probe
             // can arrive before our side learns the nominated pair) one that knows `from`.
@@ -525,6 +562,20 @@ impl Session {
                 .filter(|&i| self.peers[i].known.contains(&from))
                 .collect(),
         };
+        self.offer_to_agents(target, local, from, data, username.is_some(), now_ns);
+    }
+
+    /// Offer a datagram to the agents of `target` until one takes it; frames it yields are
+    /// opened. `learn`: an authenticated check teaches that pair the sender's address.
+    fn offer_to_agents(
+        &mut self,
+        target: Vec<usize>,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+        learn: bool,
+        now_ns: u64,
+    ) {
         if target.is_empty() {
             self.counters.datagrams_malformed += 1;
             return;
@@ -551,7 +602,7 @@ impl Session {
                     frames.push(r.data);
                 }
                 peer.agent_due_ns = 0;
-                if handled && username.is_some() {
+                if handled && learn {
                     remember_addr(&mut peer.known, from);
                 }
                 handled
@@ -685,7 +736,9 @@ impl Session {
             }
             let silent =
                 p.ice == Ice::Connected && now_ns.saturating_sub(p.last_heard_ns) > PEER_SILENCE_NS;
-            let failed = p.ice == Ice::Failed;
+            let stalled = p.ice == Ice::Checking
+                && now_ns.saturating_sub(p.last_restart_ns) > CHECKING_TIMEOUT_NS;
+            let failed = p.ice == Ice::Failed || stalled;
             if p.controlling
                 && (silent || failed)
                 && now_ns.saturating_sub(p.last_restart_ns) >= RESTART_INTERVAL_NS
@@ -885,6 +938,17 @@ impl Session {
                 false
             }
         }
+    }
+
+    /// Reading a socket failed (an ICMP report of an earlier send, usually): counted.
+    pub fn read_failed(&mut self) {
+        self.counters.read_errors += 1;
+    }
+
+    /// A datagram could not be sent (counted; the text joins the status's errors).
+    pub fn send_failed(&mut self, why: String) {
+        self.counters.send_errors += 1;
+        self.error(why);
     }
 
     /// The next datagram to send.

@@ -389,3 +389,19 @@ fn stun_username_is_found_only_in_well_formed_stun() {
     bad[22..24].copy_from_slice(&[0x00, 0x40]);
     assert_eq!(stun_info(&bad), None);
 }
+
+#[test]
+fn a_path_that_never_answers_at_first_is_restarted_until_it_does() {
+    let mut sim = Sim::new(&[CODE, CODE], &[0, 0], symmetric(10));
+    sim.blackhole = true;
+    sim.connect_broker();
+    sim.run(sim.now + 8_000 * MS);
+    assert_ne!(sim.status(0).peers[0].ice, "connected");
+    sim.blackhole = false;
+    sim.run(sim.now + 12_000 * MS);
+    for i in 0..2 {
+        let p = &sim.status(i).peers[0];
+        assert_eq!(p.ice, "connected", "node {i}: {p:?}");
+        assert!(p.restarts >= 1, "node {i}: {p:?}");
+    }
+}
