@@ -172,10 +172,11 @@ fn hole_punching_works_with_delay() -> Result<()> {
     Ok(())
 }
 
-/// 40 ms one-way on A's link, none on the server's: every echo takes 80 ms plus at most
-/// 10 ms. The emulator rounds each `poll` timeout up to whole milliseconds (≤ 1 ms per
-/// crossing, 2 per round trip) and the rest is scheduling on a shared 2-core machine; the
-/// emulator never releases a packet early, so the lower bound is exact.
+/// 40 ms one-way on A's link, none on the server's: no echo takes less than 80 ms (the
+/// emulator never releases a packet early, so that bound is exact), the median at most 82 ms
+/// (the emulator rounds each `poll` timeout up to whole milliseconds: ≤ 1 ms per crossing),
+/// and none over 120 ms. Single echoes above 82 ms are the shared 2-core machine scheduling
+/// the emulator's thread late (seen up to 91 ms while the rest of the suite ran), not delay.
 #[test]
 fn delay_is_one_way_per_side() -> Result<()> {
     let lab = WanLab::build(LabConfig {
@@ -184,7 +185,11 @@ fn delay_is_one_way_per_side() -> Result<()> {
     })?;
     let srv = bind(&lab, Ns::Srv, addr(SRV_IP, SRV_PORT))?;
     let host_a = bind(&lab, Ns::HostA, addr(HOST_A_IP, 40000))?;
-    let (low, high) = (Duration::from_millis(80), Duration::from_millis(90));
+    let (low, median_high, high) = (
+        Duration::from_millis(80),
+        Duration::from_millis(82),
+        Duration::from_millis(120),
+    );
     let mut rtts = Vec::new();
     for i in 0u8..20 {
         let sent = Instant::now();
@@ -200,6 +205,13 @@ fn delay_is_one_way_per_side() -> Result<()> {
     ensure!(
         rtts.iter().all(|rtt| (low..=high).contains(rtt)),
         "rtts outside [{low:?}, {high:?}]: {rtts:?}"
+    );
+    let mut sorted = rtts.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
+    ensure!(
+        median <= median_high,
+        "median {median:?} over {median_high:?}: {rtts:?}"
     );
     let stats = lab.emulator_stats();
     ensure!(
