@@ -23,6 +23,8 @@ pub enum Source {
     Osc,
     /// Ableton Link.
     Link,
+    /// The remote session (studios over the internet).
+    Remote,
     /// The clock stream and the audio-thread bridge.
     Clock,
     /// The worker itself.
@@ -31,10 +33,11 @@ pub enum Source {
 
 impl Source {
     /// Every source, for filter menus.
-    pub const ALL: [Source; 5] = [
+    pub const ALL: [Source; 6] = [
         Source::RtpMidi,
         Source::Osc,
         Source::Link,
+        Source::Remote,
         Source::Clock,
         Source::Worker,
     ];
@@ -45,6 +48,7 @@ impl Source {
             Source::RtpMidi => "RTP-MIDI",
             Source::Osc => "OSC",
             Source::Link => "Link",
+            Source::Remote => "Remote",
             Source::Clock => "Clock",
             Source::Worker => "Worker",
         }
@@ -163,6 +167,18 @@ struct Seen {
     osc: [u64; 4],
     osc_errors: BTreeSet<String>,
     link: Option<(u64, usize, Option<String>)>,
+    /// The remote session: broker connected, each peer's path (empty: not connected), the
+    /// refusal counters, the errors.
+    remote: Option<RemoteSeen>,
+}
+
+/// What the watcher remembers of the remote session.
+#[derive(Debug, Clone, Default)]
+struct RemoteSeen {
+    broker: bool,
+    peers: BTreeMap<String, String>,
+    refused: [u64; 3],
+    errors: BTreeSet<String>,
 }
 
 /// Turns successive statuses into log entries.
@@ -343,6 +359,87 @@ impl Watcher {
             }
             new.link = Some((joins, peers, error));
         }
+        if let Some(r) = &status.remote {
+            let was = old.remote.clone().unwrap_or_default();
+            let mut now = RemoteSeen {
+                broker: r.broker_connected,
+                ..RemoteSeen::default()
+            };
+            if now.broker && !was.broker {
+                add(
+                    Source::Remote,
+                    Health::Idle,
+                    format!("room {}: connected to the broker {}", r.room, r.broker),
+                );
+            } else if !now.broker && was.broker {
+                add(
+                    Source::Remote,
+                    Health::Degraded,
+                    format!("lost the broker {} (reconnecting)", r.broker),
+                );
+            }
+            for p in &r.peers {
+                let path = if p.ice == "connected" {
+                    p.path.clone()
+                } else {
+                    String::new()
+                };
+                let rtt = p
+                    .rtt_ms
+                    .map(|r| format!(", round trip {r:.1} ms"))
+                    .unwrap_or_default();
+                match (was.peers.get(&p.id).map(String::as_str), path.as_str()) {
+                    (None, "") => add(
+                        Source::Remote,
+                        Health::Idle,
+                        format!("studio {} found, connecting", p.id),
+                    ),
+                    (before, now_path) if !now_path.is_empty() && before != Some(now_path) => {
+                        add(
+                            Source::Remote,
+                            Health::Good,
+                            format!("studio {} connected ({now_path}, {}{rtt})", p.id, p.pair),
+                        );
+                    }
+                    (Some(before), "") if !before.is_empty() => add(
+                        Source::Remote,
+                        Health::Lost,
+                        format!("studio {}: path lost, looking for another", p.id),
+                    ),
+                    _ => {}
+                }
+                now.peers.insert(p.id.clone(), path);
+            }
+            for id in was.peers.keys() {
+                if !now.peers.contains_key(id) {
+                    add(Source::Remote, Health::Lost, format!("studio {id} left"));
+                }
+            }
+            let c = &r.counters;
+            now.refused = [
+                c.rendezvous_forged,
+                c.datagrams_forged + c.datagrams_replayed,
+                c.rendezvous_full,
+            ];
+            let words = [
+                "rendezvous message(s) failed authentication (another session code in this room, or tampering)",
+                "datagram(s) refused (forged or replayed)",
+                "studio(s) refused: the session is full",
+            ];
+            for (k, words) in words.iter().enumerate() {
+                let grew = now.refused[k].saturating_sub(was.refused[k]);
+                if grew > 0 {
+                    add(Source::Remote, Health::Degraded, format!("{grew} {words}"));
+                }
+            }
+            for e in &r.errors {
+                if !was.errors.contains(e) {
+                    add(Source::Remote, Health::Degraded, e.clone());
+                }
+                now.errors.insert(e.clone());
+            }
+            new.remote = Some(now);
+        }
         self.seen = Some(new);
     }
 }
@@ -444,5 +541,74 @@ mod tests {
         assert_eq!(log.len(), LOG_CAPACITY);
         assert_eq!(log.dropped, 25);
         assert_eq!(log.entries().next().map(|e| e.at_ms), Some(25));
+    }
+
+    #[test]
+    fn the_remote_session_is_logged_in_words() {
+        use crate::status::remote::{RemotePeerStatus, RemoteStatus};
+        let with = |broker: bool, peers: Vec<RemotePeerStatus>, forged: u64| {
+            let mut s = WorkerStatus::empty();
+            let mut r = RemoteStatus {
+                room: "4817".into(),
+                broker: "198.51.100.2:1883".into(),
+                broker_connected: broker,
+                peers,
+                ..RemoteStatus::default()
+            };
+            r.counters.rendezvous_forged = forged;
+            s.remote = Some(r);
+            s
+        };
+        let peer = |ice: &str, path: &str| RemotePeerStatus {
+            id: "0011223344556677".into(),
+            ice: ice.into(),
+            path: path.into(),
+            pair: "host/srflx".into(),
+            rtt_ms: Some(80.84),
+            ..RemotePeerStatus::default()
+        };
+        let mut log = EventLog::new();
+        let mut w = Watcher::new();
+        let steps = [
+            with(true, vec![peer("checking", "")], 0),
+            with(true, vec![peer("connected", "direct")], 0),
+            with(true, vec![peer("connected", "direct")], 2),
+            with(true, vec![peer("checking", "")], 2),
+            with(false, vec![], 2),
+        ];
+        for s in &steps {
+            w.observe(s, &mut log);
+        }
+        let lines: Vec<_> = log
+            .entries()
+            .filter(|e| e.source == Source::Remote)
+            .map(|e| (e.health, e.text.clone()))
+            .collect();
+        let expected = [
+            (
+                Health::Idle,
+                "room 4817: connected to the broker 198.51.100.2:1883",
+            ),
+            (Health::Idle, "studio 0011223344556677 found, connecting"),
+            (
+                Health::Good,
+                "studio 0011223344556677 connected (direct, host/srflx, round trip 80.8 ms)",
+            ),
+            (
+                Health::Degraded,
+                "2 rendezvous message(s) failed authentication (another session code in this room, or tampering)",
+            ),
+            (
+                Health::Lost,
+                "studio 0011223344556677: path lost, looking for another",
+            ),
+            (
+                Health::Degraded,
+                "lost the broker 198.51.100.2:1883 (reconnecting)",
+            ),
+            (Health::Lost, "studio 0011223344556677 left"),
+        ];
+        let got: Vec<_> = lines.iter().map(|(h, t)| (*h, t.as_str())).collect();
+        assert_eq!(got, expected);
     }
 }

@@ -9,6 +9,7 @@ use crate::clock::ClockState;
 pub use crate::health::Health;
 use crate::status::link::{LinkMode, LinkStatus};
 use crate::status::osc::OscStatus;
+use crate::status::remote::RemoteStatus;
 use crate::status::rtpmidi::PeerReport;
 use crate::status::{InstanceStatus, WorkerStatus};
 
@@ -108,6 +109,34 @@ pub struct OscRow {
     pub health: Health,
 }
 
+/// The remote session's row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteRow {
+    /// The room (the public part of the code).
+    pub room: String,
+    /// Words.
+    pub state: String,
+    /// One line per remote studio.
+    pub studios: Vec<StudioRow>,
+    /// Judgement.
+    pub health: Health,
+}
+
+/// One remote studio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudioRow {
+    /// Its peer id.
+    pub id: String,
+    /// "direct", "relayed", or what ICE is doing.
+    pub path: String,
+    /// Round trip, ms.
+    pub rtt_ms: Option<f64>,
+    /// Its clock against ours, ms, and how wrong that can be at most.
+    pub offset_ms: Option<(f64, f64)>,
+    /// Judgement.
+    pub health: Health,
+}
+
 /// Everything on the status page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Overview {
@@ -119,6 +148,9 @@ pub struct Overview {
     pub link: Option<LinkRow>,
     /// OSC, when running.
     pub osc: Option<OscRow>,
+    /// The remote session, when one is set.
+    #[serde(default)]
+    pub remote: Option<RemoteRow>,
     /// Problems that belong to no row (ring overflows, socket errors), worded for a musician.
     pub alerts: Vec<String>,
     /// The worst health on the page.
@@ -163,11 +195,13 @@ pub fn overview(status: &WorkerStatus, id: Option<u64>) -> Overview {
     }
     let link = status.link.as_ref().map(link_row);
     let osc = status.osc.as_ref().map(osc_row);
+    let remote = status.remote.as_ref().map(remote_row);
     let overall = peers
         .iter()
         .map(|p| p.health)
         .chain(link.iter().map(|l| l.health))
         .chain(osc.iter().map(|o| o.health))
+        .chain(remote.iter().map(|r| r.health))
         .fold(transport.health, Health::worst);
     let overall = if alerts.is_empty() {
         overall
@@ -179,8 +213,57 @@ pub fn overview(status: &WorkerStatus, id: Option<u64>) -> Overview {
         peers,
         link,
         osc,
+        remote,
         alerts,
         overall,
+    }
+}
+
+/// The remote session's row: a studio is good once its clock is measured, idle while ICE looks
+/// for a path, lost when ICE failed; the session is lost when it cannot even start.
+pub fn remote_row(r: &RemoteStatus) -> RemoteRow {
+    let studios: Vec<StudioRow> = r
+        .peers
+        .iter()
+        .map(|p| {
+            let (path, health) = match p.ice.as_str() {
+                "connected" if p.converged => (p.path.clone(), Health::Good),
+                "connected" => (format!("{}, measuring", p.path), Health::Idle),
+                "failed" => ("no path (retrying)".to_owned(), Health::Lost),
+                other => (other.to_owned(), Health::Idle),
+            };
+            StudioRow {
+                id: p.id.clone(),
+                path,
+                rtt_ms: p.rtt_ms,
+                offset_ms: p.offset_ms.zip(p.offset_bound_ms),
+                health,
+            }
+        })
+        .collect();
+    let (state, health) = match r.state.as_str() {
+        "error" => (
+            r.errors
+                .last()
+                .cloned()
+                .unwrap_or_else(|| "cannot start".to_owned()),
+            Health::Lost,
+        ),
+        "connected" => {
+            let n = r.peers.iter().filter(|p| p.ice == "connected").count();
+            (
+                format!("{n} studio{} connected", if n == 1 { "" } else { "s" }),
+                Health::Good,
+            )
+        }
+        other => (other.to_owned(), Health::Idle),
+    };
+    let health = studios.iter().map(|s| s.health).fold(health, Health::worst);
+    RemoteRow {
+        room: r.room.clone(),
+        state,
+        studios,
+        health,
     }
 }
 
@@ -434,5 +517,47 @@ mod tests {
         );
         status.link.as_mut().expect("link").error = Some("cannot join Link".into());
         assert_eq!(overview(&status, None).overall, Health::Lost);
+    }
+
+    #[test]
+    fn remote_rows_say_where_each_studio_stands() {
+        use crate::status::remote::{RemotePeerStatus, RemoteStatus};
+        let studio = |ice: &str, converged: bool| RemotePeerStatus {
+            id: "0011223344556677".into(),
+            ice: ice.into(),
+            path: if ice == "connected" { "direct" } else { "" }.into(),
+            converged,
+            rtt_ms: Some(80.8),
+            offset_ms: converged.then_some(0.03),
+            offset_bound_ms: Some(40.4),
+            ..RemotePeerStatus::default()
+        };
+        let mut r = RemoteStatus {
+            room: "4817".into(),
+            state: "connected".into(),
+            peers: vec![studio("connected", true), studio("checking", false)],
+            ..RemoteStatus::default()
+        };
+        let row = remote_row(&r);
+        assert_eq!(row.state, "1 studio connected");
+        assert_eq!(row.studios[0].offset_ms, Some((0.03, 40.4)));
+        assert_eq!(
+            (row.studios[0].path.as_str(), row.studios[0].health),
+            ("direct", Health::Good)
+        );
+        assert_eq!(
+            (row.studios[1].path.as_str(), row.studios[1].health),
+            ("checking", Health::Idle)
+        );
+        assert_eq!(row.health, Health::Good);
+        r.peers[1].ice = "failed".into();
+        assert_eq!(remote_row(&r).health, Health::Lost);
+        r.state = "error".into();
+        r.errors = vec!["session code: no secret after the room".into()];
+        let row = remote_row(&r);
+        assert_eq!(
+            (row.state.as_str(), row.health),
+            ("session code: no secret after the room", Health::Lost)
+        );
     }
 }

@@ -234,6 +234,38 @@ fn status_page(ui: &mut egui::Ui, model: &Model) {
             }
         }
         ui.add_space(6.0);
+        ui.strong("Remote session");
+        match &o.remote {
+            None => {
+                ui.label("No remote session (run the headless runner with --remote, or set a session code in the saved settings).");
+            }
+            Some(r) => {
+                ui.horizontal(|ui| {
+                    mark(ui, r.health, &r.state);
+                    ui.separator();
+                    ui.label(format!("room {}", r.room));
+                });
+                if !r.studios.is_empty() {
+                    egui::Grid::new("studios").striped(true).show(ui, |ui| {
+                        for h in ["studio", "path", "round trip", "clock offset (± at most)"] {
+                            ui.strong(h);
+                        }
+                        ui.end_row();
+                        for s in &r.studios {
+                            mark(ui, s.health, &s.id);
+                            ui.label(&s.path);
+                            ui.label(ms(s.rtt_ms));
+                            ui.label(s.offset_ms.map_or_else(
+                                || "—".to_owned(),
+                                |(o, b)| format!("{o:+.2} ms ± {b:.2} ms"),
+                            ));
+                            ui.end_row();
+                        }
+                    });
+                }
+            }
+        }
+        ui.add_space(6.0);
         ui.strong("OSC");
         match &o.osc {
             None => {
@@ -797,7 +829,7 @@ pub fn settings() -> EguiNiceSettings {
 /// third one lost, every fifth one slow), Link with one peer, OSC traffic, and `log_lines`
 /// log entries.
 pub fn demo_model(peers: usize, log_lines: usize) -> Model {
-    use lockstep_net::view::{LinkRow, OscRow, PeerRow, TransportLine};
+    use lockstep_net::view::{LinkRow, OscRow, PeerRow, RemoteRow, StudioRow, TransportLine};
     let peers = (0..peers)
         .map(|i| {
             let lost = i % 3 == 2;
@@ -877,6 +909,18 @@ pub fn demo_model(peers: usize, log_lines: usize) -> Model {
                 state: "listening".into(),
                 health: Health::Good,
             }),
+            remote: Some(RemoteRow {
+                room: "4817".into(),
+                state: "1 studio connected".into(),
+                studios: vec![StudioRow {
+                    id: "5edeaacce5236569".into(),
+                    path: "direct".into(),
+                    rtt_ms: Some(80.84),
+                    offset_ms: Some((27.66, 40.42)),
+                    health: Health::Good,
+                }],
+                health: Health::Good,
+            }),
             alerts: Vec::new(),
             overall,
         },
@@ -913,7 +957,11 @@ mod tests {
             assert!(!out.shapes.is_empty(), "{tab:?} drew nothing");
         }
         let only: BTreeSet<Source> = [Source::Link].into();
-        assert_eq!(lockstep_net::log::filter(&model.log, &only).count(), 200);
+        // The demo log cycles through the sources.
+        let links = (0..1_000)
+            .filter(|i| Source::ALL[i % Source::ALL.len()] == Source::Link)
+            .count();
+        assert_eq!(lockstep_net::log::filter(&model.log, &only).count(), links);
     }
 
     #[test]
