@@ -16,7 +16,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 
-use super::runtime::{read_budgeted, write_pending};
+use super::runtime::{READ_REST, read_budgeted, write_pending};
 use crate::proto::mqtt::{MqttClient, MqttConfig, MqttEvent, Will};
 use crate::proto::remote::code::SessionCode;
 use crate::proto::remote::keys::{KdfParams, PeerId, RootKey};
@@ -74,6 +74,8 @@ struct Running {
     next_connect_ns: u64,
     backoff: Duration,
     connects: u64,
+    /// Host and TURN sockets whose last read stopped at its budget.
+    owed: (bool, bool),
 }
 
 /// The process's remote session.
@@ -337,6 +339,7 @@ impl Running {
             next_connect_ns: 0,
             backoff: RECONNECT.0,
             connects: 0,
+            owed: (false, false),
         })
     }
 
@@ -350,9 +353,13 @@ impl Running {
     ) -> u64 {
         let mut buf = [0u8; 2048];
         let mut read_errors = 0;
+        // A read that stopped at its budget comes back after READ_REST (edge-triggered
+        // readiness does not say so again).
+        let (udp, turn) = (udp || self.owed.0, turn || self.owed.1);
+        self.owed = (false, false);
         if udp {
             let (sock, host, session) = (&self.udp, self.host, &mut self.session);
-            read_budgeted(
+            self.owed.0 = read_budgeted(
                 || {
                     let (n, from) = sock.recv_from(&mut buf)?;
                     session.handle_datagram(host, from, &buf[..n], now_ns);
@@ -363,7 +370,7 @@ impl Running {
         }
         if turn && let Some((sock, local)) = &self.turn {
             let session = &mut self.session;
-            read_budgeted(
+            self.owed.1 = read_budgeted(
                 || {
                     let (n, from) = sock.recv_from(&mut buf)?;
                     session.handle_datagram(*local, from, &buf[..n], now_ns);
@@ -376,6 +383,9 @@ impl Running {
             self.session.read_failed();
         }
         let mut due = self.poll_broker(registry, now_ns, broker);
+        if self.owed != (false, false) {
+            due = due.min(now_ns + READ_REST);
+        }
         due = due.min(self.session.poll(now_ns, wall_ms()));
         self.send_datagrams();
         self.send_publishes(now_ns);

@@ -375,17 +375,20 @@ impl Session {
         // otherwise refuse (437: one allocation per 5-tuple).
         let rice_now = self.rice_now(now_ns);
         old.agent.close(rice_now);
-        for _ in 0..DRIVE_BUDGET {
-            while let Some(t) = old.agent.poll_transmit(rice_now) {
+        // Its transmits are paced (Ta): step the clock past the pacing so the delete leaves
+        // now; the agent is dropped right after, so nothing else depends on that clock.
+        let ta = old.agent.timing_advance();
+        for step in 0..8u32 {
+            let at = rice_now + ta * step;
+            while let Some(t) = old.agent.poll_transmit(at) {
                 self.transmits.push_back(Transmit {
                     from: t.transmit.from,
                     to: t.transmit.to,
                     data: t.transmit.data.into_vec(),
                 });
             }
-            match old.agent.poll(rice_now) {
-                AgentPoll::WaitUntil(_) | AgentPoll::Closed => break,
-                _ => {}
+            if matches!(old.agent.poll(at), AgentPoll::Closed) {
+                break;
             }
         }
         let mut fresh = self.new_peer(old.id, now_ns);
@@ -404,17 +407,19 @@ impl Session {
 
     fn new_peer(&mut self, id: PeerId, now_ns: u64) -> Peer {
         let controlling = self.config.me < id;
+        // Checks and server requests: 6 transmissions, 250 ms doubling to 1 s, then 1 s for
+        // the last answer (≈ 4.75 s); an unreachable STUN or TURN server gives up as fast.
+        // Set on the builder: rice-proto 0.4.3 reads the builder's value when gathering.
         let mut agent = Agent::builder()
             .trickle_ice(true)
             .controlling(controlling)
+            .set_request_retransmits(
+                std::time::Duration::from_millis(250),
+                std::time::Duration::from_millis(1000),
+                6,
+                std::time::Duration::from_millis(1000),
+            )
             .build();
-        // A STUN or TURN server that does not answer gives up after ~3.5 s, not 40.
-        agent.set_request_retransmits(
-            std::time::Duration::from_millis(250),
-            std::time::Duration::from_millis(1000),
-            4,
-            std::time::Duration::from_millis(1000),
-        );
         let stream = agent.add_stream();
         let local = Credentials::new(rice_proto::random_string(8), rice_proto::random_string(24));
         let mut component = 1;
@@ -551,11 +556,23 @@ impl Session {
         };
         // Which agents may see it: a check naming one of our ufrags goes to that pair (and
         // teaches it the sender's address); anything else only from an address a pair knows.
-        let target: Vec<usize> = match username.and_then(|u| u.split(|&b| b == b':').next()) {
+        let ufrag = username.and_then(|u| u.split(|&b| b == b':').next());
+        if let Some(ufrag) = ufrag
+            && self
+                .peers
+                .iter()
+                .any(|p| p.local.ufrag.as_bytes() == ufrag && p.remote_ufrag.is_none())
+        {
+            return;
+        }
+        let target: Vec<usize> = match ufrag {
+            // A check can beat the peer's credentials through the broker: it is dropped (the
+            // peer sends it again), because credentials set after a check started cancel
+            // that check's retransmissions in rice-proto 0.4.3.
             Some(ufrag) => self
                 .peers
                 .iter()
-                .position(|p| p.local.ufrag.as_bytes() == ufrag)
+                .position(|p| p.local.ufrag.as_bytes() == ufrag && p.remote_ufrag.is_some())
                 .into_iter()
                 .collect(),
             None => (0..self.peers.len())
