@@ -40,6 +40,7 @@ pub mod health;
 pub mod log;
 pub mod params;
 pub mod proto;
+mod rng;
 pub mod settings;
 pub mod status;
 pub mod sys;

@@ -7,6 +7,7 @@
 //! harness and the bench compare the two.
 
 use crate::bridge::TransportSnapshot;
+use crate::rng::Rng;
 
 use super::{BEAT_EPSILON, ClockKind, TICKS_PER_BEAT, spp_at_or_after};
 
@@ -239,28 +240,6 @@ pub struct Case {
     pub timeline: Timeline,
     /// Block sizes, used in order.
     pub blocks: Vec<u32>,
-}
-
-/// Deterministic xorshift64* generator for the case corpus.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
 }
 
 /// Sample rates the corpus draws from.

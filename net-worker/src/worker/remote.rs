@@ -81,6 +81,8 @@ struct Running {
 /// The process's remote session.
 pub struct RemoteService {
     settings: Option<RemoteSettings>,
+    /// The code's room (public), parsed once when the settings change.
+    room: String,
     state: State,
     me: PeerId,
 }
@@ -130,6 +132,7 @@ impl RemoteService {
         let _ = getrandom::fill(&mut id);
         Self {
             settings: None,
+            room: String::new(),
             state: State::Off,
             me: PeerId(id),
         }
@@ -145,9 +148,13 @@ impl RemoteService {
         let Some(settings) = wanted else {
             return;
         };
-        if let Err(e) = SessionCode::parse(&settings.code) {
-            self.state = State::Failed(format!("session code: {e}"));
-            return;
+        match SessionCode::parse(&settings.code) {
+            Ok(code) => self.room = code.room_text(),
+            Err(e) => {
+                self.room.clear();
+                self.state = State::Failed(format!("session code: {e}"));
+                return;
+            }
         }
         if settings.broker.is_empty() {
             self.state = State::Failed("no broker set: a remote session meets through one".into());
@@ -231,11 +238,8 @@ impl RemoteService {
     /// What the status shows (None while off).
     pub fn status(&self, now_ns: u64) -> Option<RemoteStatus> {
         let settings = self.settings.as_ref()?;
-        let room = SessionCode::parse(&settings.code)
-            .map(|c| c.room_text())
-            .unwrap_or_default();
         let base = RemoteStatus {
-            room,
+            room: self.room.clone(),
             me: self.me.to_string(),
             broker: settings.broker.clone(),
             ..RemoteStatus::default()

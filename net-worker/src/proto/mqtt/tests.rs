@@ -166,17 +166,11 @@ fn a_flood_of_messages_is_bounded_and_counted() {
 
 #[test]
 fn garbage_from_the_broker_never_panics() {
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = crate::rng::Rng(0x2545_f491_4f6c_dd1d);
     for _ in 0..20_000 {
         let mut c = ready();
-        let len = (next() % 40) as usize;
-        let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let len = rng.below(40) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         let _ = c.handle_bytes(&bytes, 3);
         assert!(c.rx.len() <= MAX_PACKET + bytes.len());
     }

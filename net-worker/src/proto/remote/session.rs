@@ -64,9 +64,6 @@ pub const RESTART_INTERVAL_NS: u64 = 5_000_000_000;
 pub const CHECKING_TIMEOUT_NS: u64 = 6_000_000_000;
 /// A peer we have heard nothing from (rendezvous or datagram) this long is forgotten.
 pub const PEER_FORGET_NS: u64 = 180_000_000_000;
-/// Keepalive: something goes to every connected peer at least this often, inside common NAT
-/// UDP timers (30 s) and well inside ICE's 15 s (probes go every second anyway).
-pub const KEEPALIVE_NS: u64 = 5_000_000_000;
 /// Addresses per peer that may reach rice-proto (its candidates and learned ones).
 const MAX_KNOWN: usize = 16;
 /// Pings per peer whose pong we still accept.
@@ -162,11 +159,10 @@ struct Peer {
     offset: OffsetEstimator,
     pacer: ProbePacer,
     pings: VecDeque<u64>,
-    created_ns: u64,
+    /// When the current path came up.
+    connected_ns: Option<u64>,
     last_heard_ns: u64,
-    last_sent_ns: u64,
     last_restart_ns: u64,
-    agent_due_ns: u64,
     stats: RemotePeerStatus,
 }
 
@@ -364,7 +360,6 @@ impl Session {
         {
             stream.end_of_remote_candidates();
         }
-        peer.agent_due_ns = 0;
     }
 
     /// A fresh agent for peer `index` (same keys, clock estimate and counters).
@@ -380,13 +375,7 @@ impl Session {
         let ta = old.agent.timing_advance();
         for step in 0..8u32 {
             let at = rice_now + ta * step;
-            while let Some(t) = old.agent.poll_transmit(at) {
-                self.transmits.push_back(Transmit {
-                    from: t.transmit.from,
-                    to: t.transmit.to,
-                    data: t.transmit.data.into_vec(),
-                });
-            }
+            take_transmits(&mut old.agent, at, &mut self.transmits);
             if matches!(old.agent.poll(at), AgentPoll::Closed) {
                 break;
             }
@@ -496,11 +485,9 @@ impl Session {
             offset: OffsetEstimator::new(),
             pacer: ProbePacer::new(),
             pings: VecDeque::new(),
-            created_ns: now_ns,
+            connected_ns: None,
             last_heard_ns: now_ns,
-            last_sent_ns: now_ns,
             last_restart_ns: now_ns,
-            agent_due_ns: 0,
             stats: RemotePeerStatus {
                 id: id.to_string(),
                 ..RemotePeerStatus::default()
@@ -618,7 +605,6 @@ impl Session {
                 while let Some(r) = stream.poll_recv() {
                     frames.push(r.data);
                 }
-                peer.agent_due_ns = 0;
                 if handled && learn {
                     remember_addr(&mut peer.known, from);
                 }
@@ -711,7 +697,6 @@ impl Session {
             return;
         };
         if let Ok(t) = component.send(&buf[..len], rice_now) {
-            peer.last_sent_ns = now_ns;
             peer.stats.datagrams_out += 1;
             self.transmits.push_back(Transmit {
                 from: t.from,
@@ -719,7 +704,6 @@ impl Session {
                 data: t.data.into_vec(),
             });
         }
-        peer.agent_due_ns = 0;
     }
 
     /// Run everything due; returns when to call again (ns).
@@ -786,7 +770,9 @@ impl Session {
             self.send_inner(index, &Inner::Ping { t1_ns: now_ns }, now_ns);
             return self.peers[index].pacer.next_probe(now_ns);
         }
-        at.min(peer.last_sent_ns.saturating_add(KEEPALIVE_NS))
+        // Probes go at least once a second: they keep the NAT bindings open too (well inside
+        // common 30 s UDP timers and ICE's 15 s keepalive).
+        at
     }
 
     /// Drive peer `index`'s agent; returns its deadline.
@@ -797,15 +783,7 @@ impl Session {
         let peer = &mut self.peers[index];
         let mut due = u64::MAX;
         for _ in 0..DRIVE_BUDGET {
-            let mut sent = false;
-            while let Some(t) = peer.agent.poll_transmit(rice_now) {
-                sent = true;
-                self.transmits.push_back(Transmit {
-                    from: t.transmit.from,
-                    to: t.transmit.to,
-                    data: t.transmit.data.into_vec(),
-                });
-            }
+            let sent = take_transmits(&mut peer.agent, rice_now, &mut self.transmits);
             match peer.agent.poll(rice_now) {
                 AgentPoll::WaitUntil(at) => {
                     if !sent {
@@ -845,6 +823,9 @@ impl Session {
                     if peer.ice == Ice::Connected {
                         peer.last_heard_ns = now_ns;
                         peer.pacer.restart();
+                        peer.connected_ns = Some(now_ns);
+                    } else {
+                        peer.connected_ns = None;
                     }
                 }
                 AgentPoll::SelectedPair(p) => {
@@ -873,7 +854,6 @@ impl Session {
                 AgentPoll::RemoveSocket(_) => {}
             }
         }
-        peer.agent_due_ns = due;
         for t in local_types {
             if !self.local_types.contains(&t) {
                 self.local_types.push(t);
@@ -1029,11 +1009,9 @@ impl Session {
                     s.drift_ppm = p.offset.drift_ppm();
                     s.converged = p.offset.converged();
                     s.samples_rejected += p.offset.rejected().total();
-                    s.connected_for_ms = if p.ice == Ice::Connected {
-                        now_ns.saturating_sub(p.created_ns) / 1_000_000
-                    } else {
-                        0
-                    };
+                    s.connected_for_ms = p
+                        .connected_ns
+                        .map_or(0, |since| now_ns.saturating_sub(since) / 1_000_000);
                     s
                 })
                 .collect(),
@@ -1050,6 +1028,20 @@ impl Session {
             .find(|p| p.id == id)
             .and_then(|p| p.offset.offset_at(now_ns))
     }
+}
+
+/// Move every datagram `agent` has ready at `at` into `out`; true if there was any.
+fn take_transmits(agent: &mut Agent, at: Instant, out: &mut VecDeque<Transmit>) -> bool {
+    let mut any = false;
+    while let Some(t) = agent.poll_transmit(at) {
+        any = true;
+        out.push_back(Transmit {
+            from: t.transmit.from,
+            to: t.transmit.to,
+            data: t.transmit.data.into_vec(),
+        });
+    }
+    any
 }
 
 /// Push to a bounded FIFO, dropping the oldest.

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::proto::remote::keys::RootKey;
+use crate::rng::Rng;
 
 const A: PeerId = PeerId([1, 2, 3, 4, 5, 6, 7, 8]);
 const B: PeerId = PeerId([0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8]);
@@ -332,22 +333,6 @@ fn the_book_holds_eight_peers_and_frees_them_after_expiry() {
 /// Bytes that keep mutated JSON close to valid, to reach the parser's deeper paths.
 const JSON_BYTES: &[u8] = b"{}[]\",:0123456789-eE.truefalsnul \\";
 
-/// xorshift64*: a seeded, reproducible byte source.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// 5,000 hostile inputs: random bytes, mutated sealed messages, and authentic seals of mutated
 /// JSON. None panics; a mutated sealed message never opens.
 #[test]
@@ -361,7 +346,7 @@ fn random_and_mutated_inputs_never_panic() {
     for round in 0..5_000 {
         match round % 3 {
             0 => {
-                let mut bytes = vec![0u8; rng.below(MAX_SEALED + 64)];
+                let mut bytes = vec![0u8; rng.below((MAX_SEALED + 64) as u64) as usize];
                 bytes.iter_mut().for_each(|b| *b = rng.next() as u8);
                 if rng.below(2) == 0 && !bytes.is_empty() {
                     bytes[0] = SEALED_V1;
@@ -370,13 +355,13 @@ fn random_and_mutated_inputs_never_panic() {
             }
             1 => {
                 let mut bytes = good.clone();
-                for _ in 0..1 + rng.below(4) {
+                for _ in 0..1 + rng.below(4) as usize {
                     match rng.below(3) {
                         0 if !bytes.is_empty() => {
-                            let i = rng.below(bytes.len());
+                            let i = rng.below(bytes.len() as u64) as usize;
                             bytes[i] ^= 1 + rng.below(255) as u8;
                         }
-                        1 => bytes.truncate(rng.below(bytes.len() + 1)),
+                        1 => bytes.truncate(rng.below((bytes.len() + 1) as u64) as usize),
                         _ => bytes.push(rng.next() as u8),
                     }
                 }
@@ -386,9 +371,9 @@ fn random_and_mutated_inputs_never_panic() {
             }
             _ => {
                 let mut plain = json.clone();
-                for _ in 0..1 + rng.below(4) {
-                    let i = rng.below(plain.len());
-                    plain[i] = JSON_BYTES[rng.below(JSON_BYTES.len())];
+                for _ in 0..1 + rng.below(4) as usize {
+                    let i = rng.below(plain.len() as u64) as usize;
+                    plain[i] = JSON_BYTES[rng.below(JSON_BYTES.len() as u64) as usize];
                 }
                 let bytes = seal_bytes(&k, &topic, &plain, nonce(round as u8));
                 let _ = book.open(&k, &topic, &bytes, NOW);
