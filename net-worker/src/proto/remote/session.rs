@@ -544,22 +544,11 @@ impl Session {
         // Which agents may see it: a check naming one of our ufrags goes to that pair (and
         // teaches it the sender's address); anything else only from an address a pair knows.
         let ufrag = username.and_then(|u| u.split(|&b| b == b':').next());
-        if let Some(ufrag) = ufrag
-            && self
-                .peers
-                .iter()
-                .any(|p| p.local.ufrag.as_bytes() == ufrag && p.remote_ufrag.is_none())
-        {
-            return;
-        }
         let target: Vec<usize> = match ufrag {
-            // A check can beat the peer's credentials through the broker: it is dropped (the
-            // peer sends it again), because credentials set after a check started cancel
-            // that check's retransmissions in rice-proto 0.4.3.
             Some(ufrag) => self
                 .peers
                 .iter()
-                .position(|p| p.local.ufrag.as_bytes() == ufrag && p.remote_ufrag.is_some())
+                .position(|p| p.local.ufrag.as_bytes() == ufrag)
                 .into_iter()
                 .collect(),
             None => (0..self.peers.len())
