@@ -177,7 +177,7 @@ struct Seen {
 struct RemoteSeen {
     broker: bool,
     peers: BTreeMap<String, String>,
-    refused: [u64; 3],
+    refused: [u64; 4],
     errors: BTreeSet<String>,
 }
 
@@ -420,11 +420,13 @@ impl Watcher {
                 c.rendezvous_forged,
                 c.datagrams_forged + c.datagrams_replayed,
                 c.rendezvous_full,
+                c.broker_dropped,
             ];
             let words = [
                 "rendezvous message(s) failed authentication (another session code in this room, or tampering)",
                 "datagram(s) refused (forged or replayed)",
                 "studio(s) refused: the session is full",
+                "broker message(s) dropped: more arrived at once than are queued",
             ];
             for (k, words) in words.iter().enumerate() {
                 let grew = now.refused[k].saturating_sub(was.refused[k]);

@@ -107,4 +107,6 @@ pub struct RemoteCounters {
     pub datagrams_read: u64,
     /// Errors reading our sockets (ICMP reports of earlier sends).
     pub read_errors: u64,
+    /// Broker messages dropped because more arrived at once than the client queues (64).
+    pub broker_dropped: u64,
 }

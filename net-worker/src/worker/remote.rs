@@ -76,6 +76,8 @@ struct Running {
     connects: u64,
     /// Host and TURN sockets whose last read stopped at its budget.
     owed: (bool, bool),
+    /// Broker messages dropped by connections that have ended.
+    broker_dropped: u64,
 }
 
 /// The process's remote session.
@@ -261,6 +263,11 @@ impl RemoteService {
                 status.broker = base.broker;
                 status.broker_connected = running.broker.as_ref().is_some_and(|b| b.ready);
                 status.broker_connects = running.connects;
+                status.counters.broker_dropped = running.broker_dropped
+                    + running
+                        .broker
+                        .as_ref()
+                        .map_or(0, |b| b.client.counters().dropped);
                 status
             }
         })
@@ -344,6 +351,7 @@ impl Running {
             backoff: RECONNECT.0,
             connects: 0,
             owed: (false, false),
+            broker_dropped: 0,
         })
     }
 
@@ -491,6 +499,7 @@ impl Running {
         }
         if let Some(why) = failure {
             let mut broker = self.broker.take().expect("checked above");
+            self.broker_dropped += broker.client.counters().dropped;
             let _ = registry.deregister(&mut broker.stream);
             self.session.broker_lost();
             self.session.error(why);
