@@ -138,8 +138,35 @@ impl ScriptPeer {
 
     /// [`ScriptPeer::spawn`] with extra environment variables.
     pub fn spawn_with_env(script: &str, args: &[String], env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_from(
+            std::process::Command::new(peers_python()),
+            script,
+            args,
+            env,
+        )
+    }
+
+    /// [`ScriptPeer::spawn_with_env`] inside the named network namespace (a WAN lab's).
+    pub fn spawn_in_netns(
+        netns: &str,
+        script: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", netns]).arg(peers_python());
+        Self::spawn_from(command, script, args, env)
+    }
+
+    /// Run `script` with `command` (the Python, or something that runs it).
+    fn spawn_from(
+        mut command: std::process::Command,
+        script: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(peers_python())
+        let mut child = command
             .arg(peer_script(script))
             .args(args)
             .envs(env.iter().copied())

@@ -21,7 +21,10 @@
 //! - [`offset`]: the NTP-style clock offset and drift estimator over a WAN path (§9), with a
 //!   slewed peer-time mapping.
 //! - [`probe`]: when to send the next ping and how long to wait for its pong (§9).
-//! - [`session`]: one remote session: rendezvous, ICE (rice-proto) and clock probes per peer.
+//! - [`grid`]: the shared beat grid: which change wins, how it maps through the clock offsets,
+//!   when it goes out.
+//! - [`session`]: one remote session: rendezvous, ICE (rice-proto), clock probes and the grid
+//!   per peer.
 //! - [`turn_rest`]: short-lived TURN credentials from coturn's shared secret.
 //!
 //! Types flow down: [`frame`] uses [`keys`] and [`replay`], [`rendezvous`] uses [`keys`] and
@@ -30,6 +33,7 @@
 
 pub mod code;
 pub mod frame;
+pub mod grid;
 pub mod keys;
 pub mod offset;
 pub mod probe;

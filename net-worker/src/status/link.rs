@@ -55,6 +55,8 @@ pub struct LinkStatus {
     pub published: u64,
     /// DAW beats forced into the session (starts and jumps).
     pub forced: u64,
+    /// Times the session was put on a remote session's shared grid (adopted or re-aligned).
+    pub remote_grids: u64,
     /// Malformed or foreign-group datagrams.
     pub malformed: u64,
     /// ALIVEs / RESPONSEs with an impossible timeline (tempo outside 20–999 BPM, absurd

@@ -31,6 +31,53 @@ pub struct RemoteStatus {
     pub counters: RemoteCounters,
     /// The latest problems, newest last (at most a few), in words.
     pub errors: Vec<String>,
+    /// The shared beat grid (once there is one).
+    pub grid: Option<GridStatus>,
+}
+
+/// The session's shared beat grid, as this studio holds it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GridStatus {
+    /// Tempo, BPM.
+    pub tempo_bpm: f64,
+    /// The grid's beat now.
+    pub beat: f64,
+    /// The beat within the quantum.
+    pub phase: f64,
+    /// Beats per quantum, as the grid's author set it.
+    pub quantum: f64,
+    /// Transport playing.
+    pub playing: bool,
+    /// The grid's version: raised by every change made in the session.
+    pub generation: u64,
+    /// The peer whose change this grid is (16 hex digits).
+    pub author: String,
+    /// The grid is ours (our change, or nobody else's yet).
+    pub ours: bool,
+    /// A local Link session follows the grid (Link Mode is Lead or Follow). Without one the
+    /// grid is still exchanged, and taken when Link is switched on.
+    pub linked: bool,
+    /// What happened to grids, counted.
+    pub counters: GridCounters,
+}
+
+/// Grid exchanges, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GridCounters {
+    /// Changes made here (tempo, start/stop, beat jumps) that became the session's grid.
+    pub authored: u64,
+    /// Grids taken from peers (a newer change).
+    pub adopted: u64,
+    /// Times the local session was moved back onto the grid (drift, the author's re-anchors).
+    pub realigned: u64,
+    /// Older grids peers sent (a change that lost to a newer one): ignored.
+    pub stale: u64,
+    /// Timelines held until the sender's clock offset converged.
+    pub held: u64,
+    /// Timelines sent (to all connected peers at once).
+    pub sent: u64,
 }
 
 /// One remote studio.

@@ -58,6 +58,7 @@ pub fn run_link(
         }
         None => (link::LinkMode::Off, None, false, 4.0, None),
     };
+    service.quantum = quantum_;
     let link_due = service.update(now, mode, &interface, daw, start_stop, daw_beat, readable);
     let timeline = service.timeline(now);
     let host_now = bridge::host_time_ns();

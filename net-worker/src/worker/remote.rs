@@ -237,6 +237,14 @@ impl RemoteService {
         Some(running.poll(registry, now_ns, udp, turn, broker))
     }
 
+    /// The running session (None while off, deriving or failed).
+    pub fn session_mut(&mut self) -> Option<&mut Session> {
+        match &mut self.state {
+            State::Running(running) => Some(&mut running.session),
+            _ => None,
+        }
+    }
+
     /// What the status shows (None while off).
     pub fn status(&self, now_ns: u64) -> Option<RemoteStatus> {
         let settings = self.settings.as_ref()?;

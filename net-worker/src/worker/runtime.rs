@@ -530,7 +530,22 @@ impl Runtime {
             .map(|s| &s.remote)
             .find(|r| !r.code.is_empty());
         self.remote.configure(wanted, &self.registry, now);
+        // The shared grid: a local Link change goes out with this poll; a grid a peer sent
+        // is applied after it (and reported by the next pass).
+        if let Some(session) = self.remote.session_mut() {
+            session.observe_grid(now, self.link.grid_view(now));
+        }
         at(self.remote.poll(&self.registry, now, ready.remote));
+        if let Some(session) = self.remote.session_mut() {
+            // Without a Link session (Link Mode Off) the grid waits in the session.
+            if self.link.is_open()
+                && let Some(grid) = session.take_grid()
+            {
+                self.link.take_grid(&grid, host_time_ns());
+                self.urgent = true;
+            }
+            at(session.grid_due());
+        }
         self.urgent |= ready.remote != (false, false, false);
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING.as_nanos() as u64;

@@ -17,12 +17,14 @@
 //! | 2 | RS | a receiver-feedback body, opaque here |
 //! | 3 | ping | `t1` u64: sender's send time, ns |
 //! | 4 | pong | `t1` u64 (echoed), `t2` u64 (ping received), `t3` u64 (pong sent), ns |
-//! | 5 | timeline | 33 bytes, see below |
+//! | 5 | timeline | 49 bytes, see below |
 //! | 6 | bye | empty |
 //!
 //! Timeline: tempo f64 (BPM, Link's range) ‖ beat origin f64 (beats) ‖ time origin i64 (ns on
-//! the session's shared clock, at which the beat origin falls) ‖ playing u8 (0 or 1) ‖ quantum
-//! f64 (beats, in (0, 1024]) — like Link's `tmln` plus start/stop and quantum, in shared time.
+//! the *sender's* clock, at which the beat origin falls; the receiver maps it through its
+//! offset estimate of the sender) ‖ playing u8 (0 or 1) ‖ quantum f64 (beats, in (0, 1024]) ‖
+//! generation u64 ‖ author (8-byte peer id) — like Link's `tmln` plus start/stop and quantum,
+//! with the version the session orders changes by (see [`super::grid`]).
 //!
 //! Fixed-size payloads must have exactly their size; anything else is [`OpenError::BadInner`].
 //! 27 bytes of overhead; every datagram is at most [`MAX_DATAGRAM`] (1200) bytes so TURN and
@@ -39,7 +41,7 @@ use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
 use thiserror::Error;
 
-use super::keys::DatagramKey;
+use super::keys::{DatagramKey, PeerId};
 use super::replay::{ReplayError, ReplayWindow};
 use crate::proto::link::TEMPO_RANGE;
 
@@ -56,7 +58,7 @@ pub const MAX_DATAGRAM: usize = 1200;
 /// Largest payload an inner message may carry.
 pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - OVERHEAD;
 /// Bytes of a timeline payload.
-pub const TIMELINE_LEN: usize = 33;
+pub const TIMELINE_LEN: usize = 49;
 
 const RTP_MIDI: u8 = 1;
 const RS: u8 = 2;
@@ -143,6 +145,10 @@ pub struct RemoteTimeline {
     pub playing: bool,
     /// Beats per quantum (phase alignment unit), positive.
     pub quantum: f64,
+    /// The timeline's version: raised by every change made while in the session.
+    pub generation: u64,
+    /// The peer whose change this timeline is.
+    pub author: PeerId,
 }
 
 impl RemoteTimeline {
@@ -163,6 +169,8 @@ impl RemoteTimeline {
         out[16..24].copy_from_slice(&self.time_origin_ns.to_be_bytes());
         out[24] = u8::from(self.playing);
         out[25..33].copy_from_slice(&self.quantum.to_be_bytes());
+        out[33..41].copy_from_slice(&self.generation.to_be_bytes());
+        out[41..49].copy_from_slice(&self.author.0);
         out
     }
 
@@ -178,6 +186,8 @@ impl RemoteTimeline {
                 _ => return None,
             },
             quantum: f64_at(25),
+            generation: u64::from_be_bytes(be8(&bytes[33..41])),
+            author: PeerId(be8(&bytes[41..49])),
         };
         timeline.is_valid().then_some(timeline)
     }

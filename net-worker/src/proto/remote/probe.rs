@@ -1,15 +1,15 @@
-//! When to send the next clock probe and how long to wait for its answer (digest 2, §9): four
-//! pings a second for the first five seconds, so the offset converges quickly, then one a
-//! second; a pong later than `max(300 ms, 3 · srtt)` counts as lost.
+//! When to send the next clock probe and how long to wait for its answer (digest 2, §9): ten
+//! pings a second for the first three seconds, so the offset converges (16 samples) within
+//! two seconds of the path coming up and the beat grid can be shared, then one a second; a pong later than `max(300 ms, 3 · srtt)` counts as lost.
 //!
 //! Sans-IO like the rest of [`super`]: the caller asks [`ProbePacer::next_probe`] for a
 //! deadline, waits for it with its other timers, sends a ping stamped with its clock, and
 //! reports it with [`ProbePacer::on_sent`].
 
-/// Interval between probes in the fast phase, ns (4 a second).
-pub const FAST_INTERVAL_NS: u64 = 250_000_000;
+/// Interval between probes in the fast phase, ns (10 a second: about 1 kB/s each way).
+pub const FAST_INTERVAL_NS: u64 = 100_000_000;
 /// Length of the fast phase from the first probe, ns.
-pub const FAST_PHASE_NS: u64 = 5_000_000_000;
+pub const FAST_PHASE_NS: u64 = 3_000_000_000;
 /// Interval between probes afterwards, ns (1 a second).
 pub const SLOW_INTERVAL_NS: u64 = 1_000_000_000;
 /// Shortest probe timeout, ns: far above any sane round trip on a WAN path.
@@ -54,7 +54,7 @@ impl ProbePacer {
     }
 
     /// Starts a new fast phase (the path changed, or the peer restarted): probe now, then
-    /// four a second for five seconds.
+    /// ten a second for three seconds.
     pub fn restart(&mut self) {
         *self = Self::default();
     }
@@ -86,16 +86,16 @@ mod tests {
             sent.push(now - start);
             now += 1; // the caller's next wake-up
         }
-        let in_first_5s = sent.iter().filter(|&&t| t < FAST_PHASE_NS).count();
-        assert_eq!(in_first_5s, 20, "{sent:?}");
+        let in_fast_phase = sent.iter().filter(|&&t| t < FAST_PHASE_NS).count();
+        assert_eq!(in_fast_phase, 30, "{sent:?}");
         let gaps: Vec<u64> = sent.windows(2).map(|w| w[1] - w[0]).collect();
-        // The probe at 4.75 s is still in the fast phase, so the next follows 250 ms later.
+        // The probe at 2.9 s is still in the fast phase, so the next follows 100 ms later.
         assert!(
-            gaps[..20].iter().all(|&g| g == FAST_INTERVAL_NS),
+            gaps[..30].iter().all(|&g| g == FAST_INTERVAL_NS),
             "{gaps:?}"
         );
         assert!(
-            gaps[20..].iter().all(|&g| g == SLOW_INTERVAL_NS),
+            gaps[30..].iter().all(|&g| g == SLOW_INTERVAL_NS),
             "{gaps:?}"
         );
         // Late wake-ups do not pile up probes: the deadline follows the last one sent.

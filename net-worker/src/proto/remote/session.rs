@@ -41,7 +41,8 @@ use stun_proto::Instant;
 use stun_proto::agent::Transmit as RiceTransmit;
 
 use super::code::SessionCode;
-use super::frame::{self, Inner, MAX_DATAGRAM, OpenError, Opener, Sealer};
+use super::frame::{self, Inner, MAX_DATAGRAM, OpenError, Opener, RemoteTimeline, Sealer};
+use super::grid::{Grid, GridSync, LocalView};
 use super::keys::{MqttKey, PeerId, RootKey};
 use super::offset::{ClockSample, OffsetEstimator};
 use super::probe::ProbePacer;
@@ -159,6 +160,8 @@ struct Peer {
     offset: OffsetEstimator,
     pacer: ProbePacer,
     pings: VecDeque<u64>,
+    /// The last timeline it sent before its clock offset converged.
+    held: Option<RemoteTimeline>,
     /// When the current path came up.
     connected_ns: Option<u64>,
     last_heard_ns: u64,
@@ -184,6 +187,7 @@ pub struct Session {
     counters: RemoteCounters,
     local_types: Vec<String>,
     errors: VecDeque<String>,
+    grid: GridSync,
 }
 
 impl Session {
@@ -207,6 +211,7 @@ impl Session {
             counters: RemoteCounters::default(),
             local_types: Vec::new(),
             errors: VecDeque::new(),
+            grid: GridSync::new(config.me),
             config,
         }
     }
@@ -485,6 +490,7 @@ impl Session {
             offset: OffsetEstimator::new(),
             pacer: ProbePacer::new(),
             pings: VecDeque::new(),
+            held: None,
             connected_ns: None,
             last_heard_ns: now_ns,
             last_restart_ns: now_ns,
@@ -661,13 +667,29 @@ impl Session {
                 if peer.offset.handle_sample(sample).is_err() {
                     peer.stats.samples_rejected += 1;
                 }
+                // A timeline that waited for this peer's clock: mapped now.
+                if let (Some(offset), Some(timeline)) = (peer.offset.offset_at(now_ns), peer.held) {
+                    peer.held = None;
+                    let id = peer.id;
+                    self.grid.handle(now_ns, id, &timeline, offset);
+                }
             }
+            Inner::Timeline(timeline) => match peer.offset.offset_at(now_ns) {
+                Some(offset) => {
+                    let id = peer.id;
+                    self.grid.handle(now_ns, id, &timeline, offset);
+                }
+                None => {
+                    peer.held = Some(timeline);
+                    self.grid.held();
+                }
+            },
             Inner::Bye => {
                 let id = peer.id;
                 self.peers.remove(index);
                 self.error(format!("peer {id} left the session"));
             }
-            Inner::RtpMidi(_) | Inner::Rs(_) | Inner::Timeline(_) => {}
+            Inner::RtpMidi(_) | Inner::Rs(_) => {}
         }
     }
 
@@ -742,7 +764,41 @@ impl Session {
             self.flush_candidates(i, wall_ms);
             due = due.min(self.probe(i, now_ns));
         }
+        if self.peers.iter().any(|p| p.ice == Ice::Connected) {
+            while let Some(timeline) = self.grid.poll_send(now_ns) {
+                for i in 0..self.peers.len() {
+                    if self.peers[i].ice == Ice::Connected {
+                        self.send_inner(i, &Inner::Timeline(timeline), now_ns);
+                    }
+                }
+            }
+            if let Some(at) = self.grid.next_send_ns() {
+                due = due.min(at);
+            }
+        }
         due.max(now_ns)
+    }
+
+    /// What the local Link session shows at `now_ns` (None: Link is off). Call every pass,
+    /// after applying [`Session::take_grid`].
+    pub fn observe_grid(&mut self, now_ns: u64, view: Option<LocalView>) {
+        let in_session = self.peers.iter().any(|p| p.ice == Ice::Connected);
+        self.grid.observe(now_ns, view, in_session);
+    }
+
+    /// A grid the local Link session should take now (adopted from a peer, or re-aligned).
+    pub fn take_grid(&mut self) -> Option<Grid> {
+        self.grid.take_pending()
+    }
+
+    /// When the grid next needs sending (ns), for the caller's deadline after a local change;
+    /// None while no peer is connected.
+    pub fn grid_due(&self) -> Option<u64> {
+        self.peers
+            .iter()
+            .any(|p| p.ice == Ice::Connected)
+            .then(|| self.grid.next_send_ns())
+            .flatten()
     }
 
     /// Pings on a connected path; keepalive. Returns the next probe time.
@@ -1006,6 +1062,7 @@ impl Session {
                 .collect(),
             counters: self.counters,
             errors: self.errors.iter().cloned().collect(),
+            grid: self.grid.status(now_ns),
             ..RemoteStatus::default()
         }
     }

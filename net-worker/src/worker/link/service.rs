@@ -8,7 +8,9 @@ use std::net::Ipv4Addr;
 use mio::{Registry, Token};
 
 use super::{LinkDriver, LinkMode, LinkStatus, resolve_interfaces};
+use crate::proto::link::Timeline as LinkTimeline;
 use crate::proto::link::session::Micros;
+use crate::proto::remote::grid::{Grid, LocalView};
 
 /// The process's Link peer and the role the instances give it.
 #[derive(Debug, Default)]
@@ -33,12 +35,16 @@ pub struct LinkService {
     offset_ms: Option<f64>,
     joins_seen: u64,
     published: u64,
+    /// Remote grids the session was put on.
+    remote_grids: u64,
     /// When the status was last made (it is published every 50 ms).
     pub status_at: Micros,
     /// A status (not None) is published.
     pub status_shown: bool,
     /// The status as last made, for the worker's published snapshot.
     pub published_status: Option<LinkStatus>,
+    /// The leading instance's quantum (beats), for the remote grid.
+    pub quantum: f64,
 }
 
 impl LinkService {
@@ -175,6 +181,46 @@ impl LinkService {
         })
     }
 
+    /// The session as the remote grid sees it at `host_ns` (the worker's host clock; None
+    /// while not in Link).
+    pub fn grid_view(&self, host_ns: u64) -> Option<LocalView> {
+        let core = self.driver.as_ref()?.core();
+        let at = (host_ns as f64 / 1e3 + super::link_minus_host()).round() as Micros;
+        Some(LocalView {
+            tempo_bpm: core.tempo(),
+            beat: core.beats_at(at),
+            playing: core.playing(),
+            quantum: if self.quantum > 0.0 {
+                self.quantum
+            } else {
+                4.0
+            },
+        })
+    }
+
+    /// Put the session on `grid` (adopted from a remote studio, or re-aligned to it) at
+    /// `host_ns`: its tempo, its beat at this moment, its start/stop state. Local Link peers
+    /// take it as any peer's change (the beat origin moves forward, so it wins). False while
+    /// not in Link.
+    pub fn take_grid(&mut self, grid: &Grid, host_ns: u64) -> bool {
+        let Some(driver) = self.driver.as_mut() else {
+            return false;
+        };
+        let at = (host_ns as f64 / 1e3 + super::link_minus_host()).round() as Micros;
+        let core = driver.core_mut();
+        if LinkTimeline::micros_per_beat_for(core.tempo())
+            != LinkTimeline::micros_per_beat_for(grid.tempo_bpm)
+        {
+            core.set_tempo(at, grid.tempo_bpm);
+        }
+        core.force_beat(at, grid.beat_at(host_ns as i64), at);
+        if core.playing() != grid.playing {
+            core.set_playing(at, grid.playing);
+        }
+        self.remote_grids += 1;
+        true
+    }
+
     /// What OSC controllers see of the session (None while not in Link).
     pub fn feed(&self, now: Micros, quantum: f64) -> Option<crate::worker::osc::LinkFeed> {
         let core = self.driver.as_ref()?.core();
@@ -204,6 +250,7 @@ impl LinkService {
             error: self.error.clone(),
             published: self.published,
             forced: self.forced,
+            remote_grids: self.remote_grids,
             at_micros: now,
             offset_ms: self.offset_ms,
             note: (mode == LinkMode::Follow).then(|| {

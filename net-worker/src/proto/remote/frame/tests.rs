@@ -36,6 +36,8 @@ const SAMPLE_TIMELINE: RemoteTimeline = RemoteTimeline {
     time_origin_ns: -1_500_000_000,
     playing: true,
     quantum: 4.0,
+    generation: 7,
+    author: PeerId([1, 2, 3, 4, 5, 6, 7, 8]),
 };
 
 #[test]
@@ -83,8 +85,8 @@ fn every_inner_type_round_trips() {
 /// key = bytes(range(32)); hdr = bytes([0xD1, epoch]) + struct.pack(">Q", seq)
 /// hdr + ChaCha20Poly1305(key).encrypt(b"\0" * 4 + struct.pack(">Q", seq), plaintext, hdr)
 /// ping:     epoch 7, seq 0x0102030405060708, plaintext = 03 ‖ 1122334455667788
-/// timeline: epoch 0, seq 42, plaintext = 05 ‖ struct.pack(">ddqBd", 120.0, 16.0,
-///           -1_500_000_000, 1, 4.0)
+/// timeline: epoch 0, seq 42, plaintext = 05 ‖ struct.pack(">ddqBdQ", 120.0, 16.0,
+///           -1_500_000_000, 1, 4.0, 7) ‖ bytes([1, 2, 3, 4, 5, 6, 7, 8])
 /// ```
 #[test]
 fn golden_vectors() {
@@ -105,7 +107,8 @@ fn golden_vectors() {
         hex(&timeline),
         concat!(
             "d100000000000000002afb11f58a7a324dfe2d204e6a0df1a8cf0bb9ed87e764641376e6",
-            "74e792ec6955409140a0d850d281e5df3782ed69a85dd888"
+            "74e792ec695540918ff08882280d576e5e23c05fdb834f458623242ee1487fb71dcf8787",
+            "ec4e600b"
         )
     );
     let mut opener = Opener::new(&key(0), 0);

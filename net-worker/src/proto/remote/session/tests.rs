@@ -10,8 +10,25 @@ use crate::proto::remote::keys::KdfParams;
 
 const MS: u64 = 1_000_000;
 
+/// A studio's local Link session: a beat line on its own clock.
+#[derive(Debug, Clone, Copy)]
+struct Line {
+    tempo: f64,
+    beat0: f64,
+    t0: i64,
+    playing: bool,
+}
+
+impl Line {
+    fn beat(&self, ns: u64) -> f64 {
+        self.beat0 + (ns as i64 - self.t0) as f64 * self.tempo / 60e9
+    }
+}
+
 struct Node {
     session: Session,
+    /// Its local Link session, if any.
+    line: Option<Line>,
     /// This node's clock minus the simulation's, ns.
     skew_ns: i64,
     host: SocketAddr,
@@ -71,6 +88,7 @@ impl Sim {
                 };
                 Node {
                     session: Session::new(config, c, root),
+                    line: None,
                     skew_ns: *skew,
                     host,
                     due: 0,
@@ -150,6 +168,27 @@ impl Sim {
     fn run(&mut self, until: u64) {
         while self.now < until {
             for i in 0..self.nodes.len() {
+                let now = self.clock(i);
+                let node = &mut self.nodes[i];
+                // The worker's order: apply a grid to the Link session, then report it.
+                if let Some(g) = node.session.take_grid() {
+                    node.line = Some(Line {
+                        tempo: g.tempo_bpm,
+                        beat0: g.beat_origin,
+                        t0: g.origin_ns,
+                        playing: g.playing,
+                    });
+                }
+                let view = node.line.map(|l| LocalView {
+                    tempo_bpm: l.tempo,
+                    beat: l.beat(now),
+                    playing: l.playing,
+                    quantum: 4.0,
+                });
+                node.session.observe_grid(now, view);
+                if let Some(at) = node.session.grid_due() {
+                    node.due = node.due.min(at);
+                }
                 if self.clock(i) >= self.nodes[i].due {
                     let (now, wall) = (self.clock(i), self.wall_ms());
                     let due = self.nodes[i].session.poll(now, wall);
@@ -404,4 +443,99 @@ fn a_path_that_never_answers_at_first_is_restarted_until_it_does() {
         assert_eq!(p.ice, "connected", "node {i}: {p:?}");
         assert!(p.restarts >= 1, "node {i}: {p:?}");
     }
+}
+
+/// Node `i`'s local beat at simulation time `t`, and how far (ms) it lies from node `j`'s.
+fn apart_ms(sim: &Sim, i: usize, j: usize) -> f64 {
+    let beat = |k: usize| {
+        let line = sim.nodes[k].line.expect("a Link session");
+        line.beat(sim.clock(k))
+    };
+    (beat(i) - beat(j)) * 60e3 / sim.nodes[j].line.expect("line").tempo
+}
+
+#[test]
+fn the_grid_crosses_the_path_once_the_clocks_converged_and_changes_follow() {
+    // B's clock is 1.234 s ahead; 40 ms each way. A plays at 120 BPM, B is stopped at 95.
+    let mut sim = Sim::new(&[CODE, CODE], &[0, 1_234_000_000], symmetric(40));
+    sim.nodes[0].line = Some(Line {
+        tempo: 120.0,
+        beat0: 0.0,
+        t0: 0,
+        playing: true,
+    });
+    sim.nodes[1].line = Some(Line {
+        tempo: 95.0,
+        beat0: 3.0,
+        t0: 0,
+        playing: false,
+    });
+    sim.connect_broker();
+    let start = sim.now;
+    let mut took = None;
+    while sim.now < start + 10_000 * MS {
+        sim.run(sim.now + 10 * MS);
+        if took.is_none() && sim.nodes[1].line.is_some_and(|l| l.tempo == 120.0) {
+            took = Some((sim.now - start) / MS);
+        }
+    }
+    let took = took.expect("B never took A's grid");
+    let b = sim.status(1);
+    let grid = b.grid.as_ref().expect("grid");
+    assert!(grid.playing && !grid.ours && grid.linked, "{grid:?}");
+    assert_eq!(grid.counters.adopted, 1, "{grid:?}");
+    // Probes converge in 16 samples; the grid is mapped through the offset only then.
+    assert!(b.peers[0].converged);
+    let apart = apart_ms(&sim, 1, 0);
+    assert!(apart.abs() < 0.5, "B is {apart} ms from A");
+    eprintln!("grid shared {took} ms after the broker; apart {apart:.4} ms");
+    // B's DAW changes the tempo and A follows within one path delay (plus a poll).
+    let b_now = sim.clock(1);
+    let line = sim.nodes[1].line.as_mut().unwrap();
+    *line = Line {
+        tempo: 100.0,
+        beat0: line.beat(b_now),
+        t0: b_now as i64,
+        playing: true,
+    };
+    let changed = sim.now;
+    let mut followed = None;
+    while sim.now < changed + 1_000 * MS {
+        sim.run(sim.now + MS);
+        if followed.is_none() && sim.nodes[0].line.is_some_and(|l| l.tempo == 100.0) {
+            followed = Some((sim.now - changed) as f64 / 1e6);
+        }
+    }
+    let followed = followed.expect("A never took B's tempo");
+    assert!(followed <= 40.0 + 2.0, "A followed after {followed} ms");
+    assert!(apart_ms(&sim, 0, 1).abs() < 0.5);
+    let a = sim.status(0);
+    assert_eq!(a.grid.as_ref().unwrap().generation, 1);
+    assert_eq!(a.grid.as_ref().unwrap().author, b.me);
+}
+
+#[test]
+fn over_an_asymmetric_path_the_grid_errs_by_the_offset_error_within_its_bound() {
+    // 30 ms from A to B, 50 ms back: B maps A's grid 10 ms off, as its offset estimate is.
+    let delay: Box<dyn Fn(usize, usize) -> u64> =
+        Box::new(|from, _| if from == 0 { 30 * MS } else { 50 * MS });
+    let mut sim = Sim::new(&[CODE, CODE], &[0, 500_000_000], delay);
+    sim.nodes[0].line = Some(Line {
+        tempo: 120.0,
+        beat0: 0.0,
+        t0: 0,
+        playing: true,
+    });
+    sim.nodes[1].line = Some(Line {
+        tempo: 120.0,
+        beat0: 0.0,
+        t0: 0,
+        playing: false,
+    });
+    sim.connect_broker();
+    sim.run(sim.now + 10_000 * MS);
+    let apart = apart_ms(&sim, 1, 0);
+    let bound = sim.status(1).peers[0].offset_bound_ms.expect("bound");
+    assert!((apart.abs() - 10.0).abs() < 0.5, "apart {apart} ms");
+    assert!(apart.abs() <= bound, "apart {apart} ms, bound {bound} ms");
 }

@@ -1,0 +1,375 @@
+//! The shared beat grid of a remote session, sans-IO: which tempo, beat phase and start/stop
+//! state every studio's local Link session should be on, how changes travel, and which change
+//! wins.
+//!
+//! # Time
+//! A grid is a line through (`origin_ns`, `beat_origin`) at `tempo_bpm`, on *our* clock (the
+//! session's `now_ns`). On the wire ([`RemoteTimeline`]) the time origin is on the *sender's*
+//! clock; the receiver maps it through its converged offset estimate of the sender
+//! (`ours = theirs − offset`). So no peer's clock is special, and the drift the estimator
+//! tracks carries into the grid: the sender repeats its grid every [`RESEND_NS`], and each
+//! repeat from the grid's author re-aligns the receiver when they differ by more than
+//! [`ALIGN_NS`].
+//!
+//! # Which change wins
+//! Every grid carries a version: a generation and its author. A change made while in the
+//! session (a tempo change, a start or stop, a beat jump of more than [`JUMP_NS`]) takes the
+//! highest generation seen plus one, authored by us; a grid with a higher generation replaces
+//! ours. Two changes with the same generation (made at once on two sides) are ordered the same
+//! way everywhere: a playing grid first, then the smaller author id. Changes made before a
+//! studio was ever connected keep generation 0, so joining a session that has changed adopts
+//! it, and two fresh studios meeting take the playing one's grid (or the smaller id's).
+//! Timelines from a peer whose offset has not converged yet are held until it has (the last
+//! one per peer; see the session), never mapped through a guess.
+//!
+//! # What the caller does
+//! Every pass: [`GridSync::observe`] with what its local Link session shows now,
+//! [`GridSync::take_pending`] to move its Link session onto an adopted or re-aligned grid,
+//! [`GridSync::poll_send`] for the timeline to send to every connected peer.
+
+use super::frame::RemoteTimeline;
+use super::keys::PeerId;
+use crate::proto::link::Timeline as LinkTimeline;
+use crate::status::remote::{GridCounters, GridStatus};
+
+/// A local beat that moved more than this (ns of beat time) against the grid is a change.
+pub const JUMP_NS: f64 = 1_000_000.0;
+/// The local session and the grid differing by more than this (ns) is corrected: the
+/// author's grid follows its local session, anyone else's local session follows the grid.
+pub const ALIGN_NS: f64 = 100_000.0;
+/// A local session is re-aligned at most this often (ns).
+pub const ALIGN_GAP_NS: u64 = 1_000_000_000;
+/// After a change, the grid goes out this many more times…
+pub const BURST: u32 = 3;
+/// …this far apart (ns), so one lost datagram costs 100 ms, not a second…
+pub const BURST_GAP_NS: u64 = 100_000_000;
+/// …and then once this often (ns): the drift reference for receivers, and repair of losses.
+pub const RESEND_NS: u64 = 1_000_000_000;
+
+/// A beat grid on our clock.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grid {
+    /// Tempo, BPM.
+    pub tempo_bpm: f64,
+    /// The beat at `origin_ns`.
+    pub beat_origin: f64,
+    /// Our clock, ns.
+    pub origin_ns: i64,
+    /// Transport playing.
+    pub playing: bool,
+    /// Beats per quantum, as the author set it.
+    pub quantum: f64,
+}
+
+impl Grid {
+    /// The beat at `ns` on our clock.
+    pub fn beat_at(&self, ns: i64) -> f64 {
+        self.beat_origin + (ns - self.origin_ns) as f64 * self.tempo_bpm / 60e9
+    }
+
+    /// The same line, anchored at `ns`.
+    fn anchored(&self, ns: i64) -> Self {
+        Self {
+            beat_origin: self.beat_at(ns),
+            origin_ns: ns,
+            ..*self
+        }
+    }
+
+    /// How far (ns of beat time) a beat of `beat` at `ns` lies from this grid.
+    fn distance_ns(&self, beat: f64, ns: i64) -> f64 {
+        (beat - self.beat_at(ns)) * 60e9 / self.tempo_bpm
+    }
+}
+
+/// The same tempo as Link keeps it (µs per beat, rounded).
+fn same_tempo(a: f64, b: f64) -> bool {
+    LinkTimeline::micros_per_beat_for(a) == LinkTimeline::micros_per_beat_for(b)
+}
+
+/// What the local Link session shows at the time passed with it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LocalView {
+    /// Tempo, BPM.
+    pub tempo_bpm: f64,
+    /// The session's beat then.
+    pub beat: f64,
+    /// Start/stop state.
+    pub playing: bool,
+    /// Our quantum, beats.
+    pub quantum: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Version {
+    generation: u64,
+    author: PeerId,
+    playing: bool,
+}
+
+impl Version {
+    /// Whether this version replaces `other` (the same answer on every peer).
+    fn wins_over(&self, other: &Version) -> bool {
+        (
+            self.generation,
+            self.playing,
+            std::cmp::Reverse(self.author),
+        ) > (
+            other.generation,
+            other.playing,
+            std::cmp::Reverse(other.author),
+        )
+    }
+
+    fn same(&self, other: &Version) -> bool {
+        self.generation == other.generation && self.author == other.author
+    }
+}
+
+/// What [`GridSync::handle`] did with a timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// A newer grid: ours now, to be applied.
+    Adopted,
+    /// The grid we have, moved by its author (drift): to be applied.
+    Realigned,
+    /// The grid we have, nothing to do.
+    Same,
+    /// Older than ours: ignored (ours goes out at once so the sender learns it).
+    Stale,
+}
+
+/// The grid and its exchange.
+#[derive(Debug)]
+pub struct GridSync {
+    me: PeerId,
+    current: Option<(Grid, Version)>,
+    /// Ever connected to a peer: changes from now on raise the generation.
+    joined: bool,
+    /// A grid for the local Link session to take.
+    pending: Option<Grid>,
+    next_send_ns: u64,
+    burst_left: u32,
+    next_align_ns: u64,
+    /// Whether the local session has reported (a Link session exists).
+    linked: bool,
+    counters: GridCounters,
+}
+
+impl GridSync {
+    /// No grid yet.
+    pub fn new(me: PeerId) -> Self {
+        Self {
+            me,
+            current: None,
+            joined: false,
+            pending: None,
+            next_send_ns: 0,
+            burst_left: 0,
+            next_align_ns: 0,
+            linked: false,
+            counters: GridCounters::default(),
+        }
+    }
+
+    fn now_i64(now_ns: u64) -> i64 {
+        i64::try_from(now_ns).unwrap_or(i64::MAX)
+    }
+
+    fn send_soon(&mut self, now_ns: u64, burst: bool) {
+        self.next_send_ns = now_ns;
+        if burst {
+            self.burst_left = BURST;
+        }
+    }
+
+    /// What the local Link session shows at `now_ns` (None: no Link session; the grid is
+    /// still kept and exchanged, and applied once one exists). `in_session`: some peer is
+    /// connected now.
+    pub fn observe(&mut self, now_ns: u64, view: Option<LocalView>, in_session: bool) {
+        self.joined |= in_session;
+        self.linked = view.is_some();
+        let Some(view) = view else {
+            return;
+        };
+        let now = Self::now_i64(now_ns);
+        let fresh = Grid {
+            tempo_bpm: view.tempo_bpm,
+            beat_origin: view.beat,
+            origin_ns: now,
+            playing: view.playing,
+            quantum: view.quantum,
+        };
+        let Some((grid, version)) = self.current else {
+            self.current = Some((
+                fresh,
+                Version {
+                    generation: 0,
+                    author: self.me,
+                    playing: view.playing,
+                },
+            ));
+            self.send_soon(now_ns, false);
+            return;
+        };
+        if self.pending.is_some() {
+            // The Link session has not taken the last grid yet: what it shows is old.
+            return;
+        }
+        let distance = grid.distance_ns(view.beat, now);
+        let changed = !same_tempo(view.tempo_bpm, grid.tempo_bpm)
+            || view.playing != grid.playing
+            || distance.abs() > JUMP_NS;
+        if changed {
+            let generation = if self.joined || version.generation > 0 {
+                version.generation.saturating_add(1)
+            } else {
+                0
+            };
+            self.current = Some((
+                fresh,
+                Version {
+                    generation,
+                    author: self.me,
+                    playing: view.playing,
+                },
+            ));
+            self.counters.authored += 1;
+            self.send_soon(now_ns, true);
+        } else if distance.abs() > ALIGN_NS {
+            if version.author == self.me {
+                // Our own grid follows our session (Link re-measured its clock).
+                self.current = Some((fresh, version));
+                self.send_soon(now_ns, false);
+            } else if now_ns >= self.next_align_ns {
+                self.next_align_ns = now_ns + ALIGN_GAP_NS;
+                self.pending = Some(grid.anchored(now));
+                self.counters.realigned += 1;
+            }
+        }
+    }
+
+    /// A timeline from peer `from`, whose clock is `offset_ns` ahead of ours at `now_ns`.
+    pub fn handle(
+        &mut self,
+        now_ns: u64,
+        from: PeerId,
+        timeline: &RemoteTimeline,
+        offset_ns: i64,
+    ) -> Handled {
+        let now = Self::now_i64(now_ns);
+        let grid = Grid {
+            tempo_bpm: timeline.tempo_bpm,
+            beat_origin: timeline.beat_origin,
+            origin_ns: timeline.time_origin_ns.saturating_sub(offset_ns),
+            playing: timeline.playing,
+            quantum: timeline.quantum,
+        }
+        .anchored(now);
+        let version = Version {
+            generation: timeline.generation,
+            author: timeline.author,
+            playing: timeline.playing,
+        };
+        let adopt = match &self.current {
+            None => true,
+            Some((_, ours)) if ours.same(&version) => false,
+            Some((_, ours)) => version.wins_over(ours),
+        };
+        if adopt {
+            self.current = Some((grid, version));
+            self.pending = Some(grid);
+            self.joined = true;
+            self.counters.adopted += 1;
+            // Peers that have not heard it yet (a mesh) learn it from us too.
+            self.send_soon(now_ns, true);
+            return Handled::Adopted;
+        }
+        let Some((ours, ours_version)) = self.current else {
+            return Handled::Same;
+        };
+        if !ours_version.same(&version) {
+            self.counters.stale += 1;
+            self.send_soon(now_ns, false);
+            return Handled::Stale;
+        }
+        // Our grid, as its author sees it now: follow the author's moves (drift, re-anchors).
+        let moved = !same_tempo(grid.tempo_bpm, ours.tempo_bpm)
+            || grid.playing != ours.playing
+            || ours.distance_ns(grid.beat_at(now), now).abs() > ALIGN_NS;
+        if from == version.author && moved && version.author != self.me {
+            self.current = Some((grid, version));
+            self.pending = Some(grid);
+            self.counters.realigned += 1;
+            return Handled::Realigned;
+        }
+        Handled::Same
+    }
+
+    /// A grid the local Link session should take now (adopted or re-aligned), once.
+    pub fn take_pending(&mut self) -> Option<Grid> {
+        self.pending.take()
+    }
+
+    /// When [`GridSync::poll_send`] has something next (ns), while connected.
+    pub fn next_send_ns(&self) -> Option<u64> {
+        self.current.map(|_| self.next_send_ns)
+    }
+
+    /// The timeline to send to every connected peer now, if one is due.
+    pub fn poll_send(&mut self, now_ns: u64) -> Option<RemoteTimeline> {
+        let (grid, version) = self.current?;
+        if now_ns < self.next_send_ns {
+            return None;
+        }
+        self.next_send_ns = if self.burst_left > 0 {
+            self.burst_left -= 1;
+            now_ns + BURST_GAP_NS
+        } else {
+            now_ns + RESEND_NS
+        };
+        let now = Self::now_i64(now_ns);
+        let grid = grid.anchored(now);
+        self.counters.sent += 1;
+        Some(RemoteTimeline {
+            tempo_bpm: grid.tempo_bpm,
+            beat_origin: grid.beat_origin,
+            time_origin_ns: now,
+            playing: grid.playing,
+            quantum: grid.quantum,
+            generation: version.generation,
+            author: version.author,
+        })
+    }
+
+    /// The grid now, on our clock.
+    pub fn grid(&self) -> Option<Grid> {
+        self.current.map(|(g, _)| g)
+    }
+
+    /// Count a timeline held because its sender's offset has not converged.
+    pub fn held(&mut self) {
+        self.counters.held += 1;
+    }
+
+    /// What the status shows.
+    pub fn status(&self, now_ns: u64) -> Option<GridStatus> {
+        let (grid, version) = self.current?;
+        let beat = grid.beat_at(Self::now_i64(now_ns));
+        Some(GridStatus {
+            tempo_bpm: grid.tempo_bpm,
+            beat,
+            phase: beat.rem_euclid(grid.quantum),
+            quantum: grid.quantum,
+            playing: grid.playing,
+            generation: version.generation,
+            author: version.author.to_string(),
+            ours: version.author == self.me,
+            linked: self.linked,
+            counters: self.counters,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
