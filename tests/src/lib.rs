@@ -19,6 +19,7 @@
 //! - [`pcap`]: writes datagrams to a pcap file for tshark's dissectors.
 //! - [`link`]: comparing Lockstep's Link beat with a real Link peer's (tests and bench).
 //! - [`wanlab`]: an emulated WAN of namespaces: two home LANs behind NAT routers and a server.
+//! - [`remote_lab`]: remote sessions on that WAN: runners as studios, the one-grid scenario.
 
 #![warn(missing_docs)]
 
@@ -31,6 +32,7 @@ pub mod host;
 pub mod link;
 pub mod pcap;
 pub mod processor;
+pub mod remote_lab;
 pub mod responder;
 pub mod runner;
 pub mod status;

@@ -75,6 +75,8 @@ pub struct LabConfig {
     pub delay_b_ms: u32,
     /// Probability that a packet crossing inet is lost, parts per million.
     pub loss_ppm: u32,
+    /// Each packet's delay across inet varies uniformly by up to this much either way, ms.
+    pub jitter_ms: u32,
     /// Seed of the loss draws ([`crate::harness::Rng`]), so a run reproduces.
     pub seed: u64,
 }
@@ -87,6 +89,7 @@ impl Default for LabConfig {
             delay_a_ms: 0,
             delay_b_ms: 0,
             loss_ppm: 0,
+            jitter_ms: 0,
             seed: 1,
         }
     }
@@ -337,6 +340,7 @@ impl WanLab {
             delay_a_ms: config.delay_a_ms,
             delay_b_ms: config.delay_b_ms,
             loss_ppm: config.loss_ppm,
+            jitter_ms: config.jitter_ms,
             seed: config.seed,
         };
         self.emulator = Some(emu::Emulator::start(&format!("/run/netns/{inet}"), link)?);

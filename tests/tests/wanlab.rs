@@ -221,6 +221,39 @@ fn delay_is_one_way_per_side() -> Result<()> {
     Ok(())
 }
 
+/// 40 ± 5 ms one way (delay on A's link, jitter across inet): one-way times spread over the
+/// ±5 ms band and stay inside it (a packet is never early and at most a poll millisecond plus
+/// the FIFO hold late), measured on one clock with datagrams that are not answered.
+#[test]
+fn jitter_spreads_the_delay_within_its_band() -> Result<()> {
+    let lab = WanLab::build(LabConfig {
+        delay_a_ms: 40,
+        jitter_ms: 5,
+        seed: 0xA11CE,
+        ..LabConfig::default()
+    })?;
+    let srv = bind(&lab, Ns::Srv, addr(SRV_IP, SRV_PORT))?;
+    let host_a = bind(&lab, Ns::HostA, addr(HOST_A_IP, 40000))?;
+    let mut one_way = Vec::new();
+    for i in 0u8..40 {
+        let sent = Instant::now();
+        host_a.send_to(&[i], addr(SRV_IP, SRV_PORT))?;
+        let (bytes, _) = recv(&srv).context("datagram lost")?;
+        one_way.push(sent.elapsed().as_secs_f64() * 1e3);
+        ensure!(bytes == [i], "datagram {bytes:?} for {i}");
+    }
+    let min = one_way.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = one_way.iter().copied().fold(0.0, f64::max);
+    eprintln!(
+        "jitter: one-way {min:.2}..{max:.2} ms over {}",
+        one_way.len()
+    );
+    ensure!(min >= 35.0 && max <= 47.0, "outside 35..47 ms: {one_way:?}");
+    // 40 uniform draws over ±5 ms: a spread under 6 ms is a one-in-millions event.
+    ensure!(max - min >= 6.0, "no jitter: {one_way:?}");
+    Ok(())
+}
+
 /// 20 % loss, fixed seed: 1,000 datagrams arrive 800 ± 60 (binomial σ ≈ 12.6, so ± 60 is
 /// about 4.7 σ and does not depend on the seed), and every missing one is counted as dropped.
 #[test]

@@ -191,6 +191,15 @@ pub fn main(args: &[String]) -> Result<()> {
     // Link against the real library (aalink), 60 s with tempo changes; beside it, in the same
     // session and run, the real library against itself (a second aalink peer) as the baseline.
     let link = json_bench("link_sync", 4)?;
+    // Remote studios: one beat grid across the emulated WAN (40 ± 5 ms, 2 % loss), aalink on
+    // both LANs.
+    let grid = json_bench("remote_grid", 3)?;
+    let grid_value = |kind: &str, key: &str| {
+        grid.iter()
+            .find(|r| r["kind"] == kind)
+            .and_then(|r| r[key].as_f64())
+            .unwrap_or(f64::NAN)
+    };
     // The attack suite's scenarios against the runner, with the no-attack figures beside them.
     let attacks = json_bench("attacks", 9)?;
     let link_value = |kind: &str, key: &str| {
@@ -421,6 +430,39 @@ pub fn main(args: &[String]) -> Result<()> {
             None,
         ),
         Row::new("link_join_time", link_value("join", "join_ms"), "ms", None),
+        // Issue 16's targets: phase p99 ≤ 1 ms and max ≤ 2 ms between the two LANs' Link
+        // peers; a shared grid within 3 s of the code; a tempo change on the far side within
+        // one-way delay + 50 ms.
+        Row::new(
+            "remote_grid_phase_direct_p50",
+            grid_value("phase", "p50_us"),
+            "µs",
+            None,
+        ),
+        Row::new(
+            "remote_grid_phase_direct_p99",
+            grid_value("phase", "p99_us"),
+            "µs",
+            Some(1000.0),
+        ),
+        Row::new(
+            "remote_grid_phase_direct_max",
+            grid_value("phase", "max_us"),
+            "µs",
+            Some(2000.0),
+        ),
+        Row::new(
+            "remote_time_to_grid_direct",
+            grid_value("time_to_grid", "s"),
+            "s",
+            Some(3.0),
+        ),
+        Row::new(
+            "remote_tempo_change_to_far_peer",
+            grid_value("tempo", "ms"),
+            "ms",
+            Some(grid_value("tempo", "one_way_ms") + 50.0),
+        ),
         Row::new(
             "link_tempo_to_peer_worst",
             link_value("tempo", "to_aalink_ms"),

@@ -72,6 +72,9 @@ pub struct GridCounters {
     pub adopted: u64,
     /// Times the local session was moved back onto the grid (drift, the author's re-anchors).
     pub realigned: u64,
+    /// Times the local Link peer joined another LAN session while in the remote session, and
+    /// the grid was put back into it.
+    pub reasserted: u64,
     /// Older grids peers sent (a change that lost to a newer one): ignored.
     pub stale: u64,
     /// Timelines held until the sender's clock offset converged.

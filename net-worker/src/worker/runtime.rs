@@ -206,6 +206,8 @@ struct Runtime {
     osc_error: Option<String>,
     link: link::LinkService,
     remote: remote::RemoteService,
+    /// The Link peer's join count the remote grid last saw (None: no Link peer).
+    grid_link_joins: Option<u64>,
     send_path: Option<SendPath>,
     send_path_error: Option<String>,
     resolver: Resolver,
@@ -311,6 +313,7 @@ impl Runtime {
             osc_error: None,
             link,
             remote: remote::RemoteService::new(),
+            grid_link_joins: None,
             send_path,
             send_path_error,
             resolver: Resolver::new(),
@@ -533,16 +536,27 @@ impl Runtime {
         // The shared grid: a local Link change goes out with this poll; a grid a peer sent
         // is applied after it (and reported by the next pass).
         if let Some(session) = self.remote.session_mut() {
-            session.observe_grid(now, self.link.grid_view(now));
+            let view = self.link.grid_view(now);
+            let joins = view.and(self.link.joins());
+            if joins != self.grid_link_joins {
+                self.grid_link_joins = joins;
+                if let Some(view) = view {
+                    session.link_joined(now, view);
+                }
+            }
+            session.observe_grid(now, view);
         }
         at(self.remote.poll(&self.registry, now, ready.remote));
         if let Some(session) = self.remote.session_mut() {
-            // Without a Link session (Link Mode Off) the grid waits in the session.
-            if self.link.is_open()
+            // Without a Link session (Link Mode Off, or just opened) the grid waits.
+            if self.link.settled(link::now_micros())
                 && let Some(grid) = session.take_grid()
             {
                 self.link.take_grid(&grid, host_time_ns());
                 self.urgent = true;
+                // The Link peer's broadcast of it leaves with the next pass, at once (this
+                // pass polled the peer already).
+                at(Some(now));
             }
             at(session.grid_due());
         }

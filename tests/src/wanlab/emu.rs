@@ -1,11 +1,13 @@
 //! The WAN lab's userspace link emulator (spec `wan-and-receive.md` §6.4): one-way delay per
-//! side and Bernoulli loss, without `sch_netem` (the kernel has none).
+//! side, jitter and Bernoulli loss, without `sch_netem` (the kernel has none).
 //!
 //! Everything the `inet` namespace forwards between the routers' WAN sides and the server is
 //! policy-routed into one TUN device (`IFF_TUN | IFF_NO_PI`). A thread owned by the lab reads
 //! each IPv4 packet, drops it with probability `loss_ppm / 1e6` (seeded [`Rng`], so runs
 //! reproduce), holds it in a min-heap until
-//! `due = max(now + delay(src side) + delay(dst side), last due of that direction)` and writes it
+//! `due = max(now + delay(src side) + delay(dst side) ± jitter, last due of that direction)`
+//! (jitter drawn uniformly per packet, in µs; packets of one direction never overtake each
+//! other, as on one real path) and writes it
 //! back into the same TUN, where `inet`'s main table routes it to the veth owning the
 //! destination. One TUN instead of one per side: the kernel's route lookup on re-injection *is*
 //! "the TUN that owns the destination prefix", and the direction (hence the delay) follows from
@@ -47,7 +49,9 @@ pub struct LinkConfig {
     pub delay_b_ms: u32,
     /// Loss probability per packet crossing `inet`, parts per million.
     pub loss_ppm: u32,
-    /// Seed of the loss draws.
+    /// Each packet's delay varies uniformly by up to this much either way, ms.
+    pub jitter_ms: u32,
+    /// Seed of the loss and jitter draws.
     pub seed: u64,
 }
 
@@ -285,9 +289,15 @@ impl Link {
         }
         let src = side_of([packet[12], packet[13], packet[14], packet[15]]);
         let dst = side_of([packet[16], packet[17], packet[18], packet[19]]);
-        let delay_ms = self.delay_ms(src) + self.delay_ms(dst);
+        let delay_us = i64::from(self.delay_ms(src) + self.delay_ms(dst)) * 1000;
+        let jitter_us = i64::from(self.config.jitter_ms) * 1000;
+        let wobble = if jitter_us > 0 {
+            (self.rng.next_u64() % (2 * jitter_us as u64 + 1)) as i64 - jitter_us
+        } else {
+            0
+        };
         let last = &mut self.last_due[src as usize][dst as usize];
-        let mut due = now + Duration::from_millis(u64::from(delay_ms));
+        let mut due = now + Duration::from_micros((delay_us + wobble).max(0) as u64);
         if let Some(last) = *last {
             due = due.max(last);
         }

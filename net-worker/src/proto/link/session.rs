@@ -251,6 +251,32 @@ impl LinkCore {
         self.changed_locally(now, true);
     }
 
+    /// Take a whole timeline at `now` as one change (one broadcast): `bpm`, with `beats`
+    /// falling on host time `at`, and the start/stop state if it differs. A remote studio's
+    /// grid arrives this way; separate calls would send the tempo without its phase first
+    /// and the phase a broadcast gap (50 ms) later.
+    pub fn take_timeline(&mut self, now: Micros, bpm: f64, beats: f64, at: Micros, playing: bool) {
+        let mpb = Timeline::micros_per_beat_for(bpm);
+        let origin = ((self.beats_at(now) * 1e6).round() as i64).max(self.timeline.beat_origin + 1);
+        let time_origin = self.ghost(at) - (beats - origin as f64 / 1e6) * mpb as f64;
+        self.timeline = Timeline {
+            micros_per_beat: mpb,
+            beat_origin: origin,
+            time_origin: time_origin.round() as i64,
+        };
+        self.local_change.0 = Some(now);
+        if playing != self.start_stop.playing {
+            let ghost = self.ghost(now).round() as i64;
+            self.start_stop = StartStop {
+                playing,
+                beats: (self.beats_at(now) * 1e6).round() as i64,
+                timestamp: ghost.max(self.start_stop.timestamp + 1),
+            };
+            self.local_change.1 = Some(now);
+        }
+        self.changed(now);
+    }
+
     /// Start or stop the session at `now`.
     pub fn set_playing(&mut self, now: Micros, playing: bool) {
         let ghost = self.ghost(now).round() as i64;
@@ -984,6 +1010,36 @@ mod tests {
         n.cores[1].leave();
         n.run(n.now + 10 * MS);
         assert_eq!(n.cores[0].peers(), 0);
+    }
+
+    #[test]
+    fn a_whole_timeline_goes_out_in_one_broadcast_and_reaches_the_session() {
+        let mut n = net(2 * MS, 0);
+        n.add(120.0, 5);
+        n.add(120.0, 6);
+        n.run(n.now + 3 * S);
+        assert_eq!(n.cores[0].session(), n.cores[1].session());
+        while n.cores[1].poll_transmit().is_some() {}
+        // Past the broadcast gap, well before the next periodic ALIVE.
+        let now = n.cores[1].last_broadcast + MIN_BROADCAST_GAP;
+        let at = now + 10 * MS;
+        n.cores[1].take_timeline(now, 97.5, 41.75, at, true);
+        assert!((n.cores[1].beats_at(at) - 41.75).abs() < 1e-5);
+        assert!(n.cores[1].playing());
+        // Tempo, phase and start in one datagram, not one per part (at once, or when the
+        // broadcast gap after the last ALIVE has passed).
+        n.cores[1].handle_timeout(now + MIN_BROADCAST_GAP);
+        let mut alives = 0;
+        while let Some(t) = n.cores[1].poll_transmit() {
+            assert_eq!(t.to, Destination::Multicast);
+            alives += 1;
+        }
+        assert_eq!(alives, 1);
+        assert!(!n.cores[1].pending_change);
+        n.run(n.now + 300 * MS);
+        assert!((n.cores[0].tempo() - 97.5).abs() < 0.001);
+        assert!((n.cores[0].beats_at(at) - 41.75).abs() < 0.001);
+        assert!(n.cores[0].playing());
     }
 
     #[test]

@@ -249,6 +249,31 @@ impl GridSync {
         }
     }
 
+    /// The local Link peer joined another Link session (one on its LAN) at `now_ns`, which
+    /// shows `view`: joining takes that session's timeline, which is nobody's change, so it
+    /// is weighed against the grid like two studios meeting. Once in a remote session, a
+    /// playing grid goes back into the Link session when the LAN's session is stopped, or
+    /// when the grid came from another studio (a studio joining a playing session takes it);
+    /// otherwise the LAN's session is news (someone plays there) and the next
+    /// [`GridSync::observe`] makes it the grid. Before any studio was met, the join simply
+    /// becomes our grid.
+    pub fn link_joined(&mut self, now_ns: u64, view: LocalView) {
+        if !self.joined {
+            return;
+        }
+        if let Some((grid, version)) = self.current
+            && grid.playing
+            && (!view.playing || version.author != self.me)
+        {
+            self.pending = Some(grid.anchored(Self::now_i64(now_ns)));
+            self.counters.reasserted += 1;
+        } else {
+            // The LAN's session wins: a grid adopted before the Link peer settled must not
+            // be put over it.
+            self.pending = None;
+        }
+    }
+
     /// A timeline from peer `from`, whose clock is `offset_ns` ahead of ours at `now_ns`.
     pub fn handle(
         &mut self,

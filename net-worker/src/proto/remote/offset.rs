@@ -14,11 +14,16 @@
 //! a clock offset, so an asymmetric route (80 ms out, 60 ms back) leaves a constant 10 ms error
 //! however long we measure. Queueing adds a varying asymmetry; taking the sample with the
 //! smallest δ removes most of that, because a sample that queued little in both directions is
-//! also one whose directions differ little.
+//! also one whose directions differ little; taking each direction's least-queued leg on its
+//! own removes more (below).
 //!
 //! What [`OffsetEstimator`] keeps and computes:
-//! - the last [`WINDOW_SAMPLES`] samples; the estimate is θ of the one with the smallest δ,
-//!   carried forward to now by the drift;
+//! - the last [`WINDOW_SAMPLES`] samples; the estimate takes each direction's smallest leg
+//!   over them (`t2 − t1` out, `t4 − t3` back, carried forward to now by the drift) and
+//!   halves their difference. Picking one sample with the smallest δ needs a sample that
+//!   queued little both ways at once; the legs' minima only need one quiet moment each way,
+//!   so with independent queues each way they come much closer to the path's floors. Either
+//!   way the error stays within half the smallest δ (the bound the status shows);
 //! - drift: the smallest-δ sample of every [`BUCKET_NS`] bucket, and the least-squares slope
 //!   of their θ over the last [`DRIFT_BUCKETS`] buckets (4 minutes), weighted by how little
 //!   each bucket's best sample queued, from a one-minute baseline on, clamped to
@@ -34,8 +39,8 @@
 
 use thiserror::Error;
 
-/// Samples the estimate chooses from (≈ 30 s at one probe a second).
-pub const WINDOW_SAMPLES: usize = 32;
+/// Samples the estimate chooses from (≈ 30 s at four probes a second).
+pub const WINDOW_SAMPLES: usize = 128;
 /// Width of a drift bucket, ns.
 pub const BUCKET_NS: u64 = 5_000_000_000;
 /// Buckets the drift fit spans (4 minutes).
@@ -308,12 +313,27 @@ impl OffsetEstimator {
         Ok(point.offset_ns)
     }
 
-    /// Our estimate of peer clock minus ours at `now_ns`, unslewed: θ of the smallest-δ recent
-    /// sample carried forward by the drift. `None` before the first sample. Use
+    /// Our estimate of peer clock minus ours at `now_ns`, unslewed: half the difference of
+    /// the window's smallest forward leg and smallest backward leg, each sample carried
+    /// forward to now by the drift. `None` before the first sample. Use
     /// [`OffsetEstimator::offset_at`] to map time; this one may jump.
     pub fn estimate_at(&self, now_ns: u64) -> Option<i64> {
-        let best = self.best()?;
-        Some((best.offset_ns as f64 + self.drift * signed_diff(now_ns, best.mid_ns)).round() as i64)
+        let samples = self.window.as_slice();
+        if samples.is_empty() {
+            return None;
+        }
+        // Each exchange's legs on the two clocks: out = t2 − t1 = δ/2 + θ, back = t4 − t3 =
+        // δ/2 − θ (θ carried to now). Each leg's minimum is its path's floor plus the least
+        // queueing any sample saw that way, so (min out − min back)/2 errs only by half the
+        // floors' asymmetry and the two smallest queueings' difference.
+        let (mut out, mut back) = (f64::INFINITY, f64::INFINITY);
+        for p in samples {
+            let theta = p.offset_ns as f64 + self.drift * signed_diff(now_ns, p.mid_ns);
+            let half = p.delay_ns as f64 / 2.0;
+            out = out.min(half + theta);
+            back = back.min(half - theta);
+        }
+        Some(((out - back) / 2.0).round() as i64)
     }
 
     /// The published mapping at `now_ns`: peer time ≈ `now_ns + offset_at(now_ns)`. `None`

@@ -786,6 +786,11 @@ impl Session {
         self.grid.observe(now_ns, view, in_session);
     }
 
+    /// The local Link peer joined another Link session (see [`GridSync::link_joined`]).
+    pub fn link_joined(&mut self, now_ns: u64, view: LocalView) {
+        self.grid.link_joined(now_ns, view);
+    }
+
     /// A grid the local Link session should take now (adopted from a peer, or re-aligned).
     pub fn take_grid(&mut self) -> Option<Grid> {
         self.grid.take_pending()
@@ -815,7 +820,7 @@ impl Session {
             self.send_inner(index, &Inner::Ping { t1_ns: now_ns }, now_ns);
             return self.peers[index].pacer.next_probe(now_ns);
         }
-        // Probes go at least once a second: they keep the NAT bindings open too (well inside
+        // Probes go four times a second: they keep the NAT bindings open too (well inside
         // common 30 s UDP timers and ICE's 15 s keepalive).
         at
     }

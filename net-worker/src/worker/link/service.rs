@@ -8,9 +8,13 @@ use std::net::Ipv4Addr;
 use mio::{Registry, Token};
 
 use super::{LinkDriver, LinkMode, LinkStatus, resolve_interfaces};
-use crate::proto::link::Timeline as LinkTimeline;
 use crate::proto::link::session::Micros;
 use crate::proto::remote::grid::{Grid, LocalView};
+
+/// How long a new Link peer waits before its session counts for the remote grid, µs: ALIVEs
+/// go every 250 ms and a LAN measurement takes well under 100 ms, so a session on the LAN
+/// has been found and joined by then.
+pub const LINK_SETTLE: Micros = 1_500_000;
 
 /// The process's Link peer and the role the instances give it.
 #[derive(Debug, Default)]
@@ -37,6 +41,8 @@ pub struct LinkService {
     published: u64,
     /// Remote grids the session was put on.
     remote_grids: u64,
+    /// When the peer was opened (Link µs).
+    opened_at: Micros,
     /// When the status was last made (it is published every 50 ms).
     pub status_at: Micros,
     /// A status (not None) is published.
@@ -109,6 +115,7 @@ impl LinkService {
             });
             match opened {
                 Ok(d) => {
+                    self.opened_at = now;
                     self.interfaces = d.interfaces();
                     self.driver = Some(d);
                     self.error = None;
@@ -181,9 +188,25 @@ impl LinkService {
         })
     }
 
+    /// Sessions the peer has joined since it opened (None while not in Link): a change tells
+    /// the remote grid that the Link session's timeline came from a join, not a change.
+    pub fn joins(&self) -> Option<u64> {
+        Some(self.driver.as_ref()?.core().counters().joins)
+    }
+
+    /// Whether the peer has been open long enough to have found a session on its LAN, if
+    /// there is one ([`LINK_SETTLE`]): until then its timeline is only its own founding
+    /// tempo, which must neither go to remote studios nor be overwritten by them.
+    pub fn settled(&self, now: Micros) -> bool {
+        self.driver.is_some() && now >= self.opened_at + LINK_SETTLE
+    }
+
     /// The session as the remote grid sees it at `host_ns` (the worker's host clock; None
-    /// while not in Link).
+    /// while not in Link or not [`LinkService::settled`]).
     pub fn grid_view(&self, host_ns: u64) -> Option<LocalView> {
+        if !self.settled(super::now_micros()) {
+            return None;
+        }
         let core = self.driver.as_ref()?.core();
         let at = (host_ns as f64 / 1e3 + super::link_minus_host()).round() as Micros;
         Some(LocalView {
@@ -207,16 +230,13 @@ impl LinkService {
             return false;
         };
         let at = (host_ns as f64 / 1e3 + super::link_minus_host()).round() as Micros;
-        let core = driver.core_mut();
-        if LinkTimeline::micros_per_beat_for(core.tempo())
-            != LinkTimeline::micros_per_beat_for(grid.tempo_bpm)
-        {
-            core.set_tempo(at, grid.tempo_bpm);
-        }
-        core.force_beat(at, grid.beat_at(host_ns as i64), at);
-        if core.playing() != grid.playing {
-            core.set_playing(at, grid.playing);
-        }
+        driver.core_mut().take_timeline(
+            at,
+            grid.tempo_bpm,
+            grid.beat_at(host_ns as i64),
+            at,
+            grid.playing,
+        );
         self.remote_grids += 1;
         true
     }

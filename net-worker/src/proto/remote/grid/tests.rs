@@ -378,3 +378,102 @@ fn without_a_link_session_the_grid_waits_and_is_applied_later() {
     assert!(w.studios.iter().all(|s| s.local.tempo == 128.0));
     assert!(w.studios[1].sync.status(0).unwrap().linked);
 }
+
+#[test]
+fn joining_a_lan_session_late_does_not_override_the_studios_grid() {
+    let mut w = World::new(
+        vec![
+            Studio::new(1, 0, 128.0, true),
+            Studio::new(2, 2_000_000, 128.0, false),
+        ],
+        40_000_000,
+    );
+    w.run(500);
+    assert!(w.studios[1].local.playing);
+    // B's Link peer now joins an older session on its LAN (stopped at 90 BPM): the join
+    // replaces its timeline, and the grid goes back into the session instead of out.
+    let now = w.studios[1].clock(w.t);
+    w.studios[1].local = Local {
+        tempo: 90.0,
+        beat_origin: 7.25,
+        origin_ns: now,
+        playing: false,
+    };
+    let view = w.studios[1].local.view(now);
+    w.studios[1].sync.link_joined(now as u64, view);
+    w.run(300);
+    for s in &w.studios {
+        assert_eq!((s.local.tempo, s.local.playing), (128.0, true));
+        assert_eq!(generation(s), 0);
+    }
+    assert!(w.apart_ms(0, 1).abs() < 0.001);
+    let b = w.studios[1].sync.status(0).unwrap();
+    assert_eq!(
+        (b.counters.reasserted, b.counters.authored),
+        (1, 0),
+        "{b:?}"
+    );
+    // Before any studio was met, a join is simply the local grid.
+    let mut lone = GridSync::new(PeerId([3; 8]));
+    let view = LocalView {
+        tempo_bpm: 100.0,
+        beat: 0.0,
+        playing: false,
+        quantum: 4.0,
+    };
+    lone.observe(1_000, Some(view), false);
+    lone.link_joined(2_000, view);
+    lone.observe(
+        2_000,
+        Some(LocalView {
+            tempo_bpm: 90.0,
+            ..view
+        }),
+        false,
+    );
+    assert!(lone.take_pending().is_none());
+    assert_eq!(lone.status(2_000).unwrap().tempo_bpm, 90.0);
+}
+
+#[test]
+fn a_lan_session_that_plays_wins_over_a_stopped_grid_at_join() {
+    let mut w = World::new(
+        vec![
+            Studio::new(1, 0, 120.0, false),
+            Studio::new(2, 9_000_000, 120.0, false),
+        ],
+        40_000_000,
+    );
+    w.run(500);
+    // A's Link peer joins a LAN session that plays at 130 BPM: that is news, and it becomes
+    // the grid everywhere.
+    let now = w.studios[0].clock(w.t);
+    w.studios[0].local = Local {
+        tempo: 130.0,
+        beat_origin: 3.5,
+        origin_ns: now,
+        playing: true,
+    };
+    let view = w.studios[0].local.view(now);
+    w.studios[0].sync.link_joined(now as u64, view);
+    w.run(300);
+    for s in &w.studios {
+        assert_eq!((s.local.tempo, s.local.playing), (130.0, true));
+        assert_eq!(generation(s), 1);
+    }
+    assert!(w.apart_ms(0, 1).abs() < 0.001);
+    // B's Link peer then joins a LAN session that also plays, at 90: the studios' playing
+    // grid came from A, so B's LAN session takes it.
+    let now = w.studios[1].clock(w.t);
+    w.studios[1].local = Local {
+        tempo: 90.0,
+        beat_origin: 0.0,
+        origin_ns: now,
+        playing: true,
+    };
+    let view = w.studios[1].local.view(now);
+    w.studios[1].sync.link_joined(now as u64, view);
+    w.run(300);
+    assert!(w.studios.iter().all(|s| s.local.tempo == 130.0));
+    assert_eq!(generation(&w.studios[1]), 1);
+}

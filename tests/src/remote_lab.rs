@@ -1,0 +1,295 @@
+//! Remote sessions on the WAN lab ([`crate::wanlab`]), shared by the tests and the benchmark:
+//! `lockstep-headless` runners as studios in the lab's LANs, and the one-beat-grid scenario
+//! with a real Link peer (aalink) on each LAN.
+//!
+//! [`grid_run`] measures; the callers decide what passes. Both studios run on this machine,
+//! so one clock (`CLOCK_MONOTONIC_RAW`, Link's own on Linux) times both aalink peers, and the
+//! phase error is the real one, not an estimate.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result, ensure};
+use lockstep_net::status::ExportedStatus;
+use lockstep_net::status::remote::RemoteStatus;
+use serde::Deserialize;
+
+use crate::bundle::Build;
+use crate::harness::ScriptPeer;
+use crate::link::{BeatSample, History, beat_samples, quantile};
+use crate::wanlab::{Ns, SRV_IP, TURN_PORT, WanLab};
+
+/// The session code the lab's studios type.
+pub const CODE: &str = "4817-7KQ3-M2XP-9FTR-HW4D";
+/// Same room, another secret.
+pub const WRONG_CODE: &str = "4817-8JQ2-PW7R-3KXN-C5VD";
+/// coturn's `static-auth-secret` in the lab.
+pub const SECRET: &str = "lockstep-lab-secret";
+
+#[derive(Debug, Deserialize)]
+struct Line {
+    plugin: ExportedStatus,
+}
+
+/// A runner in a lab namespace, its status lines read on a thread.
+pub struct Studio {
+    child: Child,
+    lines: Option<JoinHandle<Vec<String>>>,
+}
+
+impl Studio {
+    /// Start `runner` (the `lockstep-headless` binary) in `ns` with the release bundle, joined
+    /// to `code` through the lab's broker and STUN, for `seconds`, with `extra` flags.
+    pub fn start(
+        lab: &WanLab,
+        ns: Ns,
+        runner: &Path,
+        code: &str,
+        seconds: u32,
+        extra: &[String],
+    ) -> Result<Self> {
+        let plugin = Build::Release.clap_path();
+        let srv = |port: u16| {
+            format!(
+                "{}.{}.{}.{}:{port}",
+                SRV_IP[0], SRV_IP[1], SRV_IP[2], SRV_IP[3]
+            )
+        };
+        let mut command = lab.command(ns, runner.to_str().context("runner path")?);
+        command
+            .args(["--plugin", plugin.to_str().context("plugin path")?])
+            .args(["--stopped", "--no-mdns", "--status-json"])
+            .args(["--for", &seconds.to_string()])
+            .args(["--remote", code, "--broker", &srv(1883)])
+            .args(["--stun", &srv(TURN_PORT)])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().context("starting lockstep-headless")?;
+        let stdout = child.stdout.take().context("runner stdout")?;
+        let lines = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        Ok(Self {
+            child,
+            lines: Some(lines),
+        })
+    }
+
+    /// Wait for the run to end; the remote status of every line, in order.
+    pub fn finish(mut self) -> Result<Vec<RemoteStatus>> {
+        let status = self.child.wait()?;
+        let lines = self
+            .lines
+            .take()
+            .context("finished twice")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+        ensure!(
+            status.success(),
+            "runner exit {status}; output:\n{}",
+            lines.join("\n")
+        );
+        lines
+            .iter()
+            .map(|l| {
+                let line: Line = serde_json::from_str(l).with_context(|| format!("line {l}"))?;
+                line.plugin.worker.remote.context("no remote status")
+            })
+            .collect()
+    }
+}
+
+impl Drop for Studio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The machine's `CLOCK_MONOTONIC_RAW` in µs (Link's clock, the peers' sample times).
+pub fn raw_us() -> f64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_RAW)
+        .expect("CLOCK_MONOTONIC_RAW");
+    ts.tv_sec() as f64 * 1e6 + ts.tv_nsec() as f64 / 1e3
+}
+
+/// Phase differences of `theirs` against the `ours` history, µs, wrapped to half a beat
+/// (Link shares the phase, not the beat count, between peers).
+pub fn phase_errors(ours: &History, theirs: &[BeatSample]) -> Vec<f64> {
+    theirs
+        .iter()
+        .filter_map(|s| {
+            let b = ours.beat_at(s.t, 30_000.0)?;
+            let d = s.beat - b;
+            Some((d - d.round()) * 60e6 / s.tempo)
+        })
+        .collect()
+}
+
+/// What one grid run measured.
+#[derive(Debug)]
+pub struct GridRun {
+    /// From starting both runners (the code entered) to B's Link peer playing A's tempo, s.
+    pub time_to_grid_s: f64,
+    /// From A's peer changing the tempo to B's peer reading it, ms (10 ms sampling).
+    pub follow_ms: f64,
+    /// |phase error| of B's peer against A's at every comparable reading from 1 s after the
+    /// grid was shared, leaving out the second after the tempo change, µs.
+    pub phase_us: Vec<f64>,
+    /// When the largest phase error was seen, s after the grid was shared.
+    pub worst_at_s: f64,
+    /// Readings left out because their clock reads lay more than [`MAX_READ_ERR_US`] apart.
+    pub skipped: usize,
+    /// B's peer's tempo at every reading from 1 s after it followed the change.
+    pub tempo_after: Vec<f64>,
+    /// B's peer was playing at its last state report.
+    pub b_playing: bool,
+    /// Each runner's remote status, one a second.
+    pub a: Vec<RemoteStatus>,
+    /// B's.
+    pub b: Vec<RemoteStatus>,
+}
+
+impl GridRun {
+    /// p50, p99 and max of the phase errors, µs.
+    pub fn quantiles(&self) -> (f64, f64, f64) {
+        (
+            quantile(&self.phase_us, 0.5),
+            quantile(&self.phase_us, 0.99),
+            quantile(&self.phase_us, 1.0),
+        )
+    }
+}
+
+/// Largest half-window of an aalink reading's two clock reads that still dates its beat, µs.
+pub const MAX_READ_ERR_US: f64 = 100.0;
+
+fn peer_args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The one-grid scenario on `lab` (broker and TURN already started): a real Link peer on each
+/// LAN, A's starting to play at 130 BPM after 1 s and changing to 140 BPM at `change_at` s,
+/// B's stopped at 90 BPM; a runner on each LAN in Link Follow, both with the lab's code, for
+/// `seconds` (the peers run 2 s longer). Each peer prints its beat every 10 ms.
+pub fn grid_run(lab: &WanLab, runner: &Path, seconds: u32, change_at: u32) -> Result<GridRun> {
+    let env = [("AALINK_SAMPLE_MS", "10")];
+    let peer_seconds = (seconds + 2).to_string();
+    let change = change_at.to_string();
+    let peer_a = ScriptPeer::spawn_in_netns(
+        &lab.name(Ns::HostA),
+        "aalink_peer.py",
+        &peer_args(&["130", "0", &peer_seconds, "1", "play", &change, "140"]),
+        &env,
+    )?;
+    let peer_b = ScriptPeer::spawn_in_netns(
+        &lab.name(Ns::HostB),
+        "aalink_peer.py",
+        &peer_args(&["90", "0", &peer_seconds]),
+        &env,
+    )?;
+    for peer in [&peer_a, &peer_b] {
+        peer.wait("aalink ready", |l| l.iter().any(|v| v["event"] == "ready"))?;
+    }
+    // Link's election: a session founded less than 500 ms before another does not win by
+    // age but by the smaller id, so a runner started at once could found the session A's
+    // peer joins (its 120 BPM instead of A's 130). Musicians' apps run before they start a
+    // session; so do these.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let link = peer_args(&["--link", "follow", "--link-interface", "eth0"]);
+    let entered = raw_us();
+    let a = Studio::start(lab, Ns::HostA, runner, CODE, seconds, &link)?;
+    let b = Studio::start(lab, Ns::HostB, runner, CODE, seconds, &link)?;
+    let (a, b) = (a.finish()?, b.finish()?);
+    let lines_a = peer_a.wait("A's tempo change", |l| {
+        l.iter().any(|v| v["event"] == "changed")
+    })?;
+    let lines_b = peer_b.lines();
+    let (samples_a, samples_b) = (beat_samples(&lines_a), beat_samples(&lines_b));
+    // A reading whose two clock reads lay far apart (the Python thread was preempted between
+    // them) does not say when its beat was true: left out, and counted.
+    let clean = |s: &&BeatSample| s.err <= MAX_READ_ERR_US;
+    let skipped = samples_a
+        .iter()
+        .chain(&samples_b)
+        .filter(|s| !clean(s))
+        .count();
+    let mut history = History::new();
+    for s in samples_a.iter().filter(clean) {
+        history.record(s.t, s.beat, s.tempo);
+    }
+    let grid = |st: &[RemoteStatus]| format!("{:#?}", st.last().map(|s| (&s.peers, &s.grid)));
+    let states = |lines: &[serde_json::Value]| {
+        lines
+            .iter()
+            .filter(|v| v["event"] == "state")
+            .map(|v| format!("{}/{}", v["tempo"], v["playing"]))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // Link keeps tempo as µs per beat: 130 BPM reads back as 130.00013.
+    let near = |a: f64, b: f64| (a - b).abs() < 0.01;
+    let joined = samples_b
+        .iter()
+        .find(|s| near(s.tempo, 130.0))
+        .with_context(|| {
+            format!(
+                "B's Link peer never took 130 BPM; its states: {}\nA: {}\nB: {}",
+                states(&lines_b),
+                grid(&a),
+                grid(&b)
+            )
+        })?
+        .t;
+    let changed = lines_a
+        .iter()
+        .find(|v| v["event"] == "changed")
+        .and_then(|v| v["t"].as_f64())
+        .context("no change time")?;
+    let followed = samples_b
+        .iter()
+        .find(|s| s.t > changed && near(s.tempo, 140.0))
+        .with_context(|| format!("B's Link peer never took 140 BPM; B: {}", grid(&b)))?
+        .t;
+    let settled: Vec<BeatSample> = samples_b
+        .iter()
+        .filter(clean)
+        .filter(|s| s.t > joined + 1e6 && !(changed..followed + 1e6).contains(&s.t))
+        .copied()
+        .collect();
+    let phase_us: Vec<f64> = phase_errors(&history, &settled)
+        .into_iter()
+        .map(f64::abs)
+        .collect();
+    let worst_at_s = phase_us
+        .iter()
+        .zip(&settled)
+        .max_by(|a, b| a.0.total_cmp(b.0))
+        .map_or(0.0, |(_, s)| (s.t - joined) / 1e6);
+    let tempo_after = samples_b
+        .iter()
+        .filter(|s| s.t > followed + 1e6)
+        .map(|s| s.tempo)
+        .collect();
+    let b_playing = lines_b
+        .iter()
+        .rfind(|v| v["event"] == "state")
+        .is_some_and(|v| v["playing"] == true);
+    Ok(GridRun {
+        time_to_grid_s: (joined - entered) / 1e6,
+        follow_ms: (followed - changed) / 1e3,
+        phase_us,
+        worst_at_s,
+        skipped,
+        tempo_after,
+        b_playing,
+        a,
+        b,
+    })
+}
