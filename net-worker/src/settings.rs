@@ -91,7 +91,15 @@ pub struct RemoteSettings {
     /// ... or coturn's REST shared secret (`use-auth-secret`), from which short-lived
     /// credentials are made; used when set.
     pub turn_secret: String,
+    /// Where this studio plays the shared beat grid, ms after it: 0 = at the same moment as
+    /// every studio; N = "after my audio returns" (an audio link's latency, such as
+    /// Jamulus's, so the local clock lines up with the remote audio heard here). At most
+    /// [`MAX_ALIGN_MS`]. Changing it moves the local Link session, not the session.
+    pub align_ms: u32,
 }
+
+/// Largest [`RemoteSettings::align_ms`].
+pub const MAX_ALIGN_MS: u32 = 2_000;
 
 /// One controller address driving one parameter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

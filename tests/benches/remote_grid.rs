@@ -45,7 +45,7 @@ fn run() -> anyhow::Result<()> {
     })?;
     let _broker = lab.start_broker()?;
     let _turn = lab.start_turn(SECRET)?;
-    let run = grid_run(&lab, Path::new(RUNNER), 66, 40)?;
+    let run = grid_run(&lab, Path::new(RUNNER), 66, 40, 0)?;
     let (p50, p99, max) = run.quantiles();
     let stats = lab.emulator_stats();
     eprintln!("remote grid bench: emulator {stats:?}");

@@ -55,6 +55,9 @@ usage: cargo xtask run -- [options]
   --turn HOST:PORT     a TURN server (relays when no direct path works), with
   --turn-user USER --turn-pass PASS   its credentials, or
   --turn-secret SECRET coturn's REST shared secret (use-auth-secret)
+  --remote-align MS    play the shared beat grid MS later here, 0..2000 (0: at the
+                       same moment as every studio; an audio link's latency: in time
+                       with the remote audio heard here)
   --plugin PATH        the .clap file to load (default target/bundled/Lockstep.clap)
   -h, --help           this text
 ";
@@ -375,6 +378,15 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
             "--turn-user" => config.remote.turn_user = value("--turn-user")?,
             "--turn-pass" => config.remote.turn_pass = value("--turn-pass")?,
             "--turn-secret" => config.remote.turn_secret = value("--turn-secret")?,
+            "--remote-align" => {
+                config.remote.align_ms = number(
+                    "--remote-align",
+                    &value("--remote-align")?,
+                    0,
+                    lockstep_net::settings::MAX_ALIGN_MS,
+                    "alignment is 0..2000 ms",
+                )?;
+            }
             "--plugin" => config.plugin = PathBuf::from(value("--plugin")?),
             other => return Err(CliError::Unknown(other.to_owned())),
         }
@@ -598,8 +610,12 @@ mod tests {
             "turn.example:3478",
             "--turn-secret",
             "s3cret",
+            "--remote-align",
+            "35",
         ]))
         .expect("valid");
+        assert_eq!(c.remote.align_ms, 35);
+        assert!(parse(args(&["--remote-align", "2001"])).is_err());
         assert_eq!(c.remote.code, "4817-7KQ3-M2XP-9FTR-HW4D");
         assert_eq!(c.remote.broker, "198.51.100.2:1883");
         assert_eq!(c.remote.stun, "198.51.100.2:3478");

@@ -119,13 +119,13 @@ pub fn raw_us() -> f64 {
     ts.tv_sec() as f64 * 1e6 + ts.tv_nsec() as f64 / 1e3
 }
 
-/// Phase differences of `theirs` against the `ours` history, µs, wrapped to half a beat
-/// (Link shares the phase, not the beat count, between peers).
-pub fn phase_errors(ours: &History, theirs: &[BeatSample]) -> Vec<f64> {
+/// Phase differences of `theirs` against the `ours` history `late_us` earlier, µs, wrapped
+/// to half a beat (Link shares the phase, not the beat count, between peers).
+pub fn phase_errors(ours: &History, theirs: &[BeatSample], late_us: f64) -> Vec<f64> {
     theirs
         .iter()
         .filter_map(|s| {
-            let b = ours.beat_at(s.t, 30_000.0)?;
+            let b = ours.beat_at(s.t - late_us, 30_000.0)?;
             let d = s.beat - b;
             Some((d - d.round()) * 60e6 / s.tempo)
         })
@@ -177,8 +177,15 @@ fn peer_args(a: &[&str]) -> Vec<String> {
 /// The one-grid scenario on `lab` (broker and TURN already started): a real Link peer on each
 /// LAN, A's starting to play at 130 BPM after 1 s and changing to 140 BPM at `change_at` s,
 /// B's stopped at 90 BPM; a runner on each LAN in Link Follow, both with the lab's code, for
-/// `seconds` (the peers run 2 s longer). Each peer prints its beat every 10 ms.
-pub fn grid_run(lab: &WanLab, runner: &Path, seconds: u32, change_at: u32) -> Result<GridRun> {
+/// `seconds` (the peers run 2 s longer), B's with `--remote-align align_b_ms` (its phase is
+/// then measured against A's that much earlier). Each peer prints its beat every 10 ms.
+pub fn grid_run(
+    lab: &WanLab,
+    runner: &Path,
+    seconds: u32,
+    change_at: u32,
+    align_b_ms: u32,
+) -> Result<GridRun> {
     let env = [("AALINK_SAMPLE_MS", "10")];
     let peer_seconds = (seconds + 2).to_string();
     let change = change_at.to_string();
@@ -205,7 +212,9 @@ pub fn grid_run(lab: &WanLab, runner: &Path, seconds: u32, change_at: u32) -> Re
     let link = peer_args(&["--link", "follow", "--link-interface", "eth0"]);
     let entered = raw_us();
     let a = Studio::start(lab, Ns::HostA, runner, CODE, seconds, &link)?;
-    let b = Studio::start(lab, Ns::HostB, runner, CODE, seconds, &link)?;
+    let mut link_b = link.clone();
+    link_b.extend(peer_args(&["--remote-align", &align_b_ms.to_string()]));
+    let b = Studio::start(lab, Ns::HostB, runner, CODE, seconds, &link_b)?;
     let (a, b) = (a.finish()?, b.finish()?);
     let lines_a = peer_a.wait("A's tempo change", |l| {
         l.iter().any(|v| v["event"] == "changed")
@@ -263,7 +272,7 @@ pub fn grid_run(lab: &WanLab, runner: &Path, seconds: u32, change_at: u32) -> Re
         .filter(|s| s.t > joined + 1e6 && !(changed..followed + 1e6).contains(&s.t))
         .copied()
         .collect();
-    let phase_us: Vec<f64> = phase_errors(&history, &settled)
+    let phase_us: Vec<f64> = phase_errors(&history, &settled, f64::from(align_b_ms) * 1e3)
         .into_iter()
         .map(f64::abs)
         .collect();

@@ -131,6 +131,19 @@ fn two_studios_behind_home_nats_meet_by_code_and_connect_directly() -> Result<()
 
 #[test]
 fn two_link_sessions_across_the_wan_play_one_beat_grid() -> Result<()> {
+    check_grid_run(0)
+}
+
+/// B hears A through an audio link 30 ms late and says so (`--remote-align 30`): B's Link
+/// peer plays A's grid 30 ms later, held to the same tolerance.
+#[test]
+fn an_aligned_studio_plays_the_grid_later_by_its_setting() -> Result<()> {
+    check_grid_run(30)
+}
+
+/// One grid run on a 40 ms path, checked: phase (against A's peer `align_b_ms` earlier),
+/// tempo change, start, and both grids' counters.
+fn check_grid_run(align_b_ms: u32) -> Result<()> {
     let lab = WanLab::build(LabConfig {
         delay_a_ms: 20,
         delay_b_ms: 20,
@@ -138,10 +151,10 @@ fn two_link_sessions_across_the_wan_play_one_beat_grid() -> Result<()> {
     })?;
     let _broker = lab.start_broker()?;
     let _turn = lab.start_turn(SECRET)?;
-    let run = grid_run(&lab, Path::new(RUNNER), 22, 18)?;
+    let run = grid_run(&lab, Path::new(RUNNER), 22, 18, align_b_ms)?;
     let (p50, p99, max) = run.quantiles();
     eprintln!(
-        "grid shared {:.2} s after the code was entered; tempo change followed after {:.1} ms; \
+        "B aligned {align_b_ms} ms: grid shared {:.2} s after the code was entered; tempo change followed after {:.1} ms; \
          phase error p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({:.1} s in) over {} samples \
          ({} readings left out)",
         run.time_to_grid_s,
@@ -176,7 +189,11 @@ fn two_link_sessions_across_the_wan_play_one_beat_grid() -> Result<()> {
         .and_then(|s| s.grid.as_ref())
         .context("B has no grid")?;
     ensure!(
-        grid.linked && !grid.ours && grid.counters.adopted >= 2 && grid.playing,
+        grid.linked
+            && !grid.ours
+            && grid.counters.adopted >= 2
+            && grid.playing
+            && grid.align_ms == f64::from(align_b_ms),
         "{grid:#?}"
     );
     let a_grid = run

@@ -58,6 +58,8 @@ pub struct GridStatus {
     /// A local Link session follows the grid (Link Mode is Lead or Follow). Without one the
     /// grid is still exchanged, and taken when Link is switched on.
     pub linked: bool,
+    /// The local session plays the grid this much later (the alignment setting), ms.
+    pub align_ms: f64,
     /// What happened to grids, counted.
     pub counters: GridCounters,
 }

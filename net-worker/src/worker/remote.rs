@@ -22,7 +22,7 @@ use crate::proto::remote::code::SessionCode;
 use crate::proto::remote::keys::{KdfParams, PeerId, RootKey};
 use crate::proto::remote::session::{Session, SessionConfig, TurnServer};
 use crate::proto::remote::turn_rest::turn_rest_credentials;
-use crate::settings::RemoteSettings;
+use crate::settings::{MAX_ALIGN_MS, RemoteSettings};
 use crate::status::remote::RemoteStatus;
 
 /// The host socket's token.
@@ -143,6 +143,22 @@ impl RemoteService {
     /// Apply the wanted settings (None: no instance asks for a remote session).
     pub fn configure(&mut self, wanted: Option<&RemoteSettings>, registry: &Registry, now_ns: u64) {
         if self.settings.as_ref() == wanted {
+            return;
+        }
+        // Only the alignment changed: the local session moves, the session stays.
+        let without_align = |s: &RemoteSettings| RemoteSettings {
+            align_ms: 0,
+            ..s.clone()
+        };
+        if let (Some(have), Some(want)) = (&self.settings, wanted)
+            && without_align(have) == without_align(want)
+        {
+            self.settings = Some(want.clone());
+            if let State::Running(running) = &mut self.state {
+                running
+                    .session
+                    .set_align(now_ns, want.align_ms.min(MAX_ALIGN_MS));
+            }
             return;
         }
         self.stop(registry, now_ns);
@@ -348,8 +364,10 @@ impl Running {
                 .as_ref()
                 .map(|(_, local, server)| (server.clone(), *local)),
         };
+        let mut session = Session::new(config, code, prepared.root);
+        session.set_align(0, settings.align_ms.min(MAX_ALIGN_MS));
         Ok(Self {
-            session: Session::new(config, code, prepared.root),
+            session,
             udp,
             host,
             turn: turn.map(|(sock, local, _)| (sock, local)),

@@ -153,6 +153,8 @@ pub struct GridSync {
     next_align_ns: u64,
     /// Whether the local session has reported (a Link session exists).
     linked: bool,
+    /// The local session plays the grid this much later, ns (the alignment setting).
+    shift_ns: i64,
     counters: GridCounters,
 }
 
@@ -168,7 +170,21 @@ impl GridSync {
             burst_left: 0,
             next_align_ns: 0,
             linked: false,
+            shift_ns: 0,
             counters: GridCounters::default(),
+        }
+    }
+
+    /// Play the grid `shift_ns` later in the local session (0: at the same moment as every
+    /// studio). A change moves the local session (the grid goes to it again), and is nobody's
+    /// change of the grid.
+    pub fn set_shift(&mut self, now_ns: u64, shift_ns: i64) {
+        if shift_ns == self.shift_ns {
+            return;
+        }
+        self.shift_ns = shift_ns;
+        if let Some((grid, _)) = self.current {
+            self.pending = Some(grid.anchored(Self::now_i64(now_ns)));
         }
     }
 
@@ -192,7 +208,8 @@ impl GridSync {
         let Some(view) = view else {
             return;
         };
-        let now = Self::now_i64(now_ns);
+        // The local session at `now` plays the grid's `now − shift`.
+        let now = Self::now_i64(now_ns).saturating_sub(self.shift_ns);
         let fresh = Grid {
             tempo_bpm: view.tempo_bpm,
             beat_origin: view.beat,
@@ -331,9 +348,13 @@ impl GridSync {
         Handled::Same
     }
 
-    /// A grid the local Link session should take now (adopted or re-aligned), once.
+    /// The line the local Link session should take now (the grid adopted or re-aligned,
+    /// moved later by the alignment), once.
     pub fn take_pending(&mut self) -> Option<Grid> {
-        self.pending.take()
+        self.pending.take().map(|g| Grid {
+            origin_ns: g.origin_ns.saturating_add(self.shift_ns),
+            ..g
+        })
     }
 
     /// When [`GridSync::poll_send`] has something next (ns), while connected.
@@ -391,6 +412,7 @@ impl GridSync {
             author: version.author.to_string(),
             ours: version.author == self.me,
             linked: self.linked,
+            align_ms: self.shift_ns as f64 / 1e6,
             counters: self.counters,
         })
     }

@@ -786,6 +786,11 @@ impl Session {
         self.grid.observe(now_ns, view, in_session);
     }
 
+    /// Play the shared grid `align_ms` later here (see [`GridSync::set_shift`]).
+    pub fn set_align(&mut self, now_ns: u64, align_ms: u32) {
+        self.grid.set_shift(now_ns, i64::from(align_ms) * 1_000_000);
+    }
+
     /// The local Link peer joined another Link session (see [`GridSync::link_joined`]).
     pub fn link_joined(&mut self, now_ns: u64, view: LocalView) {
         self.grid.link_joined(now_ns, view);

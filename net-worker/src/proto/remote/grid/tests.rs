@@ -477,3 +477,43 @@ fn a_lan_session_that_plays_wins_over_a_stopped_grid_at_join() {
     assert!(w.studios.iter().all(|s| s.local.tempo == 130.0));
     assert_eq!(generation(&w.studios[1]), 1);
 }
+
+#[test]
+fn an_aligned_studio_plays_the_grid_later_and_its_changes_stay_on_the_grid() {
+    let mut w = World::new(
+        vec![
+            Studio::new(1, 0, 120.0, true),
+            Studio::new(2, 4_000_000, 120.0, false),
+        ],
+        40_000_000,
+    );
+    // B hears A through an audio link 25 ms late: its session plays the grid 25 ms later.
+    let now = w.studios[1].clock(w.t) as u64;
+    w.studios[1].sync.set_shift(now, 25_000_000);
+    w.run(500);
+    assert!(
+        (w.apart_ms(0, 1) - 25.0).abs() < 0.001,
+        "{}",
+        w.apart_ms(0, 1)
+    );
+    let b = w.studios[1].sync.status(0).unwrap();
+    assert_eq!(b.align_ms, 25.0);
+    // B's own tempo change reaches A on the grid, not 25 ms off it.
+    let b_now = w.studios[1].clock(w.t);
+    w.studios[1].local.set_tempo(b_now, 100.0);
+    w.run(300);
+    assert_eq!(w.studios[0].local.tempo, 100.0);
+    assert!(
+        (w.apart_ms(0, 1) - 25.0).abs() < 0.001,
+        "{}",
+        w.apart_ms(0, 1)
+    );
+    // Back to "same time": B's session moves, nobody's grid changes.
+    let generation_before = generation(&w.studios[0]);
+    let now = w.studios[1].clock(w.t) as u64;
+    w.studios[1].sync.set_shift(now, 0);
+    w.run(300);
+    assert!(w.apart_ms(0, 1).abs() < 0.001, "{}", w.apart_ms(0, 1));
+    assert_eq!(generation(&w.studios[0]), generation_before);
+    assert_eq!(generation(&w.studios[1]), generation_before);
+}
