@@ -150,6 +150,9 @@ pub struct GridRun {
     pub tempo_after: Vec<f64>,
     /// B's peer was playing at its last state report.
     pub b_playing: bool,
+    /// The `/lockstep/remote/…` messages an OSC controller subscribed to B's runner got
+    /// (`{"address", "args"}`), in order.
+    pub osc_b: Vec<serde_json::Value>,
     /// Each runner's remote status, one a second.
     pub a: Vec<RemoteStatus>,
     /// B's.
@@ -215,7 +218,25 @@ pub fn grid_run(
     let mut link_b = link.clone();
     link_b.extend(peer_args(&["--remote-align", &align_b_ms.to_string()]));
     let b = Studio::start(lab, Ns::HostB, runner, CODE, seconds, &link_b)?;
+    // An OSC controller on B's machine subscribes once B's runner is up (its port 8000).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let listen = (seconds.saturating_sub(3)).to_string();
+    let controller = ScriptPeer::spawn_in_netns(
+        &lab.name(Ns::HostB),
+        "osc_client.py",
+        &peer_args(&["8000", "9100", &listen, r#"["/lockstep/subscribe"]"#]),
+        &[],
+    )?;
     let (a, b) = (a.finish()?, b.finish()?);
+    let osc_b = controller
+        .lines()
+        .into_iter()
+        .filter(|v| {
+            v["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("/lockstep/remote/"))
+        })
+        .collect();
     let lines_a = peer_a.wait("A's tempo change", |l| {
         l.iter().any(|v| v["event"] == "changed")
     })?;
@@ -298,6 +319,7 @@ pub fn grid_run(
         skipped,
         tempo_after,
         b_playing,
+        osc_b,
         a,
         b,
     })

@@ -196,6 +196,26 @@ fn check_grid_run(align_b_ms: u32) -> Result<()> {
             && grid.align_ms == f64::from(align_b_ms),
         "{grid:#?}"
     );
+    // The same, as an OSC controller on B's machine saw it: the last value of each address.
+    let last = |address: &str| {
+        run.osc_b
+            .iter()
+            .rev()
+            .find(|v| v["address"] == address)
+            .map(|v| v["args"][0].clone())
+    };
+    let osc =
+        |address: &str| last(address).with_context(|| format!("no {address} in {:?}", run.osc_b));
+    ensure!(osc("/lockstep/remote/state")? == "connected");
+    ensure!(osc("/lockstep/remote/peers")? == 1);
+    ensure!((osc("/lockstep/remote/tempo")?.as_f64().unwrap_or(0.0) - 140.0).abs() < 0.01);
+    ensure!(osc("/lockstep/remote/playing")? == 1);
+    ensure!(osc("/lockstep/remote/align")?.as_f64() == Some(f64::from(align_b_ms)));
+    ensure!(osc("/lockstep/remote/studio/1/path")? == "direct");
+    let rtt = osc("/lockstep/remote/studio/1/rtt")?
+        .as_f64()
+        .unwrap_or(0.0);
+    ensure!((80.0..90.0).contains(&rtt), "OSC rtt {rtt}");
     let a_grid = run
         .a
         .last()

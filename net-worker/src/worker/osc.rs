@@ -19,7 +19,8 @@
 //! - `access`: the allow-list ([`Subnet`], [`allowed_by_default`]) and the per-source rate limit.
 //! - `schedule`: time-tagged bundles, the bounded schedule of timed changes.
 //! - `mappings`: user mappings of a controller's own addresses to parameters.
-//! - `feedback`: values out: dump, change-only feedback, the transport and [`LinkFeed`] feeds.
+//! - `feedback`: values out: dump, change-only feedback, the transport, [`LinkFeed`] and
+//!   [`RemoteFeed`] feeds.
 //! - `namespace`: the OSCQuery namespace as JSON, and the current value at an address.
 //! - `status`: [`OscStatus`], the counters.
 //! - `server`: [`OscServer`], the sockets (UDP, and TCP with SLIP or size-prefixed framing).
@@ -39,7 +40,7 @@ mod tests;
 
 pub use self::access::{Subnet, allowed_by_default};
 pub use self::core::{OscCore, Output, TimedChange, TransportRequest};
-pub use self::feedback::LinkFeed;
+pub use self::feedback::{LinkFeed, REMOTE_FEED_STUDIOS, RemoteFeed, StudioFeed};
 pub use self::server::{MAX_STREAMS, OscServer};
 pub use self::status::OscStatus;
 

@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 
+use super::osc::{REMOTE_FEED_STUDIOS, RemoteFeed, StudioFeed};
 use super::runtime::{READ_REST, read_budgeted, write_pending};
 use crate::proto::mqtt::{MqttClient, MqttConfig, MqttEvent, Will};
 use crate::proto::remote::code::SessionCode;
@@ -251,6 +252,40 @@ impl RemoteService {
             return None;
         };
         Some(running.poll(registry, now_ns, udp, turn, broker))
+    }
+
+    /// What OSC controllers see of the session (`/lockstep/remote/…`; None while off).
+    pub fn feed(&self, now_ns: u64) -> Option<RemoteFeed> {
+        let status = self.status(now_ns)?;
+        let tenth = |ms: Option<f64>| ms.map_or(0.0, |v| ((v * 10.0).round() / 10.0) as f32);
+        let c = &status.counters;
+        let refused = c.datagrams_forged
+            + c.datagrams_replayed
+            + c.datagrams_malformed
+            + c.rendezvous_forged
+            + c.rendezvous_stale
+            + c.rendezvous_malformed;
+        Some(RemoteFeed {
+            peers: status.peers.iter().filter(|p| p.ice == "connected").count() as i32,
+            grid: status
+                .grid
+                .as_ref()
+                .map(|g| (g.tempo_bpm as f32, g.phase as f32, g.playing)),
+            align_ms: self.settings.as_ref().map_or(0, |s| s.align_ms) as f32,
+            refused: i32::try_from(refused).unwrap_or(i32::MAX),
+            studios: status
+                .peers
+                .iter()
+                .take(REMOTE_FEED_STUDIOS)
+                .map(|p| StudioFeed {
+                    path: p.path.clone(),
+                    rtt_ms: tenth(p.rtt_ms),
+                    one_way_ms: tenth(p.one_way_ms),
+                    bound_ms: tenth(p.offset_bound_ms),
+                })
+                .collect(),
+            state: status.state,
+        })
     }
 
     /// The running session (None while off, deriving or failed).

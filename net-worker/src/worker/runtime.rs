@@ -217,6 +217,8 @@ struct Runtime {
     started: Instant,
     passes: u64,
     next_housekeeping: u64,
+    /// When the remote session's OSC feed is next worked out (host ns).
+    next_remote_feed: u64,
     next_publish: u64,
     /// A socket or a command changed something since the last snapshot: publish within one
     /// period, not only with the next pass that happens anyway.
@@ -323,6 +325,7 @@ impl Runtime {
             started: Instant::now(),
             passes: 0,
             next_housekeeping: 0,
+            next_remote_feed: 0,
             next_publish: 0,
             urgent: true,
             published: None,
@@ -561,6 +564,19 @@ impl Runtime {
             at(session.grid_due());
         }
         self.urgent |= ready.remote != (false, false, false);
+        // The remote session's OSC feed: worked out at the feed's own rate, and only while
+        // someone takes feedback.
+        if now >= self.next_remote_feed {
+            self.next_remote_feed = now + osc::TRANSPORT_INTERVAL;
+            if let Some(server) = &mut self.osc {
+                let feed = if server.core.has_listeners() {
+                    self.remote.feed(now)
+                } else {
+                    None
+                };
+                server.core.set_remote(feed);
+            }
+        }
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING.as_nanos() as u64;
             self.discovery.poll();

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use super::access::{Bucket, Subnet};
-use super::feedback::{LinkFeed, TransportFeed};
+use super::feedback::{LinkFeed, RemoteFeed, TransportFeed};
 use super::{Nanos, OscStatus};
 use crate::bridge::TransportSnapshot;
 use crate::params::{HostParamChange, ParamSpec, Remote};
@@ -83,6 +83,8 @@ pub struct OscCore {
     /// Link as last reported, and what was last sent of it (and when).
     pub(super) link: Option<LinkFeed>,
     pub(super) link_sent: Option<(LinkFeed, Nanos)>,
+    pub(super) remote: Option<RemoteFeed>,
+    pub(super) remote_sent: Option<(RemoteFeed, Nanos)>,
     /// The host application takes transport requests (Lockstep's headless runner does; no
     /// DAW can).
     pub(super) transport_control: bool,
@@ -160,6 +162,8 @@ impl OscCore {
             due: None,
             link: None,
             link_sent: None,
+            remote: None,
+            remote_sent: None,
             transport_control: false,
             scheduled: VecDeque::new(),
         }

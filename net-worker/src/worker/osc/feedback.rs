@@ -130,7 +130,118 @@ impl LinkFeed {
     }
 }
 
+/// Studios the remote feed reports one by one (`/lockstep/remote/studio/1..8/…`).
+pub const REMOTE_FEED_STUDIOS: usize = 8;
+
+/// One remote studio as controllers see it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StudioFeed {
+    /// `direct`, `relayed`, or empty while not connected.
+    pub path: String,
+    /// Best round trip, ms (0.1 ms steps).
+    pub rtt_ms: f32,
+    /// Half of it: the one-way delay if the path is symmetric, ms.
+    pub one_way_ms: f32,
+    /// How wrong the clock offset can be at most, ms.
+    pub bound_ms: f32,
+}
+
+/// The remote session as controllers see it (`/lockstep/remote/...`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RemoteFeed {
+    /// `connected`, `waiting for peers`, `connecting to broker`, `deriving key`, `error`.
+    pub state: String,
+    /// Studios with a path up.
+    pub peers: i32,
+    /// The shared grid's tempo (BPM), phase in its quantum (beats) and start/stop state.
+    pub grid: Option<(f32, f32, bool)>,
+    /// This studio's alignment, ms.
+    pub align_ms: f32,
+    /// Datagrams and rendezvous messages refused (forged, replayed, malformed), in all.
+    pub refused: i32,
+    /// The first [`REMOTE_FEED_STUDIOS`] studios.
+    pub studios: Vec<StudioFeed>,
+}
+
+impl RemoteFeed {
+    /// The messages for the fields that differ from `old` (all of them without one).
+    fn messages(&self, old: Option<&Self>) -> Vec<Message> {
+        let mut out = Vec::new();
+        let address = |leaf: &str| format!("/lockstep/remote/{leaf}");
+        if old.is_none_or(|o| o.state != self.state) {
+            out.push(Message::new(
+                address("state"),
+                vec![Arg::Str(self.state.clone())],
+            ));
+        }
+        if old.is_none_or(|o| o.peers != self.peers) {
+            out.push(Message::new(address("peers"), vec![Arg::Int(self.peers)]));
+        }
+        if let Some((tempo, phase, playing)) = self.grid {
+            let was = old.and_then(|o| o.grid);
+            if was.is_none_or(|w| w.0 != tempo) {
+                out.push(Message::new(address("tempo"), vec![Arg::Float(tempo)]));
+            }
+            if was.is_none_or(|w| w.1 != phase) {
+                out.push(Message::new(address("phase"), vec![Arg::Float(phase)]));
+            }
+            if was.is_none_or(|w| w.2 != playing) {
+                out.push(Message::new(
+                    address("playing"),
+                    vec![Arg::Int(i32::from(playing))],
+                ));
+            }
+        }
+        if old.is_none_or(|o| o.align_ms != self.align_ms) {
+            out.push(Message::new(
+                address("align"),
+                vec![Arg::Float(self.align_ms)],
+            ));
+        }
+        if old.is_none_or(|o| o.refused != self.refused) {
+            out.push(Message::new(
+                address("refused"),
+                vec![Arg::Int(self.refused)],
+            ));
+        }
+        for (i, studio) in self.studios.iter().enumerate() {
+            let was = old.and_then(|o| o.studios.get(i));
+            let leaf = |name: &str| address(&format!("studio/{}/{name}", i + 1));
+            if was.is_none_or(|w| w.path != studio.path) {
+                out.push(Message::new(
+                    leaf("path"),
+                    vec![Arg::Str(studio.path.clone())],
+                ));
+            }
+            if was.is_none_or(|w| w.rtt_ms != studio.rtt_ms) {
+                out.push(Message::new(leaf("rtt"), vec![Arg::Float(studio.rtt_ms)]));
+            }
+            if was.is_none_or(|w| w.one_way_ms != studio.one_way_ms) {
+                out.push(Message::new(
+                    leaf("one_way"),
+                    vec![Arg::Float(studio.one_way_ms)],
+                ));
+            }
+            if was.is_none_or(|w| w.bound_ms != studio.bound_ms) {
+                out.push(Message::new(
+                    leaf("bound"),
+                    vec![Arg::Float(studio.bound_ms)],
+                ));
+            }
+        }
+        out
+    }
+}
+
 impl OscCore {
+    /// The remote session now (None: no remote session).
+    pub fn set_remote(&mut self, feed: Option<RemoteFeed>) {
+        if feed.is_none() {
+            self.remote_sent = None;
+        }
+        self.remote = feed;
+    }
+
     /// The host transport instance `id` saw at its latest block.
     pub fn set_transport(&mut self, id: u64, snapshot: TransportSnapshot) {
         if let Some(i) = self.instances.get_mut(&id) {
@@ -207,6 +318,7 @@ impl OscCore {
             return;
         }
         self.link_feedback(now, &destinations, out);
+        self.remote_feedback(now, &destinations, out);
         let ids: Vec<u64> = self.instances.keys().copied().collect();
         for id in ids {
             if !self.switch_on(id, "osc_fb") {
@@ -292,6 +404,24 @@ impl OscCore {
         }
         let messages = feed.messages(old.as_ref().map(|(o, _)| o));
         self.link_sent = Some((feed, now));
+        self.send_bundle(messages, destinations, out);
+    }
+
+    /// The remote session's fields to everyone who takes feedback: change-only, at most
+    /// every [`TRANSPORT_INTERVAL`].
+    fn remote_feedback(&mut self, now: Nanos, destinations: &[SocketAddr], out: &mut Output) {
+        let Some(feed) = &self.remote else {
+            return;
+        };
+        let old = self.remote_sent.take();
+        if let Some((o, at)) = &old
+            && (o == feed || now < at + TRANSPORT_INTERVAL)
+        {
+            self.remote_sent = old;
+            return;
+        }
+        let messages = feed.messages(old.as_ref().map(|(o, _)| o));
+        self.remote_sent = Some((feed.clone(), now));
         self.send_bundle(messages, destinations, out);
     }
 
@@ -446,6 +576,83 @@ mod tests {
             )],
             "only what changed"
         );
+    }
+
+    #[test]
+    fn remote_feed_goes_to_subscribers_change_only() {
+        let mut core = OscCore::new();
+        core.add_instance(1, "Lockstep", specs());
+        send(
+            &mut core,
+            SocketAddr::from(PHONE),
+            Message::new("/lockstep/subscribe", vec![]),
+        );
+        let remote = |out: &Output| -> Vec<Message> {
+            out.datagrams
+                .iter()
+                .filter_map(|(_, b)| match osc::decode(b) {
+                    Ok(Packet::Bundle { elements, .. }) => Some(elements),
+                    _ => None,
+                })
+                .flatten()
+                .filter_map(|p| match p {
+                    Packet::Message(m) if m.address.starts_with("/lockstep/remote/") => Some(m),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut feed = RemoteFeed {
+            state: "connected".into(),
+            peers: 1,
+            grid: Some((130.0, 2.5, true)),
+            align_ms: 30.0,
+            refused: 3,
+            studios: vec![StudioFeed {
+                path: "direct".into(),
+                rtt_ms: 80.6,
+                one_way_ms: 40.3,
+                bound_ms: 40.3,
+            }],
+        };
+        core.set_remote(Some(feed.clone()));
+        let mut out = Output::default();
+        core.feedback(2_000 * MS, &mut out);
+        let s = |a: &str, v: Arg| Message::new(format!("/lockstep/remote/{a}"), vec![v]);
+        assert_eq!(
+            remote(&out),
+            vec![
+                s("state", Arg::Str("connected".into())),
+                s("peers", Arg::Int(1)),
+                s("tempo", Arg::Float(130.0)),
+                s("phase", Arg::Float(2.5)),
+                s("playing", Arg::Int(1)),
+                s("align", Arg::Float(30.0)),
+                s("refused", Arg::Int(3)),
+                s("studio/1/path", Arg::Str("direct".into())),
+                s("studio/1/rtt", Arg::Float(80.6)),
+                s("studio/1/one_way", Arg::Float(40.3)),
+                s("studio/1/bound", Arg::Float(40.3)),
+            ]
+        );
+        feed.studios[0].rtt_ms = 81.0;
+        feed.refused = 4;
+        core.set_remote(Some(feed.clone()));
+        let mut out = Output::default();
+        core.feedback(2_010 * MS, &mut out);
+        assert!(remote(&out).is_empty(), "rate-limited");
+        let mut out = Output::default();
+        core.feedback(2_050 * MS, &mut out);
+        assert_eq!(
+            remote(&out),
+            vec![
+                s("refused", Arg::Int(4)),
+                s("studio/1/rtt", Arg::Float(81.0))
+            ]
+        );
+        core.set_remote(None);
+        let mut out = Output::default();
+        core.feedback(3_000 * MS, &mut out);
+        assert!(remote(&out).is_empty(), "no remote session: nothing");
     }
 
     #[test]
