@@ -179,6 +179,8 @@ struct RemoteSeen {
     peers: BTreeMap<String, String>,
     refused: [u64; 4],
     errors: BTreeSet<String>,
+    /// The grid's version (generation, author) last logged.
+    grid: Option<(u64, String)>,
 }
 
 /// Turns successive statuses into log entries.
@@ -440,6 +442,29 @@ impl Watcher {
                 }
                 now.errors.insert(e.clone());
             }
+            // A new version of the shared grid (once studios have met: before, it is only
+            // this studio's own Link session).
+            if let Some(g) = &r.grid {
+                let version = (g.generation, g.author.clone());
+                let met = g.generation > 0 || !g.ours;
+                if met && was.grid.as_ref() != Some(&version) {
+                    add(
+                        Source::Remote,
+                        Health::Good,
+                        format!(
+                            "shared grid: {:.2} BPM, {}, {}",
+                            g.tempo_bpm,
+                            if g.playing { "playing" } else { "stopped" },
+                            if g.ours {
+                                "set here".to_owned()
+                            } else {
+                                format!("set by studio {}", g.author)
+                            }
+                        ),
+                    );
+                }
+                now.grid = Some(version);
+            }
             new.remote = Some(now);
         }
         self.seen = Some(new);
@@ -543,6 +568,50 @@ mod tests {
         assert_eq!(log.len(), LOG_CAPACITY);
         assert_eq!(log.dropped, 25);
         assert_eq!(log.entries().next().map(|e| e.at_ms), Some(25));
+    }
+
+    #[test]
+    fn each_new_shared_grid_is_logged_once() {
+        use crate::status::remote::{GridStatus, RemoteStatus};
+        let with = |generation: u64, ours: bool, tempo: f64| {
+            let mut s = WorkerStatus::empty();
+            s.remote = Some(RemoteStatus {
+                grid: Some(GridStatus {
+                    tempo_bpm: tempo,
+                    playing: true,
+                    generation,
+                    ours,
+                    author: if ours { "aa" } else { "bb" }.repeat(8),
+                    ..GridStatus::default()
+                }),
+                ..RemoteStatus::default()
+            });
+            s
+        };
+        let mut log = EventLog::new();
+        let mut w = Watcher::new();
+        // Alone: our own Link session, not logged. Then the other studio's grid, once; then
+        // our own change in the session.
+        for s in [
+            with(0, true, 120.0),
+            with(0, false, 130.0),
+            with(0, false, 130.0),
+            with(1, true, 140.0),
+        ] {
+            w.observe(&s, &mut log);
+        }
+        let lines: Vec<_> = log
+            .entries()
+            .filter(|e| e.source == Source::Remote)
+            .map(|e| e.text.clone())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "shared grid: 130.00 BPM, playing, set by studio bbbbbbbbbbbbbbbb",
+                "shared grid: 140.00 BPM, playing, set here",
+            ]
+        );
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub struct RemoteRow {
     pub state: String,
     /// One line per remote studio.
     pub studios: Vec<StudioRow>,
+    /// The shared beat grid, in words (None before there is one).
+    #[serde(default)]
+    pub grid: Option<String>,
     /// Judgement.
     pub health: Health,
 }
@@ -259,10 +262,32 @@ pub fn remote_row(r: &RemoteStatus) -> RemoteRow {
         other => (other.to_owned(), Health::Idle),
     };
     let health = studios.iter().map(|s| s.health).fold(health, Health::worst);
+    let grid = r.grid.as_ref().map(|g| {
+        let mut line = format!(
+            "shared grid {:.2} BPM, {}, phase {:.2} / {}, {}",
+            g.tempo_bpm,
+            if g.playing { "playing" } else { "stopped" },
+            g.phase,
+            g.quantum,
+            if g.ours {
+                "set here".to_owned()
+            } else {
+                format!("set by studio {}", g.author)
+            }
+        );
+        if g.align_ms != 0.0 {
+            line.push_str(&format!(", played {:.0} ms later here", g.align_ms));
+        }
+        if !g.linked {
+            line.push_str(" — Link Mode is Off: the grid waits for a Link session");
+        }
+        line
+    });
     RemoteRow {
         room: r.room.clone(),
         state,
         studios,
+        grid,
         health,
     }
 }
@@ -540,6 +565,25 @@ mod tests {
         };
         let row = remote_row(&r);
         assert_eq!(row.state, "1 studio connected");
+        assert_eq!(row.grid, None);
+        r.grid = Some(crate::status::remote::GridStatus {
+            tempo_bpm: 130.00013,
+            playing: true,
+            phase: 1.25,
+            quantum: 4.0,
+            author: "8b99402e7bd061ab".into(),
+            align_ms: 30.0,
+            linked: false,
+            ..Default::default()
+        });
+        assert_eq!(
+            remote_row(&r).grid.as_deref(),
+            Some(
+                "shared grid 130.00 BPM, playing, phase 1.25 / 4, set by studio 8b99402e7bd061ab, \
+                 played 30 ms later here — Link Mode is Off: the grid waits for a Link session"
+            )
+        );
+        r.grid = None;
         assert_eq!(row.studios[0].offset_ms, Some((0.03, 40.4)));
         assert_eq!(
             (row.studios[0].path.as_str(), row.studios[0].health),

@@ -245,6 +245,9 @@ fn status_page(ui: &mut egui::Ui, model: &Model) {
                     ui.separator();
                     ui.label(format!("room {}", r.room));
                 });
+                if let Some(grid) = &r.grid {
+                    ui.label(grid);
+                }
                 if !r.studios.is_empty() {
                     egui::Grid::new("studios").striped(true).show(ui, |ui| {
                         for h in ["studio", "path", "round trip", "clock offset (± at most)"] {
@@ -919,6 +922,11 @@ pub fn demo_model(peers: usize, log_lines: usize) -> Model {
                     offset_ms: Some((27.66, 40.42)),
                     health: Health::Good,
                 }],
+                grid: Some(
+                    "shared grid 130.00 BPM, playing, phase 2.50 / 4, set by studio \
+                     5edeaacce5236569"
+                        .into(),
+                ),
                 health: Health::Good,
             }),
             alerts: Vec::new(),
