@@ -443,10 +443,12 @@ impl Watcher {
                 now.errors.insert(e.clone());
             }
             // A new version of the shared grid (once studios have met: before, it is only
-            // this studio's own Link session).
+            // this studio's own Link session; a studio whose own grid won at the meeting
+            // logs it then).
             if let Some(g) = &r.grid {
                 let version = (g.generation, g.author.clone());
-                let met = g.generation > 0 || !g.ours;
+                let met =
+                    g.generation > 0 || !g.ours || r.peers.iter().any(|p| p.ice == "connected");
                 if met && was.grid.as_ref() != Some(&version) {
                     add(
                         Source::Remote,
@@ -463,7 +465,9 @@ impl Watcher {
                         ),
                     );
                 }
-                now.grid = Some(version);
+                if met {
+                    now.grid = Some(version);
+                }
             }
             new.remote = Some(now);
         }
@@ -572,7 +576,7 @@ mod tests {
 
     #[test]
     fn each_new_shared_grid_is_logged_once() {
-        use crate::status::remote::{GridStatus, RemoteStatus};
+        use crate::status::remote::{GridStatus, RemotePeerStatus, RemoteStatus};
         let with = |generation: u64, ours: bool, tempo: f64| {
             let mut s = WorkerStatus::empty();
             s.remote = Some(RemoteStatus {
@@ -612,6 +616,25 @@ mod tests {
                 "shared grid: 140.00 BPM, playing, set here",
             ]
         );
+        // A studio whose own grid wins when it meets another logs it at the meeting.
+        let mut log = EventLog::new();
+        let mut w = Watcher::new();
+        let mut met = with(0, true, 120.0);
+        if let Some(r) = met.remote.as_mut() {
+            r.peers.push(RemotePeerStatus {
+                ice: "connected".to_owned(),
+                ..RemotePeerStatus::default()
+            });
+        }
+        for s in [with(0, true, 120.0), met.clone(), met] {
+            w.observe(&s, &mut log);
+        }
+        let lines: Vec<_> = log
+            .entries()
+            .filter(|e| e.source == Source::Remote && e.text.starts_with("shared grid"))
+            .map(|e| e.text.clone())
+            .collect();
+        assert_eq!(lines, ["shared grid: 120.00 BPM, playing, set here"]);
     }
 
     #[test]

@@ -271,6 +271,8 @@ pub fn remote_row(r: &RemoteStatus) -> RemoteRow {
             g.quantum,
             if g.ours {
                 "set here".to_owned()
+            } else if g.keeper {
+                format!("set by studio {} (gone; kept here)", g.author)
             } else {
                 format!("set by studio {}", g.author)
             }

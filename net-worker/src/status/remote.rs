@@ -55,6 +55,9 @@ pub struct GridStatus {
     pub author: String,
     /// The grid is ours (our change, or nobody else's yet).
     pub ours: bool,
+    /// We keep the grid against drift: we are its author, or stand in for an author who
+    /// left (the smallest id connected).
+    pub keeper: bool,
     /// A local Link session follows the grid (Link Mode is Lead or Follow). Without one the
     /// grid is still exchanged, and taken when Link is switched on.
     pub linked: bool,
@@ -79,6 +82,9 @@ pub struct GridCounters {
     pub reasserted: u64,
     /// Older grids peers sent (a change that lost to a newer one): ignored.
     pub stale: u64,
+    /// Timelines out of bounds (a time origin more than a day from now, a generation leap
+    /// of more than 2^32): ignored.
+    pub refused: u64,
     /// Timelines held until the sender's clock offset converged.
     pub held: u64,
     /// Timelines sent (to all connected peers at once).

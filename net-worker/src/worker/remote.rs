@@ -156,9 +156,7 @@ impl RemoteService {
         {
             self.settings = Some(want.clone());
             if let State::Running(running) = &mut self.state {
-                running
-                    .session
-                    .set_align(now_ns, want.align_ms.min(MAX_ALIGN_MS));
+                running.session.set_align(want.align_ms.min(MAX_ALIGN_MS));
             }
             return;
         }
@@ -271,7 +269,10 @@ impl RemoteService {
                 .grid
                 .as_ref()
                 .map(|g| (g.tempo_bpm as f32, g.phase as f32, g.playing)),
-            align_ms: self.settings.as_ref().map_or(0, |s| s.align_ms) as f32,
+            align_ms: self
+                .settings
+                .as_ref()
+                .map_or(0, |s| s.align_ms.min(MAX_ALIGN_MS)) as f32,
             refused: i32::try_from(refused).unwrap_or(i32::MAX),
             studios: status
                 .peers
@@ -400,7 +401,7 @@ impl Running {
                 .map(|(_, local, server)| (server.clone(), *local)),
         };
         let mut session = Session::new(config, code, prepared.root);
-        session.set_align(0, settings.align_ms.min(MAX_ALIGN_MS));
+        session.set_align(settings.align_ms.min(MAX_ALIGN_MS));
         Ok(Self {
             session,
             udp,

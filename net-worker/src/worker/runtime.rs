@@ -206,7 +206,7 @@ struct Runtime {
     osc_error: Option<String>,
     link: link::LinkService,
     remote: remote::RemoteService,
-    /// The Link peer's join count the remote grid last saw (None: no Link peer).
+    /// The Link peer's join count the remote grid last saw (None: no settled Link peer).
     grid_link_joins: Option<u64>,
     send_path: Option<SendPath>,
     send_path_error: Option<String>,
@@ -541,12 +541,16 @@ impl Runtime {
         if let Some(session) = self.remote.session_mut() {
             let view = self.link.grid_view(now);
             let joins = view.and(self.link.joins());
-            if joins != self.grid_link_joins {
-                self.grid_link_joins = joins;
-                if let Some(view) = view {
+            match (self.grid_link_joins, joins, view) {
+                // Link just opened (or re-opened) and settled: a LAN session it found is
+                // weighed like a join; its own founding timeline is no change.
+                (None, Some(joins), Some(view)) => session.link_opened(now, view, joins > 0),
+                (Some(seen), Some(joins), Some(view)) if joins > seen => {
                     session.link_joined(now, view);
                 }
+                _ => {}
             }
+            self.grid_link_joins = joins;
             session.observe_grid(now, view);
         }
         at(self.remote.poll(&self.registry, now, ready.remote));

@@ -69,6 +69,9 @@ const BYE: u8 = 6;
 
 /// Largest quantum a timeline may carry, in beats.
 const MAX_QUANTUM: f64 = 1024.0;
+/// The largest beat a timeline may carry: a year at 999 BPM is 5.3e8 beats, and an f64 still
+/// resolves a microsecond of beat time at this magnitude.
+pub const MAX_BEAT: f64 = 1e10;
 
 /// Why a message was not sealed. Nothing was sent and no sequence number was used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -139,7 +142,8 @@ pub struct RemoteTimeline {
     pub tempo_bpm: f64,
     /// The beat that falls at `time_origin_ns`.
     pub beat_origin: f64,
-    /// Nanoseconds on the session's shared clock at which `beat_origin` falls.
+    /// Nanoseconds on the sender's clock at which `beat_origin` falls (the receiver maps it
+    /// through its estimate of the sender's clock offset).
     pub time_origin_ns: i64,
     /// Transport playing.
     pub playing: bool,
@@ -152,12 +156,14 @@ pub struct RemoteTimeline {
 }
 
 impl RemoteTimeline {
-    /// Finite values, a tempo within Link's range and a quantum in (0, 1024] beats: what an
+    /// Finite values, a tempo within Link's range, a beat within ±[`MAX_BEAT`] and a quantum
+    /// in (0, 1024] beats: what an
     /// honest peer sends. [`Sealer::seal`] refuses anything else and [`Opener::open`] reports
     /// it as [`OpenError::BadInner`].
     pub fn is_valid(&self) -> bool {
         (TEMPO_RANGE.0..=TEMPO_RANGE.1).contains(&self.tempo_bpm)
             && self.beat_origin.is_finite()
+            && self.beat_origin.abs() <= MAX_BEAT
             && self.quantum > 0.0
             && self.quantum <= MAX_QUANTUM
     }

@@ -8,8 +8,10 @@
 //! clock; the receiver maps it through its converged offset estimate of the sender
 //! (`ours = theirs − offset`). So no peer's clock is special, and the drift the estimator
 //! tracks carries into the grid: the sender repeats its grid every [`RESEND_NS`], and each
-//! repeat from the grid's author re-aligns the receiver when they differ by more than
-//! [`ALIGN_NS`].
+//! repeat from the grid's keeper re-aligns the receiver when they differ by more than
+//! [`ALIGN_NS`]. The keeper is the grid's author while it is connected; when the author has
+//! left, the connected studio with the smallest id stands in, so clocks that drift apart
+//! stay on one grid after the author is gone ([`GridSync::set_present`]).
 //!
 //! # Which change wins
 //! Every grid carries a version: a generation and its author. A change made while in the
@@ -22,10 +24,16 @@
 //! Timelines from a peer whose offset has not converged yet are held until it has (the last
 //! one per peer; see the session), never mapped through a guess.
 //!
+//! A generation counts changes, not recency: a studio that made several changes while it was
+//! away from the session wins over one change made in the session meanwhile.
+//!
 //! # What the caller does
-//! Every pass: [`GridSync::observe`] with what its local Link session shows now,
-//! [`GridSync::take_pending`] to move its Link session onto an adopted or re-aligned grid,
-//! [`GridSync::poll_send`] for the timeline to send to every connected peer.
+//! Every pass, in this order: [`GridSync::set_present`] with the connected peers,
+//! [`GridSync::observe`] with what its local Link session shows now, [`GridSync::poll_send`]
+//! for the timeline to send to every connected peer, [`GridSync::handle`] for timelines that
+//! arrived, and [`GridSync::take_pending`] to move its Link session onto an adopted or
+//! re-aligned grid. When the local Link peer opens or joins a LAN session:
+//! [`GridSync::link_opened`] / [`GridSync::link_joined`].
 
 use super::frame::RemoteTimeline;
 use super::keys::PeerId;
@@ -45,6 +53,12 @@ pub const BURST: u32 = 3;
 pub const BURST_GAP_NS: u64 = 100_000_000;
 /// …and then once this often (ns): the drift reference for receivers, and repair of losses.
 pub const RESEND_NS: u64 = 1_000_000_000;
+/// A timeline whose time origin maps further than this from our now (ns) is refused: no
+/// studio sends one, and mapping it would overflow or lose precision.
+pub const MAX_ORIGIN_AGE_NS: i64 = 86_400_000_000_000;
+/// A generation more than this ahead of ours is refused: one peer could otherwise take the
+/// last generation and freeze the grid for everyone.
+pub const MAX_GENERATION_STEP: u64 = 1 << 32;
 
 /// A beat grid on our clock.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,7 +78,7 @@ pub struct Grid {
 impl Grid {
     /// The beat at `ns` on our clock.
     pub fn beat_at(&self, ns: i64) -> f64 {
-        self.beat_origin + (ns - self.origin_ns) as f64 * self.tempo_bpm / 60e9
+        self.beat_origin + ns.saturating_sub(self.origin_ns) as f64 * self.tempo_bpm / 60e9
     }
 
     /// The same line, anchored at `ns`.
@@ -137,6 +151,9 @@ pub enum Handled {
     Same,
     /// Older than ours: ignored (ours goes out at once so the sender learns it).
     Stale,
+    /// Out of bounds (a time origin more than a day from now, a generation leap): ignored
+    /// and counted.
+    Refused,
 }
 
 /// The grid and its exchange.
@@ -153,8 +170,12 @@ pub struct GridSync {
     next_align_ns: u64,
     /// Whether the local session has reported (a Link session exists).
     linked: bool,
-    /// The local session plays the grid this much later, ns (the alignment setting).
+    /// The local session should play the grid this much later, ns (the alignment setting)…
     shift_ns: i64,
+    /// …and plays it this much later now (the shift last applied to it).
+    applied_shift_ns: i64,
+    /// Who keeps the grid against drift (see [`GridSync::set_present`]).
+    keeper: PeerId,
     counters: GridCounters,
 }
 
@@ -171,21 +192,30 @@ impl GridSync {
             next_align_ns: 0,
             linked: false,
             shift_ns: 0,
+            applied_shift_ns: 0,
+            keeper: me,
             counters: GridCounters::default(),
         }
     }
 
     /// Play the grid `shift_ns` later in the local session (0: at the same moment as every
-    /// studio). A change moves the local session (the grid goes to it again), and is nobody's
-    /// change of the grid.
-    pub fn set_shift(&mut self, now_ns: u64, shift_ns: i64) {
-        if shift_ns == self.shift_ns {
-            return;
-        }
+    /// studio). A change moves the local session at the next [`GridSync::observe`] (the grid
+    /// goes to it again, after any change the session made meanwhile has become the grid),
+    /// and is nobody's change of the grid.
+    pub fn set_shift(&mut self, shift_ns: i64) {
         self.shift_ns = shift_ns;
-        if let Some((grid, _)) = self.current {
-            self.pending = Some(grid.anchored(Self::now_i64(now_ns)));
-        }
+    }
+
+    /// The peers connected now. The grid's author keeps it against drift while it is here
+    /// (its repeats re-align everyone, and its grid follows its own Link session); once it
+    /// has left, the smallest id among us and `connected` stands in, so every studio that
+    /// sees the same peers picks the same keeper.
+    pub fn set_present(&mut self, connected: impl Iterator<Item = PeerId> + Clone) {
+        let author = self.current.map(|(_, v)| v.author);
+        self.keeper = match author {
+            Some(a) if a == self.me || connected.clone().any(|p| p == a) => a,
+            _ => connected.fold(self.me, Ord::min),
+        };
     }
 
     fn now_i64(now_ns: u64) -> i64 {
@@ -208,8 +238,22 @@ impl GridSync {
         let Some(view) = view else {
             return;
         };
+        if self.current.is_none() {
+            // The local session as it is now is the grid played at the wanted alignment.
+            self.applied_shift_ns = self.shift_ns;
+        }
+        self.observe_view(now_ns, view);
+        if self.shift_ns != self.applied_shift_ns
+            && self.pending.is_none()
+            && let Some((grid, _)) = self.current
+        {
+            self.pending = Some(grid.anchored(Self::now_i64(now_ns)));
+        }
+    }
+
+    fn observe_view(&mut self, now_ns: u64, view: LocalView) {
         // The local session at `now` plays the grid's `now − shift`.
-        let now = Self::now_i64(now_ns).saturating_sub(self.shift_ns);
+        let now = Self::now_i64(now_ns).saturating_sub(self.applied_shift_ns);
         let fresh = Grid {
             tempo_bpm: view.tempo_bpm,
             beat_origin: view.beat,
@@ -254,8 +298,8 @@ impl GridSync {
             self.counters.authored += 1;
             self.send_soon(now_ns, true);
         } else if distance.abs() > ALIGN_NS {
-            if version.author == self.me {
-                // Our own grid follows our session (Link re-measured its clock).
+            if self.keeper == self.me {
+                // The grid we keep follows our session (Link re-measured its clock).
                 self.current = Some((fresh, version));
                 self.send_soon(now_ns, false);
             } else if now_ns >= self.next_align_ns {
@@ -278,6 +322,27 @@ impl GridSync {
         if !self.joined {
             return;
         }
+        self.link_found(now_ns, view);
+    }
+
+    /// The local Link peer opened at `now_ns` (Link switched on or re-opened while the grid
+    /// exists) and, after settling, shows `view`; `found`: it joined a session on its LAN
+    /// meanwhile (weighed as [`GridSync::link_joined`]). Without one, what it shows is only
+    /// its founding tempo, never a change: once in a remote session the grid goes into it,
+    /// playing or stopped.
+    pub fn link_opened(&mut self, now_ns: u64, view: LocalView, found: bool) {
+        if !self.joined {
+            return;
+        }
+        if found {
+            self.link_found(now_ns, view);
+        } else if let Some((grid, _)) = self.current {
+            self.pending = Some(grid.anchored(Self::now_i64(now_ns)));
+            self.counters.reasserted += 1;
+        }
+    }
+
+    fn link_found(&mut self, now_ns: u64, view: LocalView) {
         if let Some((grid, version)) = self.current
             && grid.playing
             && (!view.playing || version.author != self.me)
@@ -300,10 +365,21 @@ impl GridSync {
         offset_ns: i64,
     ) -> Handled {
         let now = Self::now_i64(now_ns);
+        let origin_ns = timeline.time_origin_ns.saturating_sub(offset_ns);
+        let leap = self.current.is_some_and(|(_, v)| {
+            timeline.generation > v.generation.saturating_add(MAX_GENERATION_STEP)
+        }) || (self.current.is_none() && timeline.generation > MAX_GENERATION_STEP);
+        if !timeline.is_valid()
+            || origin_ns.saturating_sub(now).saturating_abs() > MAX_ORIGIN_AGE_NS
+            || leap
+        {
+            self.counters.refused += 1;
+            return Handled::Refused;
+        }
         let grid = Grid {
             tempo_bpm: timeline.tempo_bpm,
             beat_origin: timeline.beat_origin,
-            origin_ns: timeline.time_origin_ns.saturating_sub(offset_ns),
+            origin_ns,
             playing: timeline.playing,
             quantum: timeline.quantum,
         }
@@ -339,7 +415,7 @@ impl GridSync {
         let moved = !same_tempo(grid.tempo_bpm, ours.tempo_bpm)
             || grid.playing != ours.playing
             || ours.distance_ns(grid.beat_at(now), now).abs() > ALIGN_NS;
-        if from == version.author && moved && version.author != self.me {
+        if from == self.keeper && moved && self.keeper != self.me {
             self.current = Some((grid, version));
             self.pending = Some(grid);
             self.counters.realigned += 1;
@@ -349,11 +425,13 @@ impl GridSync {
     }
 
     /// The line the local Link session should take now (the grid adopted or re-aligned,
-    /// moved later by the alignment), once.
+    /// moved later by the alignment), once. Taking it applies the alignment.
     pub fn take_pending(&mut self) -> Option<Grid> {
-        self.pending.take().map(|g| Grid {
-            origin_ns: g.origin_ns.saturating_add(self.shift_ns),
-            ..g
+        let grid = self.pending.take()?;
+        self.applied_shift_ns = self.shift_ns;
+        Some(Grid {
+            origin_ns: grid.origin_ns.saturating_add(self.shift_ns),
+            ..grid
         })
     }
 
@@ -411,6 +489,7 @@ impl GridSync {
             generation: version.generation,
             author: version.author.to_string(),
             ours: version.author == self.me,
+            keeper: self.keeper == self.me,
             linked: self.linked,
             align_ms: self.shift_ns as f64 / 1e6,
             counters: self.counters,

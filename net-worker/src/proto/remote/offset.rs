@@ -352,7 +352,8 @@ impl OffsetEstimator {
         self.drift * 1e6
     }
 
-    /// δ of the sample the estimate uses (the smallest recent round trip), ns.
+    /// The smallest round trip (δ) among the recent samples, ns: half of it bounds the
+    /// offset error a path's asymmetry can cause.
     pub fn rtt_ns(&self) -> Option<u64> {
         self.best().map(|p| p.delay_ns)
     }

@@ -782,18 +782,29 @@ impl Session {
     /// What the local Link session shows at `now_ns` (None: Link is off). Call every pass,
     /// after applying [`Session::take_grid`].
     pub fn observe_grid(&mut self, now_ns: u64, view: Option<LocalView>) {
-        let in_session = self.peers.iter().any(|p| p.ice == Ice::Connected);
+        let connected = self
+            .peers
+            .iter()
+            .filter(|p| p.ice == Ice::Connected)
+            .map(|p| p.id);
+        let in_session = connected.clone().next().is_some();
+        self.grid.set_present(connected);
         self.grid.observe(now_ns, view, in_session);
     }
 
     /// Play the shared grid `align_ms` later here (see [`GridSync::set_shift`]).
-    pub fn set_align(&mut self, now_ns: u64, align_ms: u32) {
-        self.grid.set_shift(now_ns, i64::from(align_ms) * 1_000_000);
+    pub fn set_align(&mut self, align_ms: u32) {
+        self.grid.set_shift(i64::from(align_ms) * 1_000_000);
     }
 
     /// The local Link peer joined another Link session (see [`GridSync::link_joined`]).
     pub fn link_joined(&mut self, now_ns: u64, view: LocalView) {
         self.grid.link_joined(now_ns, view);
+    }
+
+    /// The local Link peer opened and settled (see [`GridSync::link_opened`]).
+    pub fn link_opened(&mut self, now_ns: u64, view: LocalView, found: bool) {
+        self.grid.link_opened(now_ns, view, found);
     }
 
     /// A grid the local Link session should take now (adopted from a peer, or re-aligned).

@@ -78,21 +78,27 @@ struct World {
     flight: Vec<(i64, usize, usize, RemoteTimeline)>,
     t: i64,
     linked: bool,
+    /// Studios still in the session (one that left neither sends nor receives).
+    present: Vec<bool>,
 }
 
 impl World {
     fn new(studios: Vec<Studio>, delay_ns: i64) -> Self {
+        let n = studios.len();
         Self {
             studios,
             delay_ns,
             flight: Vec::new(),
             t: 1_000_000_000,
             linked: true,
+            present: vec![true; n],
         }
     }
 
     /// Run in 1 ms steps for `ms`.
     fn run(&mut self, ms: i64) {
+        // Studios pushed since are in the session.
+        self.present.resize(self.studios.len(), true);
         for _ in 0..ms {
             self.t += 1_000_000;
             let t = self.t;
@@ -107,6 +113,9 @@ impl World {
                 }
             });
             for (_, to, from, timeline) in arrived {
+                if !(self.present[to] && self.present[from]) {
+                    continue;
+                }
                 let now = self.studios[to].clock(t);
                 let offset = self.studios[from].clock(t) - now;
                 let sender = self.studios[from].sync.me;
@@ -114,16 +123,22 @@ impl World {
                     .sync
                     .handle(now as u64, sender, &timeline, offset);
             }
+            let ids: Vec<PeerId> = self.studios.iter().map(|s| s.sync.me).collect();
             for i in 0..n {
+                let present = &self.present;
+                let others = (0..n).filter(|&j| j != i && present[j]).map(|j| ids[j]);
                 let s = &mut self.studios[i];
                 let now = s.clock(t);
                 if let Some(g) = s.sync.take_pending() {
                     s.local.take(g);
                 }
                 let view = self.linked.then(|| s.local.view(now));
-                s.sync.observe(now as u64, view, true);
+                s.sync.set_present(others.clone());
+                s.sync
+                    .observe(now as u64, view, others.clone().next().is_some());
                 while let Some(tl) = s.sync.poll_send(now as u64) {
-                    for to in (0..n).filter(|&j| j != i) {
+                    for to in others.clone() {
+                        let to = ids.iter().position(|&id| id == to).expect("a studio");
                         self.flight.push((t + self.delay_ns, to, i, tl));
                     }
                 }
@@ -488,8 +503,7 @@ fn an_aligned_studio_plays_the_grid_later_and_its_changes_stay_on_the_grid() {
         40_000_000,
     );
     // B hears A through an audio link 25 ms late: its session plays the grid 25 ms later.
-    let now = w.studios[1].clock(w.t) as u64;
-    w.studios[1].sync.set_shift(now, 25_000_000);
+    w.studios[1].sync.set_shift(25_000_000);
     w.run(500);
     assert!(
         (w.apart_ms(0, 1) - 25.0).abs() < 0.001,
@@ -510,10 +524,172 @@ fn an_aligned_studio_plays_the_grid_later_and_its_changes_stay_on_the_grid() {
     );
     // Back to "same time": B's session moves, nobody's grid changes.
     let generation_before = generation(&w.studios[0]);
-    let now = w.studios[1].clock(w.t) as u64;
-    w.studios[1].sync.set_shift(now, 0);
+    w.studios[1].sync.set_shift(0);
     w.run(300);
     assert!(w.apart_ms(0, 1).abs() < 0.001, "{}", w.apart_ms(0, 1));
     assert_eq!(generation(&w.studios[0]), generation_before);
     assert_eq!(generation(&w.studios[1]), generation_before);
+}
+
+#[test]
+fn a_local_change_made_with_an_alignment_change_is_kept() {
+    let mut w = World::new(
+        vec![
+            Studio::new(1, 0, 120.0, true),
+            Studio::new(2, 6_000_000, 120.0, true),
+        ],
+        40_000_000,
+    );
+    w.run(500);
+    // In one pass B's DAW changes the tempo and B's alignment setting changes.
+    let b_now = w.studios[1].clock(w.t);
+    w.studios[1].local.set_tempo(b_now, 97.0);
+    w.studios[1].sync.set_shift(20_000_000);
+    w.run(300);
+    assert!(w.studios.iter().all(|s| s.local.tempo == 97.0));
+    assert_eq!(generation(&w.studios[0]), 1);
+    assert!(
+        (w.apart_ms(0, 1) - 20.0).abs() < 0.001,
+        "{}",
+        w.apart_ms(0, 1)
+    );
+}
+
+#[test]
+fn after_the_author_leaves_the_smallest_id_keeps_the_grid_against_drift() {
+    // B runs 40 ppm fast, C 40 ppm slow: 4.8 ms apart after a minute unless someone keeps
+    // the grid.
+    let mut w = World::new(
+        vec![
+            Studio::new(1, 0, 120.0, true),
+            Studio::new(2, 5_000_000, 120.0, true),
+            Studio::new(3, -8_000_000, 120.0, true),
+        ],
+        40_000_000,
+    );
+    w.studios[1].ppm = 40.0;
+    w.studios[2].ppm = -40.0;
+    w.run(500);
+    let a_now = w.studios[0].clock(w.t);
+    w.studios[0].local.set_tempo(a_now, 126.0);
+    w.run(500);
+    assert!(w.studios[0].sync.status(0).unwrap().keeper);
+    // A leaves; B (the smaller id left) stands in.
+    w.present[0] = false;
+    let mut worst: f64 = 0.0;
+    for _ in 0..60 {
+        w.run(1000);
+        worst = worst.max(w.apart_ms(1, 2).abs());
+    }
+    let b = w.studios[1].sync.status(0).unwrap();
+    let c = w.studios[2].sync.status(0).unwrap();
+    assert!(b.keeper && !b.ours, "{b:?}");
+    assert!(!c.keeper, "{c:?}");
+    assert!(c.counters.realigned >= 10, "{c:?}");
+    assert!(worst < 0.16, "worst {worst} ms");
+    assert!(w.studios.iter().all(|s| s.local.tempo == 126.0));
+}
+
+#[test]
+fn a_link_session_opened_mid_session_takes_the_grid_even_stopped() {
+    let mut w = World::new(
+        vec![
+            Studio::new(1, 0, 120.0, false),
+            Studio::new(2, 3_000_000, 120.0, false),
+        ],
+        40_000_000,
+    );
+    w.run(500);
+    // B's Link is switched off and on: the new peer founds its own session (100 BPM,
+    // stopped), which is no change of the grid.
+    let now = w.studios[1].clock(w.t);
+    w.studios[1].local = Local {
+        tempo: 100.0,
+        beat_origin: 0.0,
+        origin_ns: now,
+        playing: false,
+    };
+    let view = w.studios[1].local.view(now);
+    w.studios[1].sync.link_opened(now as u64, view, false);
+    w.run(300);
+    for s in &w.studios {
+        assert_eq!((s.local.tempo, s.local.playing), (120.0, false));
+        assert_eq!(generation(s), 0);
+    }
+    assert!(w.apart_ms(0, 1).abs() < 0.001);
+    let b = w.studios[1].sync.status(0).unwrap();
+    assert_eq!((b.counters.reasserted, b.counters.authored), (1, 0));
+    // Opening onto a LAN session that plays is news, as a join is.
+    let now = w.studios[0].clock(w.t);
+    w.studios[0].local = Local {
+        tempo: 133.0,
+        beat_origin: 2.0,
+        origin_ns: now,
+        playing: true,
+    };
+    let view = w.studios[0].local.view(now);
+    w.studios[0].sync.link_opened(now as u64, view, true);
+    w.run(300);
+    assert!(w.studios.iter().all(|s| s.local.tempo == 133.0));
+    assert_eq!(generation(&w.studios[1]), 1);
+}
+
+#[test]
+fn timelines_out_of_bounds_are_refused_and_counted() {
+    let mut a = GridSync::new(PeerId([1; 8]));
+    let view = LocalView {
+        tempo_bpm: 120.0,
+        beat: 0.0,
+        playing: true,
+        quantum: 4.0,
+    };
+    let now: u64 = 5_000_000_000;
+    a.observe(now, Some(view), true);
+    let honest = RemoteTimeline {
+        tempo_bpm: 90.0,
+        beat_origin: 1.0,
+        time_origin_ns: 5_000_000_000,
+        playing: true,
+        quantum: 4.0,
+        generation: 7,
+        author: PeerId([2; 8]),
+    };
+    let from = PeerId([2; 8]);
+    let bad = [
+        // Mapped more than a day away, or at the ends of the clock.
+        RemoteTimeline {
+            time_origin_ns: 5_000_000_000 + MAX_ORIGIN_AGE_NS + 1,
+            ..honest
+        },
+        RemoteTimeline {
+            time_origin_ns: i64::MIN,
+            ..honest
+        },
+        RemoteTimeline {
+            time_origin_ns: i64::MAX,
+            ..honest
+        },
+        // A generation leap that would freeze the grid.
+        RemoteTimeline {
+            generation: u64::MAX,
+            ..honest
+        },
+        // A beat no honest peer reaches.
+        RemoteTimeline {
+            beat_origin: 1e300,
+            ..honest
+        },
+    ];
+    for timeline in &bad {
+        assert_eq!(a.handle(now, from, timeline, 0), Handled::Refused);
+    }
+    // An offset at the end of the range maps nothing either.
+    assert_eq!(a.handle(now, from, &honest, i64::MIN), Handled::Refused);
+    let status = a.status(now).unwrap();
+    assert_eq!(status.counters.refused, 6);
+    assert_eq!((status.tempo_bpm, status.generation), (120.0, 0));
+    assert!(a.take_pending().is_none());
+    // The honest one is still taken.
+    assert_eq!(a.handle(now, from, &honest, 0), Handled::Adopted);
+    assert_eq!(a.status(now).unwrap().tempo_bpm, 90.0);
 }
