@@ -466,6 +466,18 @@ impl GridSync {
         })
     }
 
+    /// Who keeps the grid against drift (see [`GridSync::set_present`]).
+    pub fn keeper(&self) -> PeerId {
+        self.keeper
+    }
+
+    /// Whether `timeline` is a version of the grid we hold (the same change).
+    pub fn holds(&self, timeline: &RemoteTimeline) -> bool {
+        self.current.is_some_and(|(_, v)| {
+            v.generation == timeline.generation && v.author == timeline.author
+        })
+    }
+
     /// The grid now, on our clock.
     pub fn grid(&self) -> Option<Grid> {
         self.current.map(|(g, _)| g)

@@ -57,6 +57,8 @@ pub const ANNOUNCE_LIFETIME_MS: u64 = 120_000;
 pub const DIRECTED_LIFETIME_MS: u64 = 60_000;
 /// A connected peer silent this long has lost its path: the controlling side restarts ICE.
 pub const PEER_SILENCE_NS: u64 = 10_000_000_000;
+/// How often the keeper's last timeline is re-mapped through the offset estimate (ns).
+pub const HOLDOVER_NS: u64 = 250_000_000;
 /// Restarts for one peer at most this often.
 pub const RESTART_INTERVAL_NS: u64 = 5_000_000_000;
 /// A pair still checking this long after its agent started is restarted by the controlling
@@ -162,6 +164,9 @@ struct Peer {
     pings: VecDeque<u64>,
     /// The last timeline it sent before its clock offset converged.
     held: Option<RemoteTimeline>,
+    /// The last timeline of its that was mapped (re-mapped through the offset estimate while
+    /// its grid is the one we keep to: holdover).
+    last_timeline: Option<RemoteTimeline>,
     /// When the current path came up.
     connected_ns: Option<u64>,
     last_heard_ns: u64,
@@ -184,6 +189,8 @@ pub struct Session {
     publishes: VecDeque<Publish>,
     broker_ready: bool,
     next_announce_ns: u64,
+    /// When the keeper's grid is next re-mapped ([`HOLDOVER_NS`]).
+    next_holdover_ns: u64,
     counters: RemoteCounters,
     local_types: Vec<String>,
     errors: VecDeque<String>,
@@ -208,6 +215,7 @@ impl Session {
             publishes: VecDeque::new(),
             broker_ready: false,
             next_announce_ns: 0,
+            next_holdover_ns: 0,
             counters: RemoteCounters::default(),
             local_types: Vec::new(),
             errors: VecDeque::new(),
@@ -392,6 +400,8 @@ impl Session {
         fresh.sealer = old.sealer;
         fresh.opener = old.opener;
         fresh.offset = old.offset;
+        fresh.held = old.held;
+        fresh.last_timeline = old.last_timeline;
         fresh.stats = old.stats;
         fresh.stats.restarts += 1;
         self.peers.push(fresh);
@@ -491,6 +501,7 @@ impl Session {
             pacer: ProbePacer::new(),
             pings: VecDeque::new(),
             held: None,
+            last_timeline: None,
             connected_ns: None,
             last_heard_ns: now_ns,
             last_restart_ns: now_ns,
@@ -670,12 +681,14 @@ impl Session {
                 // A timeline that waited for this peer's clock: mapped now.
                 if let (Some(offset), Some(timeline)) = (peer.offset.offset_at(now_ns), peer.held) {
                     peer.held = None;
+                    peer.last_timeline = Some(timeline);
                     let id = peer.id;
                     self.grid.handle(now_ns, id, &timeline, offset);
                 }
             }
             Inner::Timeline(timeline) => match peer.offset.offset_at(now_ns) {
                 Some(offset) => {
+                    peer.last_timeline = Some(timeline);
                     let id = peer.id;
                     self.grid.handle(now_ns, id, &timeline, offset);
                 }
@@ -782,14 +795,35 @@ impl Session {
     /// What the local Link session shows at `now_ns` (None: Link is off). Call every pass,
     /// after applying [`Session::take_grid`].
     pub fn observe_grid(&mut self, now_ns: u64, view: Option<LocalView>) {
-        let connected = self
+        // A peer whose clock we know stays present through an outage (until it says bye or
+        // is forgotten): its grid is held over through the offset estimate meanwhile.
+        let present = self
             .peers
             .iter()
-            .filter(|p| p.ice == Ice::Connected)
+            .filter(|p| p.offset.converged())
             .map(|p| p.id);
-        let in_session = connected.clone().next().is_some();
-        self.grid.set_present(connected);
+        self.grid.set_present(present);
+        if now_ns >= self.next_holdover_ns {
+            self.next_holdover_ns = now_ns.saturating_add(HOLDOVER_NS);
+            self.hold_over(now_ns);
+        }
+        let in_session = self.peers.iter().any(|p| p.ice == Ice::Connected);
         self.grid.observe(now_ns, view, in_session);
+    }
+
+    /// Map the keeper's last timeline through our estimate of its clock now: between its
+    /// repeats, and through an outage, the grid follows the keeper's clock at the drift the
+    /// estimator measured instead of freewheeling on ours.
+    fn hold_over(&mut self, now_ns: u64) {
+        let keeper = self.grid.keeper();
+        let Some(peer) = self.peers.iter().find(|p| p.id == keeper) else {
+            return;
+        };
+        if let (Some(timeline), Some(offset)) = (peer.last_timeline, peer.offset.offset_at(now_ns))
+            && self.grid.holds(&timeline)
+        {
+            self.grid.handle(now_ns, keeper, &timeline, offset);
+        }
     }
 
     /// Play the shared grid `align_ms` later here (see [`GridSync::set_shift`]).
