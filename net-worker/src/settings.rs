@@ -101,6 +101,56 @@ pub struct RemoteSettings {
 /// Largest [`RemoteSettings::align_ms`].
 pub const MAX_ALIGN_MS: u32 = 2_000;
 
+impl RemoteSettings {
+    /// What is wrong with these settings as typed, in words (no name lookups: a server that
+    /// cannot be found is reported by the session when it starts). Empty code: nothing to
+    /// check, the session is off.
+    pub fn check(&self) -> Result<(), String> {
+        if self.code.trim().is_empty() {
+            return Ok(());
+        }
+        crate::proto::remote::code::SessionCode::parse(&self.code)
+            .map_err(|e| format!("session code: {e}"))?;
+        if self.broker.trim().is_empty() {
+            return Err(
+                "a remote session meets through an MQTT broker: set one (host:port)".into(),
+            );
+        }
+        for (what, text) in [
+            ("broker", &self.broker),
+            ("STUN server", &self.stun),
+            ("TURN server", &self.turn),
+        ] {
+            if !text.is_empty() && !is_host_port(text) {
+                return Err(format!("{what} {text:?}: write it as host:port"));
+            }
+        }
+        if !self.turn.is_empty()
+            && self.turn_secret.is_empty()
+            && (self.turn_user.is_empty() || self.turn_pass.is_empty())
+        {
+            return Err("the TURN server needs a user and password, or its shared secret".into());
+        }
+        if self.align_ms > MAX_ALIGN_MS {
+            return Err(format!(
+                "alignment {} ms: at most {MAX_ALIGN_MS} ms",
+                self.align_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `host:port` with a host and a port in 1–65535 (IPv6 hosts in brackets).
+fn is_host_port(text: &str) -> bool {
+    text.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty()
+            && !host.contains(char::is_whitespace)
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+            && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+    })
+}
+
 /// One controller address driving one parameter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -386,5 +436,44 @@ mod tests {
         assert_eq!(loaded.osc_port, 7000);
         assert_eq!(loaded.rtp_midi_port, DEFAULT_RTP_MIDI_PORT);
         assert_eq!(loaded.macro_names.len(), MACRO_COUNT);
+    }
+
+    #[test]
+    fn remote_settings_say_what_is_wrong_before_they_are_applied() {
+        let good = RemoteSettings {
+            code: "4817-7KQ3-M2XP-9FTR-HW4D".into(),
+            broker: "broker.example:1883".into(),
+            stun: "stun.example:3478".into(),
+            turn: "198.51.100.2:3478".into(),
+            turn_secret: "s3cret".into(),
+            ..RemoteSettings::default()
+        };
+        assert_eq!(good.check(), Ok(()));
+        assert_eq!(
+            RemoteSettings::default().check(),
+            Ok(()),
+            "off: nothing to check"
+        );
+        let with = |f: fn(&mut RemoteSettings)| {
+            let mut s = good.clone();
+            f(&mut s);
+            s.check().expect_err("refused")
+        };
+        assert!(with(|s| s.code = "4817-hello".into()).starts_with("session code:"));
+        assert!(with(|s| s.broker.clear()).contains("broker"));
+        assert!(with(|s| s.broker = "broker.example".into()).contains("host:port"));
+        assert!(with(|s| s.stun = "stun.example:0".into()).contains("STUN"));
+        assert!(with(|s| s.turn = "fe80::1:3478".into()).contains("TURN server"));
+        assert!(
+            with(|s| {
+                s.turn_secret.clear();
+                s.turn_user = "studio".into();
+            })
+            .contains("user and password")
+        );
+        assert!(with(|s| s.align_ms = MAX_ALIGN_MS + 1).contains("at most"));
+        let mut v6 = good.clone();
+        v6.stun = "[2001:db8::1]:3478".into();
+        assert_eq!(v6.check(), Ok(()));
     }
 }

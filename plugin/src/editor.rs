@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use egui::{Color32, RichText};
 use lockstep_net::log::{LogEntry, Source, format_line};
-use lockstep_net::settings::{AccessMode, NetSettings, OscMapping, PeerSettings};
+use lockstep_net::proto::remote::code::SessionCode;
+use lockstep_net::settings::{AccessMode, MAX_ALIGN_MS, NetSettings, OscMapping, PeerSettings};
 use lockstep_net::view::{Health, Overview};
 use nice_plug::context::gui::GuiContext;
 use nice_plug::editor::dpi::LogicalSize;
@@ -90,6 +91,9 @@ pub struct Panel {
     pub filter: BTreeSet<Source>,
     /// What the last export said.
     pub export_note: Option<String>,
+    /// Show the session code and TURN secrets as typed (hidden by default: a screen share
+    /// must not give the session away).
+    pub show_secrets: bool,
 }
 
 /// What the user asked for.
@@ -533,11 +537,20 @@ fn settings_page(ui: &mut egui::Ui, panel: &mut Panel, model: &Model, actions: &
             });
             panel.learn = None;
         }
+        ui.add_space(6.0);
+        remote_settings(ui, panel, draft);
+        let problem = draft.remote.check().err();
+        if let Some(problem) = &problem {
+            mark(ui, Health::Lost, problem);
+        }
         ui.add_space(8.0);
         ui.horizontal(|ui| {
             let changed = *draft != model.settings;
             if ui
-                .add_enabled(changed, egui::Button::new("apply (saved with the project)"))
+                .add_enabled(
+                    changed && problem.is_none(),
+                    egui::Button::new("apply (saved with the project)"),
+                )
                 .clicked()
             {
                 actions.push(Action::Apply(Box::new(draft.clone())));
@@ -556,6 +569,76 @@ fn settings_page(ui: &mut egui::Ui, panel: &mut Panel, model: &Model, actions: &
     } else {
         panel.draft = Some(draft.clone());
     }
+}
+
+/// The remote session's settings: the code every studio types, the servers, the alignment.
+fn remote_settings(ui: &mut egui::Ui, panel: &mut Panel, draft: &mut NetSettings) {
+    let r = &mut draft.remote;
+    let hidden = !panel.show_secrets;
+    ui.strong("Remote studios");
+    ui.horizontal(|ui| {
+        ui.label("session code");
+        ui.add(
+            egui::TextEdit::singleline(&mut r.code)
+                .password(hidden)
+                .hint_text("the same at every studio; empty = off")
+                .desired_width(230.0),
+        );
+        if ui
+            .button("new code")
+            .on_hover_text("a fresh random code to read to the other studios")
+            .clicked()
+            && let Ok(code) = SessionCode::generate()
+        {
+            r.code = code.to_string();
+            panel.show_secrets = true;
+        }
+        ui.checkbox(&mut panel.show_secrets, "show");
+    });
+    egui::Grid::new("remote_servers").show(ui, |ui| {
+        for (label, text, hint) in [
+            ("MQTT broker", &mut r.broker, "host:1883"),
+            ("STUN", &mut r.stun, "host:3478 (optional)"),
+            ("TURN", &mut r.turn, "host:3478 (optional)"),
+        ] {
+            ui.label(label);
+            ui.add(
+                egui::TextEdit::singleline(text)
+                    .hint_text(hint)
+                    .desired_width(200.0),
+            );
+            ui.end_row();
+        }
+        ui.label("TURN user / password");
+        ui.horizontal(|ui| {
+            ui.add(egui::TextEdit::singleline(&mut r.turn_user).desired_width(95.0));
+            ui.add(
+                egui::TextEdit::singleline(&mut r.turn_pass)
+                    .password(hidden)
+                    .desired_width(95.0),
+            );
+        });
+        ui.end_row();
+        ui.label("or TURN shared secret");
+        ui.add(
+            egui::TextEdit::singleline(&mut r.turn_secret)
+                .password(hidden)
+                .desired_width(200.0),
+        );
+        ui.end_row();
+    });
+    ui.horizontal(|ui| {
+        ui.label("play the grid later here by");
+        ui.add(
+            egui::DragValue::new(&mut r.align_ms)
+                .range(0..=MAX_ALIGN_MS)
+                .suffix(" ms"),
+        )
+        .on_hover_text(
+            "0 = beat N at the same moment in every studio; your audio link's latency \
+             (Jamulus, …) = the local clock lines up with the remote music you hear",
+        );
+    });
 }
 
 /// The address OSC learn binds: the newest received message if it differs from the one seen
