@@ -15,13 +15,19 @@
 //! - `{"kind": "time_to_grid", "s"}`: from starting both runners (the code entered) to B's
 //!   peer playing A's tempo;
 //! - `{"kind": "tempo", "ms", "one_way_ms"}`: from A's peer changing tempo to B's peer
-//!   reading it (10 ms readings).
+//!   reading it (10 ms readings);
+//! - `{"kind": "attack", "sent", "replayed", "forged", "written", "counted_replayed",
+//!   "counted_forged", "rcvbuf_errors", "unchanged"}`: from 8 s to 33 s an attacker on the
+//!   path sends B 100,000 replays and forgeries of A's frames (4,000 a second) through B's
+//!   NAT; what B counted, what its kernel dropped for a full buffer, and whether B ended on
+//!   A's grid version and tempo, playing (the phase rows above are measured through it).
 //!
 //! The relayed path (TURN) is not measured: it is not reliable yet (README, Next steps).
 
 use std::path::Path;
 
-use lockstep_host::remote_lab::{SECRET, grid_run};
+use anyhow::Context;
+use lockstep_host::remote_lab::{Attack, SECRET, grid_run};
 use lockstep_host::wanlab::{LabConfig, WanLab};
 use serde_json::json;
 
@@ -45,7 +51,12 @@ fn run() -> anyhow::Result<()> {
     })?;
     let _broker = lab.start_broker()?;
     let _turn = lab.start_turn(SECRET)?;
-    let run = grid_run(&lab, Path::new(RUNNER), 66, 40, 0)?;
+    let attack = Attack {
+        count: 100_000,
+        at_s: 8.0,
+        gap: std::time::Duration::from_micros(250),
+    };
+    let run = grid_run(&lab, Path::new(RUNNER), 66, 40, 0, Some(attack))?;
     let (p50, p99, max) = run.quantiles();
     let stats = lab.emulator_stats();
     eprintln!("remote grid bench: emulator {stats:?}");
@@ -61,6 +72,30 @@ fn run() -> anyhow::Result<()> {
     println!(
         "{}",
         json!({"kind": "tempo", "ms": run.follow_ms, "one_way_ms": 40})
+    );
+    let sent = run.attack.context("no attack report")?;
+    let b = run.b.last().context("no status from B")?;
+    let grid = b.grid.as_ref().context("B has no grid")?;
+    let a_grid = run
+        .a
+        .last()
+        .and_then(|s| s.grid.as_ref())
+        .context("A has no grid")?;
+    // Nothing moved: B ends on A's grid version, at A's tempo, playing.
+    let unchanged = grid.generation == a_grid.generation
+        && grid.author == a_grid.author
+        && run.b_playing
+        && !run.tempo_after.is_empty()
+        && run.tempo_after.iter().all(|t| (t - 140.0).abs() < 0.01)
+        && grid.counters.refused == 0;
+    println!(
+        "{}",
+        json!({"kind": "attack", "sent": sent.replayed + sent.forged,
+               "replayed": sent.replayed, "forged": sent.forged,
+               "written": stats.injected,
+               "counted_replayed": b.counters.datagrams_replayed,
+               "counted_forged": b.counters.datagrams_forged,
+               "rcvbuf_errors": sent.rcvbuf_errors, "unchanged": unchanged})
     );
     Ok(())
 }

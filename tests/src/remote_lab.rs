@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use lockstep_net::status::ExportedStatus;
@@ -17,7 +18,7 @@ use lockstep_net::status::remote::RemoteStatus;
 use serde::Deserialize;
 
 use crate::bundle::Build;
-use crate::harness::ScriptPeer;
+use crate::harness::{Rng, ScriptPeer};
 use crate::link::{BeatSample, History, beat_samples, quantile};
 use crate::wanlab::{Ns, SRV_IP, TURN_PORT, WanLab};
 
@@ -132,6 +133,99 @@ pub fn phase_errors(ours: &History, theirs: &[BeatSample], late_us: f64) -> Vec<
         .collect()
 }
 
+/// An on-path attacker between the studios during a grid run: it copies the Lockstep frames
+/// it sees cross from A's router to B's and, from `at_s` after the code was entered, sends B
+/// `count` datagrams `gap` apart through B's own NAT with A's real addresses and ports, in
+/// four kinds made from those frames: exact replays; replays with a flipped byte in the
+/// sealed part; frames claiming a sequence number far ahead; and those with a flipped byte
+/// too. None may change B's grid, and B must count each one as refused: the first two by its
+/// replay window (their sequence numbers are used), the last two by authentication.
+#[derive(Debug, Clone, Copy)]
+pub struct Attack {
+    /// Datagrams to send.
+    pub count: usize,
+    /// When to start, s after the code was entered.
+    pub at_s: f64,
+    /// Between two datagrams.
+    pub gap: Duration,
+}
+
+/// What the attacker sent, and what B's kernel dropped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttackSent {
+    /// Frames the attacker had captured to work from.
+    pub captured: usize,
+    /// Datagrams with a used sequence number (exact or tampered replays): B's replay window
+    /// refuses them before any decryption.
+    pub replayed: usize,
+    /// Datagrams with a fresh sequence number (far ahead, tampered or not): only
+    /// authentication can refuse them.
+    pub forged: usize,
+    /// B's kernel's count of UDP datagrams dropped for a full receive buffer over the run
+    /// (`/proc/net/snmp` `RcvbufErrors`, B's namespace), honest ones included.
+    pub rcvbuf_errors: u64,
+}
+
+/// Bytes of a Lockstep frame's header (marker, epoch, sequence number).
+const FRAME_HEADER: usize = 10;
+
+/// `count` datagrams made from `captured` (whole IPv4 packets carrying a Lockstep frame):
+/// the four kinds of [`Attack`] in turn. Changed ones carry a zero UDP checksum (none, valid
+/// in IPv4) so the kernel delivers them. Returns (packets, with a used sequence number, with
+/// a fresh one).
+pub fn replays_and_forgeries(
+    captured: &[Vec<u8>],
+    count: usize,
+    seed: u64,
+) -> (Vec<Vec<u8>>, usize, usize) {
+    let mut rng = Rng::new(seed);
+    let (mut replayed, mut forged) = (0, 0);
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut packet = captured[i % captured.len()].clone();
+        let udp = usize::from(packet[0] & 0x0f) * 4;
+        let payload = udp + 8;
+        let kind = i % 4;
+        if kind == 1 || kind == 3 {
+            // A byte of the ciphertext or tag.
+            let span = packet.len() - payload - FRAME_HEADER;
+            let at = payload + FRAME_HEADER + rng.next_u64() as usize % span;
+            packet[at] ^= 1 << (rng.next_u64() % 8);
+        }
+        if kind >= 2 {
+            // A sequence number far ahead: must not move the replay window.
+            let seq = (1u64 << 40) + rng.next_u64() % (1 << 40);
+            packet[payload + 2..payload + FRAME_HEADER].copy_from_slice(&seq.to_be_bytes());
+            forged += 1;
+        } else {
+            replayed += 1;
+        }
+        if kind > 0 {
+            packet[udp + 6..udp + 8].fill(0);
+        }
+        out.push(packet);
+    }
+    (out, replayed, forged)
+}
+
+/// UDP `RcvbufErrors` in `ns` (`/proc/net/snmp`).
+fn rcvbuf_errors(lab: &WanLab, ns: Ns) -> Result<u64> {
+    let snmp = lab.exec(ns, "cat", &["/proc/net/snmp"])?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next(), udp.next());
+    let (names, values) = names
+        .zip(values)
+        .context("no Udp lines in /proc/net/snmp")?;
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .context("no RcvbufErrors")?
+        .1
+        .parse()
+        .context("RcvbufErrors")
+}
+
 /// What one grid run measured.
 #[derive(Debug)]
 pub struct GridRun {
@@ -153,6 +247,8 @@ pub struct GridRun {
     /// The `/lockstep/remote/…` messages an OSC controller subscribed to B's runner got
     /// (`{"address", "args"}`), in order.
     pub osc_b: Vec<serde_json::Value>,
+    /// What an [`Attack`] sent, if one ran.
+    pub attack: Option<AttackSent>,
     /// Each runner's remote status, one a second.
     pub a: Vec<RemoteStatus>,
     /// B's.
@@ -181,13 +277,15 @@ fn peer_args(a: &[&str]) -> Vec<String> {
 /// LAN, A's starting to play at 130 BPM after 1 s and changing to 140 BPM at `change_at` s,
 /// B's stopped at 90 BPM; a runner on each LAN in Link Follow, both with the lab's code, for
 /// `seconds` (the peers run 2 s longer), B's with `--remote-align align_b_ms` (its phase is
-/// then measured against A's that much earlier). Each peer prints its beat every 10 ms.
+/// then measured against A's that much earlier), and `attack` on B if given. Each peer prints
+/// its beat every 10 ms.
 pub fn grid_run(
     lab: &WanLab,
     runner: &Path,
     seconds: u32,
     change_at: u32,
     align_b_ms: u32,
+    attack: Option<Attack>,
 ) -> Result<GridRun> {
     let env = [("AALINK_SAMPLE_MS", "10")];
     let peer_seconds = (seconds + 2).to_string();
@@ -227,7 +325,38 @@ pub fn grid_run(
         &peer_args(&["8000", "9100", &listen, r#"["/lockstep/subscribe"]"#]),
         &[],
     )?;
+    let attack = match attack {
+        Some(attack) => {
+            let wait = attack.at_s - (raw_us() - entered) / 1e6;
+            if wait > 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(wait));
+            }
+            let captured = lab.captured_a_to_b();
+            ensure!(
+                !captured.is_empty(),
+                "the tap saw no frame from A to B in {} s",
+                attack.at_s
+            );
+            let (packets, replayed, forged) =
+                replays_and_forgeries(&captured, attack.count, 0xa77a_c4e5);
+            lab.inject(packets, attack.gap)?;
+            Some(AttackSent {
+                captured: captured.len(),
+                replayed,
+                forged,
+                rcvbuf_errors: 0,
+            })
+        }
+        None => None,
+    };
     let (a, b) = (a.finish()?, b.finish()?);
+    let attack = match attack {
+        Some(sent) => Some(AttackSent {
+            rcvbuf_errors: rcvbuf_errors(lab, Ns::HostB)?,
+            ..sent
+        }),
+        None => None,
+    };
     let osc_b = controller
         .lines()
         .into_iter()
@@ -320,6 +449,7 @@ pub fn grid_run(
         tempo_after,
         b_playing,
         osc_b,
+        attack,
         a,
         b,
     })

@@ -187,6 +187,24 @@ impl WanLab {
             .unwrap_or_default()
     }
 
+    /// The Lockstep frames the emulator saw cross from A's router to B's so far (whole IPv4
+    /// packets; see [`emu`]).
+    pub fn captured_a_to_b(&self) -> Vec<Vec<u8>> {
+        self.emulator
+            .as_ref()
+            .map(emu::Emulator::captured)
+            .unwrap_or_default()
+    }
+
+    /// Have the emulator write `packets` (whole IPv4 packets) onward from now, `gap` apart:
+    /// an on-path attacker's replays and forgeries.
+    pub fn inject(&self, packets: Vec<Vec<u8>>, gap: std::time::Duration) -> Result<()> {
+        self.emulator
+            .as_ref()
+            .context("the emulator is not running")?
+            .inject(packets, gap)
+    }
+
     /// The namespace's name, for `ip netns exec` and `/run/netns/<name>`.
     pub fn name(&self, ns: Ns) -> String {
         format!("{}{}", self.prefix, ns.suffix())

@@ -9,7 +9,10 @@
 //! One beat grid: a real Link peer (aalink) on each LAN, each runner in Link Follow on its
 //! LAN. A's peer plays and changes tempo; B's peer, stopped at another tempo, must take A's
 //! grid through the two Lockstep and stay in phase with A's peer (both sampled on the
-//! machine's one clock).
+//! machine's one clock). Meanwhile an attacker on the path between the routers sends B
+//! 10,000 replays and forgeries of A's own frames through B's NAT: B must count each one as
+//! what it can tell it is (a used sequence number: replayed; a fresh one: forged), unless its
+//! kernel dropped it, and its grid and phase must not move.
 //!
 //! Both studios run on this machine, so the true offset between their clocks is known (each
 //! reports where its clock starts on the machine's monotonic clock): every measured offset's
@@ -19,7 +22,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
-use lockstep_host::remote_lab::{CODE, SECRET, Studio, WRONG_CODE, grid_run};
+use lockstep_host::remote_lab::{Attack, CODE, SECRET, Studio, WRONG_CODE, grid_run};
 use lockstep_host::wanlab::{LabConfig, Ns, WanLab};
 use lockstep_net::status::remote::{RemotePeerStatus, RemoteStatus};
 
@@ -131,19 +134,27 @@ fn two_studios_behind_home_nats_meet_by_code_and_connect_directly() -> Result<()
 
 #[test]
 fn two_link_sessions_across_the_wan_play_one_beat_grid() -> Result<()> {
-    check_grid_run(0)
+    // 10,000 datagrams from 6 s to 14 s, 1,250 a second, while B plays A's grid.
+    check_grid_run(
+        0,
+        Some(Attack {
+            count: 10_000,
+            at_s: 6.0,
+            gap: std::time::Duration::from_micros(800),
+        }),
+    )
 }
 
 /// B hears A through an audio link 30 ms late and says so (`--remote-align 30`): B's Link
 /// peer plays A's grid 30 ms later, held to the same tolerance.
 #[test]
 fn an_aligned_studio_plays_the_grid_later_by_its_setting() -> Result<()> {
-    check_grid_run(30)
+    check_grid_run(30, None)
 }
 
 /// One grid run on a 40 ms path, checked: phase (against A's peer `align_b_ms` earlier),
 /// tempo change, start, and both grids' counters.
-fn check_grid_run(align_b_ms: u32) -> Result<()> {
+fn check_grid_run(align_b_ms: u32, attack: Option<Attack>) -> Result<()> {
     let lab = WanLab::build(LabConfig {
         delay_a_ms: 20,
         delay_b_ms: 20,
@@ -151,7 +162,7 @@ fn check_grid_run(align_b_ms: u32) -> Result<()> {
     })?;
     let _broker = lab.start_broker()?;
     let _turn = lab.start_turn(SECRET)?;
-    let run = grid_run(&lab, Path::new(RUNNER), 22, 18, align_b_ms)?;
+    let run = grid_run(&lab, Path::new(RUNNER), 22, 18, align_b_ms, attack)?;
     let (p50, p99, max) = run.quantiles();
     eprintln!(
         "B aligned {align_b_ms} ms: grid shared {:.2} s after the code was entered; tempo change followed after {:.1} ms; \
@@ -222,5 +233,32 @@ fn check_grid_run(align_b_ms: u32) -> Result<()> {
         .and_then(|s| s.grid.as_ref())
         .context("A has no grid")?;
     ensure!(a_grid.ours && a_grid.counters.authored >= 1, "{a_grid:#?}");
+    ensure!(grid.counters.refused == 0, "{grid:#?}");
+    if let Some(sent) = run.attack {
+        let emulator = lab.emulator_stats();
+        let counters = run.b.last().context("no status from B")?.counters;
+        eprintln!(
+            "attack: {} with used and {} with fresh sequence numbers, from {} captured \
+             frames, {} written by the emulator; B counted {} replayed and {} forged; B's \
+             kernel dropped {} for a full buffer",
+            sent.replayed,
+            sent.forged,
+            sent.captured,
+            emulator.injected,
+            counters.datagrams_replayed,
+            counters.datagrams_forged,
+            sent.rcvbuf_errors
+        );
+        ensure!(emulator.injected == (sent.replayed + sent.forged) as u64);
+        // Each one refused and counted as what it is; none missing unless the kernel
+        // dropped it before B could read it.
+        ensure!(
+            counters.datagrams_replayed <= sent.replayed as u64
+                && counters.datagrams_forged <= sent.forged as u64
+                && counters.datagrams_replayed + counters.datagrams_forged + sent.rcvbuf_errors
+                    >= (sent.replayed + sent.forged) as u64,
+            "{counters:#?}"
+        );
+    }
     Ok(())
 }

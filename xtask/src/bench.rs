@@ -193,7 +193,7 @@ pub fn main(args: &[String]) -> Result<()> {
     let link = json_bench("link_sync", 4)?;
     // Remote studios: one beat grid across the emulated WAN (40 ± 5 ms, 2 % loss), aalink on
     // both LANs.
-    let grid = json_bench("remote_grid", 3)?;
+    let grid = json_bench("remote_grid", 4)?;
     let grid_value = |kind: &str, key: &str| {
         grid.iter()
             .find(|r| r["kind"] == kind)
@@ -462,6 +462,31 @@ pub fn main(args: &[String]) -> Result<()> {
             grid_value("tempo", "ms"),
             "ms",
             Some(grid_value("tempo", "one_way_ms") + 50.0),
+        ),
+        // 100,000 replays and forgeries from an on-path attacker during that run: every one
+        // counted as refused (a kernel drop for a full buffer is a miss), and B's grid,
+        // tempo and transport unmoved.
+        Row::at_least(
+            "remote_attack_counted_refused",
+            100.0
+                * (grid_value("attack", "counted_replayed")
+                    + grid_value("attack", "counted_forged"))
+                / grid_value("attack", "sent"),
+            "%",
+            100.0,
+        ),
+        Row::at_least(
+            "remote_attack_grid_unchanged",
+            if grid
+                .iter()
+                .any(|r| r["kind"] == "attack" && r["unchanged"] == true)
+            {
+                1.0
+            } else {
+                0.0
+            },
+            "1=yes",
+            1.0,
         ),
         Row::new(
             "link_tempo_to_peer_worst",

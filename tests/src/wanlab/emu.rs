@@ -13,6 +13,12 @@
 //! "the TUN that owns the destination prefix", and the direction (hence the delay) follows from
 //! the packet's addresses, so a second device would add routes and fds but no behaviour.
 //!
+//! It is also an on-path attacker for the tests: it keeps a copy of the first
+//! [`CAPTURE_MAX`] Lockstep frames (first payload byte [`FRAME_V1`]) it saw cross from studio
+//! A's router to studio B's ([`Emulator::captured`]), and writes packets it is handed
+//! ([`Emulator::inject`]) onward at the pace asked, as if they had crossed the internet, so
+//! replays and forgeries reach B through B's own NAT with A's real addresses and ports.
+//!
 //! The thread waits with `poll` on the TUN and a wake-up socket, the earliest due time as the
 //! timeout (rounded *up* to whole milliseconds, so a packet is never early and at most ~1 ms
 //! late). Dropping [`Emulator`] sets the stop flag, wakes the thread and joins it; closing the
@@ -25,9 +31,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,6 +44,10 @@ use crate::harness::Rng;
 
 /// The TUN device's name inside `inet`.
 pub const TUN_NAME: &str = "tun0";
+/// The first byte of a Lockstep frame (the remote session's datagrams).
+pub const FRAME_V1: u8 = 0xD1;
+/// How many A → B Lockstep frames the tap keeps (the first ones; later ones are not kept).
+pub const CAPTURE_MAX: usize = 4096;
 
 /// What the emulator does to packets.
 #[derive(Debug, Clone, Copy, Default)]
@@ -64,6 +73,8 @@ pub struct EmuStats {
     pub dropped: u64,
     /// The most packets held at once.
     pub queued_max: u64,
+    /// Packets handed to [`Emulator::inject`] and written onward.
+    pub injected: u64,
 }
 
 /// Atomics the thread writes and the lab reads. Thread-safe.
@@ -72,6 +83,16 @@ struct Counters {
     forwarded: AtomicU64,
     dropped: AtomicU64,
     queued_max: AtomicU64,
+    injected: AtomicU64,
+}
+
+/// What the tap shares with the lab: captured frames in, packets to inject out.
+#[derive(Debug, Default)]
+struct Tap {
+    /// Whole IPv4 packets, A's router → B's router, carrying a Lockstep frame.
+    captured: Mutex<Vec<Vec<u8>>>,
+    /// Batches to write onward: (packets, gap between them).
+    inject: Mutex<Vec<(Vec<Vec<u8>>, Duration)>>,
 }
 
 /// Where an address sits: which access link a packet to or from it crosses.
@@ -100,6 +121,7 @@ pub struct Emulator {
     /// Written on drop to wake the thread's `poll` at once.
     waker: UnixStream,
     counters: Arc<Counters>,
+    tap: Arc<Tap>,
     /// The thread; `None` once joined.
     thread: Option<JoinHandle<Result<()>>>,
 }
@@ -112,8 +134,10 @@ impl Emulator {
         let (waker, wakee) = UnixStream::pair().context("wake-up socket pair")?;
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
+        let tap = Arc::new(Tap::default());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
-        let (thread_stop, thread_counters) = (stop.clone(), counters.clone());
+        let (thread_stop, thread_counters, thread_tap) =
+            (stop.clone(), counters.clone(), tap.clone());
         let thread = std::thread::Builder::new()
             .name("wanlab-emu".into())
             .spawn(move || {
@@ -130,7 +154,7 @@ impl Emulator {
                         return Err(e);
                     }
                 };
-                let mut link = Link::new(config, thread_counters);
+                let mut link = Link::new(config, thread_counters, thread_tap);
                 link.run(tun, wakee, &thread_stop)
             })
             .context("spawning the emulator thread")?;
@@ -138,6 +162,7 @@ impl Emulator {
             stop,
             waker,
             counters,
+            tap,
             thread: Some(thread),
         };
         ready_rx
@@ -152,7 +177,29 @@ impl Emulator {
             forwarded: self.counters.forwarded.load(Ordering::Relaxed),
             dropped: self.counters.dropped.load(Ordering::Relaxed),
             queued_max: self.counters.queued_max.load(Ordering::Relaxed),
+            injected: self.counters.injected.load(Ordering::Relaxed),
         }
+    }
+
+    /// The Lockstep frames seen crossing from A's router to B's so far (whole IPv4 packets,
+    /// at most [`CAPTURE_MAX`], the first ones). Thread-safe.
+    pub fn captured(&self) -> Vec<Vec<u8>> {
+        self.tap
+            .captured
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Write `packets` (whole IPv4 packets) onward from now, `gap` apart, with no delay or
+    /// loss of their own. Thread-safe.
+    pub fn inject(&self, packets: Vec<Vec<u8>>, gap: Duration) -> Result<()> {
+        self.tap
+            .inject
+            .lock()
+            .map_err(|_| anyhow!("emulator tap poisoned"))?
+            .push((packets, gap));
+        (&self.waker).write_all(&[1]).context("waking the emulator")
     }
 }
 
@@ -210,6 +257,8 @@ struct Held {
     due: Instant,
     seq: u64,
     bytes: Vec<u8>,
+    /// Handed in by [`Emulator::inject`] (counted apart).
+    injected: bool,
 }
 
 /// The emulator's state, owned by its thread.
@@ -223,10 +272,11 @@ struct Link {
     last_due: [[Option<Instant>; 3]; 3],
     seq: u64,
     counters: Arc<Counters>,
+    tap: Arc<Tap>,
 }
 
 impl Link {
-    fn new(config: LinkConfig, counters: Arc<Counters>) -> Self {
+    fn new(config: LinkConfig, counters: Arc<Counters>, tap: Arc<Tap>) -> Self {
         Self {
             config,
             rng: Rng::new(config.seed),
@@ -234,6 +284,7 @@ impl Link {
             last_due: [[None; 3]; 3],
             seq: 0,
             counters,
+            tap,
         }
     }
 
@@ -243,6 +294,7 @@ impl Link {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
+            self.take_injections(Instant::now());
             self.release_due(&mut tun, Instant::now())?;
             let timeout = match self.queue.peek() {
                 Some(Reverse(next)) => ceil_ms(next.due.saturating_duration_since(Instant::now())),
@@ -277,12 +329,47 @@ impl Link {
         }
     }
 
+    /// Queue the batches handed to [`Emulator::inject`], from `now` on.
+    fn take_injections(&mut self, now: Instant) {
+        let batches = match self.tap.inject.lock() {
+            Ok(mut batches) => std::mem::take(&mut *batches),
+            Err(_) => return,
+        };
+        for (packets, gap) in batches {
+            for (i, bytes) in packets.into_iter().enumerate() {
+                self.seq += 1;
+                self.queue.push(Reverse(Held {
+                    due: now + gap * u32::try_from(i).unwrap_or(u32::MAX),
+                    seq: self.seq,
+                    bytes,
+                    injected: true,
+                }));
+            }
+        }
+    }
+
+    /// Keep a copy of an A → B Lockstep frame, while the tap has room.
+    fn capture(&self, packet: &[u8]) {
+        let header = usize::from(packet[0] & 0x0f) * 4;
+        let is_frame = packet[9] == 17 // UDP
+            && packet[12..16] == WAN_A_IP
+            && packet[16..20] == WAN_B_IP
+            && packet.get(header + 8) == Some(&FRAME_V1);
+        if is_frame
+            && let Ok(mut captured) = self.tap.captured.lock()
+            && captured.len() < CAPTURE_MAX
+        {
+            captured.push(packet.to_vec());
+        }
+    }
+
     /// Loss draw, then queue with its due time. Non-IPv4 packets (none are routed here) are
     /// ignored and not counted.
     fn accept(&mut self, packet: &[u8], now: Instant) {
         if packet.len() < 20 || packet[0] >> 4 != 4 {
             return;
         }
+        self.capture(packet);
         if self.rng.next_u64() % 1_000_000 < u64::from(self.config.loss_ppm) {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -307,6 +394,7 @@ impl Link {
             due,
             seq: self.seq,
             bytes: packet.to_vec(),
+            injected: false,
         }));
         self.counters
             .queued_max
@@ -328,7 +416,12 @@ impl Link {
                 break;
             };
             tun.write_all(&packet.bytes).context("writing to the TUN")?;
-            self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            let counter = if packet.injected {
+                &self.counters.injected
+            } else {
+                &self.counters.forwarded
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
