@@ -9,8 +9,8 @@
 //! (`ours = theirs − offset`). So no peer's clock is special, and the drift the estimator
 //! tracks carries into the grid: the sender repeats its grid every [`RESEND_NS`], and each
 //! repeat from the grid's keeper re-aligns the receiver when they differ by more than
-//! [`ALIGN_NS`]. The keeper is the grid's author while it is connected; when the author has
-//! left, the connected studio with the smallest id stands in, so clocks that drift apart
+//! [`ALIGN_NS`]. The keeper is the grid's author while it is in the session; when the author
+//! has left, the studio with the smallest id still in it stands in, so clocks that drift apart
 //! stay on one grid after the author is gone ([`GridSync::set_present`]).
 //!
 //! # Which change wins
@@ -28,7 +28,7 @@
 //! away from the session wins over one change made in the session meanwhile.
 //!
 //! # What the caller does
-//! Every pass, in this order: [`GridSync::set_present`] with the connected peers,
+//! Every pass, in this order: [`GridSync::set_present`] with the peers in the session,
 //! [`GridSync::observe`] with what its local Link session shows now, [`GridSync::poll_send`]
 //! for the timeline to send to every connected peer, [`GridSync::handle`] for timelines that
 //! arrived, and [`GridSync::take_pending`] to move its Link session onto an adopted or
@@ -135,6 +135,15 @@ impl Version {
         )
     }
 
+    /// The version a timeline carries.
+    fn of(timeline: &RemoteTimeline) -> Self {
+        Self {
+            generation: timeline.generation,
+            author: timeline.author,
+            playing: timeline.playing,
+        }
+    }
+
     fn same(&self, other: &Version) -> bool {
         self.generation == other.generation && self.author == other.author
     }
@@ -206,15 +215,16 @@ impl GridSync {
         self.shift_ns = shift_ns;
     }
 
-    /// The peers connected now. The grid's author keeps it against drift while it is here
-    /// (its repeats re-align everyone, and its grid follows its own Link session); once it
-    /// has left, the smallest id among us and `connected` stands in, so every studio that
-    /// sees the same peers picks the same keeper.
-    pub fn set_present(&mut self, connected: impl Iterator<Item = PeerId> + Clone) {
+    /// The peers in the session now (the session passes those whose clock it knows, so a
+    /// peer stays present through an outage). The grid's author keeps it against drift while
+    /// it is here (its repeats re-align everyone, and its grid follows its own Link
+    /// session); once it has left, the smallest id among us and `present` stands in, so
+    /// every studio that sees the same peers picks the same keeper.
+    pub fn set_present(&mut self, present: impl Iterator<Item = PeerId> + Clone) {
         let author = self.current.map(|(_, v)| v.author);
         self.keeper = match author {
-            Some(a) if a == self.me || connected.clone().any(|p| p == a) => a,
-            _ => connected.fold(self.me, Ord::min),
+            Some(a) if a == self.me || present.clone().any(|p| p == a) => a,
+            _ => present.fold(self.me, Ord::min),
         };
     }
 
@@ -366,9 +376,8 @@ impl GridSync {
     ) -> Handled {
         let now = Self::now_i64(now_ns);
         let origin_ns = timeline.time_origin_ns.saturating_sub(offset_ns);
-        let leap = self.current.is_some_and(|(_, v)| {
-            timeline.generation > v.generation.saturating_add(MAX_GENERATION_STEP)
-        }) || (self.current.is_none() && timeline.generation > MAX_GENERATION_STEP);
+        let ours = self.current.map_or(0, |(_, v)| v.generation);
+        let leap = timeline.generation > ours.saturating_add(MAX_GENERATION_STEP);
         if !timeline.is_valid()
             || origin_ns.saturating_sub(now).saturating_abs() > MAX_ORIGIN_AGE_NS
             || leap
@@ -384,11 +393,7 @@ impl GridSync {
             quantum: timeline.quantum,
         }
         .anchored(now);
-        let version = Version {
-            generation: timeline.generation,
-            author: timeline.author,
-            playing: timeline.playing,
-        };
+        let version = Version::of(timeline);
         let adopt = match &self.current {
             None => true,
             Some((_, ours)) if ours.same(&version) => false,
@@ -473,9 +478,8 @@ impl GridSync {
 
     /// Whether `timeline` is a version of the grid we hold (the same change).
     pub fn holds(&self, timeline: &RemoteTimeline) -> bool {
-        self.current.is_some_and(|(_, v)| {
-            v.generation == timeline.generation && v.author == timeline.author
-        })
+        self.current
+            .is_some_and(|(_, v)| v.same(&Version::of(timeline)))
     }
 
     /// The grid now, on our clock.
