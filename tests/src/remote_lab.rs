@@ -134,7 +134,8 @@ pub fn phase_errors(ours: &History, theirs: &[BeatSample], late_us: f64) -> Vec<
 }
 
 /// An on-path attacker between the studios during a grid run: it copies the Lockstep frames
-/// it sees cross from A's router to B's and, from `at_s` after the code was entered, sends B
+/// it sees cross from A's router to B's and, from `at_s` after B's Link peer took A's grid
+/// (so B's studio knows A's path: earlier, a frame from A's address is no peer's yet), sends B
 /// `count` datagrams `gap` apart through B's own NAT with A's real addresses and ports, in
 /// four kinds made from those frames: exact replays; replays with a flipped byte in the
 /// sealed part; frames claiming a sequence number far ahead; and those with a flipped byte
@@ -144,7 +145,7 @@ pub fn phase_errors(ours: &History, theirs: &[BeatSample], late_us: f64) -> Vec<
 pub struct Attack {
     /// Datagrams to send.
     pub count: usize,
-    /// When to start, s after the code was entered.
+    /// When to start, s after B's Link peer took A's tempo.
     pub at_s: f64,
     /// Between two datagrams.
     pub gap: Duration,
@@ -325,17 +326,21 @@ pub fn grid_run(
         &peer_args(&["8000", "9100", &listen, r#"["/lockstep/subscribe"]"#]),
         &[],
     )?;
+    // Link keeps tempo as µs per beat: 130 BPM reads back as 130.00013.
+    let near = |a: f64, b: f64| (a - b).abs() < 0.01;
     let attack = match attack {
         Some(attack) => {
-            let wait = attack.at_s - (raw_us() - entered) / 1e6;
-            if wait > 0.0 {
-                std::thread::sleep(Duration::from_secs_f64(wait));
-            }
+            // A loaded machine can take several seconds more to connect: the attack waits
+            // for B to play A's grid, so every frame it sends is one B must refuse as A's.
+            peer_b.wait("B's Link peer taking A's tempo", |l| {
+                beat_samples(l).iter().any(|s| near(s.tempo, 130.0))
+            })?;
+            std::thread::sleep(Duration::from_secs_f64(attack.at_s));
             let captured = lab.captured_a_to_b();
             ensure!(
                 !captured.is_empty(),
-                "the tap saw no frame from A to B in {} s",
-                attack.at_s
+                "the tap saw no frame from A to B in {:.1} s",
+                (raw_us() - entered) / 1e6
             );
             let (packets, replayed, forged) =
                 replays_and_forgeries(&captured, attack.count, 0xa77a_c4e5);
@@ -392,8 +397,6 @@ pub fn grid_run(
             .collect::<Vec<_>>()
             .join(" ")
     };
-    // Link keeps tempo as µs per beat: 130 BPM reads back as 130.00013.
-    let near = |a: f64, b: f64| (a - b).abs() < 0.01;
     let joined = samples_b
         .iter()
         .find(|s| near(s.tempo, 130.0))
