@@ -164,6 +164,20 @@ fn check_grid_run(align_b_ms: u32, attack: Option<Attack>) -> Result<()> {
     let _turn = lab.start_turn(SECRET)?;
     let run = grid_run(&lab, Path::new(RUNNER), 22, 18, align_b_ms, attack)?;
     let (p50, p99, max) = run.quantiles();
+    // How the path came up: restarts, and those for a path that carried nothing back.
+    let restarts = |st: &[lockstep_net::status::remote::RemoteStatus]| {
+        st.last().map_or((0, 0), |s| {
+            (
+                s.peers.iter().map(|p| p.restarts).sum::<u64>(),
+                s.counters.paths_unanswered,
+            )
+        })
+    };
+    eprintln!(
+        "ICE restarts (of them for an unanswered path): A {:?}, B {:?}",
+        restarts(&run.a),
+        restarts(&run.b)
+    );
     eprintln!(
         "B aligned {align_b_ms} ms: grid shared {:.2} s after the code was entered; tempo change followed after {:.1} ms; \
          phase error p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({:.1} s in) over {} samples \

@@ -159,6 +159,9 @@ pub struct RemoteCounters {
     pub datagrams_malformed: u64,
     /// ICE agents that failed to find any path.
     pub ice_failed: u64,
+    /// Paths that came up but carried nothing back, restarted (see the session's
+    /// `UNANSWERED_NS`).
+    pub paths_unanswered: u64,
     /// Datagrams our sockets refused to send (buffer full, no route).
     pub send_errors: u64,
     /// Datagrams read from our sockets (host and TURN).

@@ -65,6 +65,13 @@ pub const RESTART_INTERVAL_NS: u64 = 5_000_000_000;
 /// side: rice-proto 0.4.3 can stall for good when a nomination goes unanswered (it neither
 /// retries nor fails), and a fresh agent costs one more round of checks.
 pub const CHECKING_TIMEOUT_NS: u64 = 6_000_000_000;
+/// A path that came up on the controlling side but has not carried one authenticated frame
+/// back this long is restarted: rice-proto 0.4.3 can leave the controlled side checking for
+/// good behind a NAT (a nomination that crosses the controlled side's own check on a pair
+/// whose mapped address differs from its host address is logged as unknown and dropped), so
+/// it never selects a pair and never answers our probes. Probes go four a second: four
+/// unanswered in a row on a fresh path, not loss.
+pub const UNANSWERED_NS: u64 = 1_000_000_000;
 /// A peer we have heard nothing from (rendezvous or datagram) this long is forgotten.
 pub const PEER_FORGET_NS: u64 = 180_000_000_000;
 /// Addresses per peer that may reach rice-proto (its candidates and learned ones).
@@ -169,6 +176,8 @@ struct Peer {
     last_timeline: Option<RemoteTimeline>,
     /// When the current path came up.
     connected_ns: Option<u64>,
+    /// An authenticated frame arrived since the current path came up.
+    answered: bool,
     last_heard_ns: u64,
     last_restart_ns: u64,
     stats: RemotePeerStatus,
@@ -503,6 +512,7 @@ impl Session {
             held: None,
             last_timeline: None,
             connected_ns: None,
+            answered: false,
             last_heard_ns: now_ns,
             last_restart_ns: now_ns,
             stats: RemotePeerStatus {
@@ -648,6 +658,7 @@ impl Session {
             }
         };
         peer.last_heard_ns = now_ns;
+        peer.answered = true;
         peer.stats.datagrams_in += 1;
         match inner {
             Inner::Ping { t1_ns } => {
@@ -764,11 +775,30 @@ impl Session {
             let stalled = p.ice == Ice::Checking
                 && now_ns.saturating_sub(p.last_restart_ns) > CHECKING_TIMEOUT_NS;
             let failed = p.ice == Ice::Failed || stalled;
+            // Its own wait bounds how often this one restarts (a path must come up first).
+            let unanswered = p.ice == Ice::Connected
+                && !p.answered
+                && p.connected_ns
+                    .is_some_and(|at| now_ns.saturating_sub(at) > UNANSWERED_NS);
             if p.controlling
-                && (silent || failed)
-                && now_ns.saturating_sub(p.last_restart_ns) >= RESTART_INTERVAL_NS
+                && ((silent || failed)
+                    && now_ns.saturating_sub(p.last_restart_ns) >= RESTART_INTERVAL_NS
+                    || unanswered)
             {
+                if unanswered {
+                    let id = p.id;
+                    self.counters.paths_unanswered += 1;
+                    self.error(format!(
+                        "peer {id}: the path came up but nothing came back; restarting ICE"
+                    ));
+                }
                 self.restart(i, now_ns);
+            }
+            if let Some(at) = self.peers[i].connected_ns
+                && self.peers[i].controlling
+                && !self.peers[i].answered
+            {
+                due = due.min(at.saturating_add(UNANSWERED_NS + 1));
             }
             i += 1;
         }
@@ -924,6 +954,7 @@ impl Session {
                         peer.last_heard_ns = now_ns;
                         peer.pacer.restart();
                         peer.connected_ns = Some(now_ns);
+                        peer.answered = false;
                     } else {
                         peer.connected_ns = None;
                     }

@@ -60,6 +60,9 @@ struct Sim {
     delay: Box<dyn Fn(usize, usize) -> u64>,
     /// Drop every datagram (a dead path) while set.
     blackhole: bool,
+    /// Drop this node's frames while it has not restarted: its first path carries nothing
+    /// back (what rice-proto's lost nomination does behind a NAT, see `UNANSWERED_NS`).
+    mute_first_path: Option<usize>,
     /// Datagrams delivered so far.
     delivered: u64,
 }
@@ -106,6 +109,7 @@ impl Sim {
             now: START,
             delay,
             blackhole: false,
+            mute_first_path: None,
             delivered: 0,
         }
     }
@@ -153,6 +157,12 @@ impl Sim {
                 continue;
             };
             if self.blackhole {
+                continue;
+            }
+            if self.mute_first_path == Some(i)
+                && frame::is_frame(&t.data)
+                && self.status(i).peers.iter().all(|p| p.restarts == 0)
+            {
                 continue;
             }
             self.net.seq += 1;
@@ -455,6 +465,29 @@ fn a_path_that_never_answers_at_first_is_restarted_until_it_does() {
         assert_eq!(p.ice, "connected", "node {i}: {p:?}");
         assert!(p.restarts >= 1, "node {i}: {p:?}");
     }
+}
+
+/// The controlled side never answers on its first path (rice-proto's lost nomination behind a
+/// NAT leaves it checking while the controlling side has selected a pair): the controlling
+/// side restarts once nothing came back for `UNANSWERED_NS`, not after `PEER_SILENCE_NS`
+/// (10 s, as before), and both sides measure their clocks within 3 s of meeting.
+#[test]
+fn a_path_that_carries_nothing_back_is_restarted_within_two_seconds() {
+    let mut sim = Sim::new(&[CODE, CODE], &[0, 250_000_000], symmetric(20));
+    sim.mute_first_path = Some(1);
+    sim.connect_broker();
+    sim.run(sim.now + 3_000 * MS);
+    for i in 0..2 {
+        let s = sim.status(i);
+        let p = &s.peers[0];
+        assert_eq!(p.ice, "connected", "node {i}: {p:?}");
+        assert_eq!(p.restarts, 1, "node {i}: {p:?}");
+        let offset = p.offset_ms.expect("measured");
+        let truth = if i == 0 { 250.0 } else { -250.0 };
+        assert!((offset - truth).abs() < 0.5, "node {i}: {offset} ms");
+    }
+    assert_eq!(sim.status(0).counters.paths_unanswered, 1);
+    assert_eq!(sim.status(1).counters.paths_unanswered, 0);
 }
 
 /// Node `i`'s local beat at simulation time `t`, and how far (ms) it lies from node `j`'s.
