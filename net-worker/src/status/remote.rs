@@ -162,6 +162,14 @@ pub struct RemoteCounters {
     /// Paths that came up but carried nothing back, restarted (see the session's
     /// `UNANSWERED_NS`).
     pub paths_unanswered: u64,
+    /// Paths the controlled side took from the controlling side's frames because its own
+    /// agent selected none (see the session's `adopt_path`).
+    pub paths_adopted: u64,
+    /// Agents whose TURN allocation gave no relayed candidate (refused, or the server did
+    /// not answer).
+    pub relay_failed: u64,
+    /// Agents that went without a relay because no TURN socket was free.
+    pub relay_unavailable: u64,
     /// Datagrams our sockets refused to send (buffer full, no route).
     pub send_errors: u64,
     /// Datagrams read from our sockets (host and TURN).

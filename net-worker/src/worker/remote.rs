@@ -21,7 +21,7 @@ use super::runtime::{READ_REST, read_budgeted, write_pending};
 use crate::proto::mqtt::{MqttClient, MqttConfig, MqttEvent, Will};
 use crate::proto::remote::code::SessionCode;
 use crate::proto::remote::keys::{KdfParams, PeerId, RootKey};
-use crate::proto::remote::session::{Session, SessionConfig, TurnServer};
+use crate::proto::remote::session::{Session, SessionConfig, TURN_SOCKETS, TurnServer};
 use crate::proto::remote::turn_rest::turn_rest_credentials;
 use crate::settings::{MAX_ALIGN_MS, RemoteSettings};
 use crate::status::remote::RemoteStatus;
@@ -69,7 +69,9 @@ struct Running {
     session: Session,
     udp: UdpSocket,
     host: SocketAddr,
-    turn: Option<(UdpSocket, SocketAddr)>,
+    /// The TURN sockets (all on the [`TURN`] token), each with the address the session knows
+    /// it by; empty without a TURN server.
+    turn: Vec<(UdpSocket, SocketAddr)>,
     broker_addr: SocketAddr,
     broker: Option<Broker>,
     next_connect_ns: u64,
@@ -210,7 +212,7 @@ impl RemoteService {
                 let _ = registry.deregister(&mut broker.stream);
             }
             let _ = registry.deregister(&mut running.udp);
-            if let Some((sock, _)) = &mut running.turn {
+            for (sock, _) in &mut running.turn {
                 let _ = registry.deregister(sock);
             }
         }
@@ -370,7 +372,6 @@ impl Running {
         let host = SocketAddr::new(ip, port);
         let turn = match prepared.turn {
             Some(server) => {
-                let (sock, port) = bind_udp(registry, TURN)?;
                 let (user, pass) = if settings.turn_secret.is_empty() {
                     (settings.turn_user.clone(), settings.turn_pass.clone())
                 } else {
@@ -380,33 +381,37 @@ impl Running {
                         + TURN_REST_VALIDITY;
                     turn_rest_credentials(&settings.turn_secret, &me.to_string(), expiry.as_secs())
                 };
-                Some((
-                    sock,
-                    SocketAddr::new(ip, port),
-                    TurnServer {
-                        addr: server,
-                        user,
-                        pass,
-                    },
-                ))
+                Some(TurnServer {
+                    addr: server,
+                    user,
+                    pass,
+                })
             }
             None => None,
         };
+        let mut sockets = Vec::new();
+        if turn.is_some() {
+            for _ in 0..TURN_SOCKETS {
+                let (sock, port) = bind_udp(registry, TURN)?;
+                sockets.push((sock, SocketAddr::new(ip, port)));
+            }
+        }
         let config = SessionConfig {
             me,
             host,
             stun: prepared.stun,
-            turn: turn
-                .as_ref()
-                .map(|(_, local, server)| (server.clone(), *local)),
+            turn,
         };
         let mut session = Session::new(config, code, prepared.root);
         session.set_align(settings.align_ms.min(MAX_ALIGN_MS));
+        for (_, local) in &sockets {
+            session.add_turn_socket(*local);
+        }
         Ok(Self {
             session,
             udp,
             host,
-            turn: turn.map(|(sock, local, _)| (sock, local)),
+            turn: sockets,
             broker_addr: prepared.broker,
             broker: None,
             next_connect_ns: 0,
@@ -442,16 +447,19 @@ impl Running {
                 || read_errors += 1,
             );
         }
-        if turn && let Some((sock, local)) = &self.turn {
+        if turn {
+            // One token for all of them: read each (edge-triggered; they are few).
             let session = &mut self.session;
-            self.owed.1 = read_budgeted(
-                || {
-                    let (n, from) = sock.recv_from(&mut buf)?;
-                    session.handle_datagram(*local, from, &buf[..n], now_ns);
-                    Ok(())
-                },
-                || read_errors += 1,
-            );
+            for (sock, local) in &self.turn {
+                self.owed.1 |= read_budgeted(
+                    || {
+                        let (n, from) = sock.recv_from(&mut buf)?;
+                        session.handle_datagram(*local, from, &buf[..n], now_ns);
+                        Ok(())
+                    },
+                    || read_errors += 1,
+                );
+            }
         }
         for _ in 0..read_errors {
             self.session.read_failed();
@@ -462,8 +470,28 @@ impl Running {
         }
         due = due.min(self.session.poll(now_ns, wall_ms()));
         self.send_datagrams();
+        self.replace_retired_turn(registry);
         self.send_publishes(now_ns);
         due
+    }
+
+    /// Close the TURN sockets the session retired and give it fresh ones (new ports: new
+    /// client 5-tuples at the TURN server).
+    fn replace_retired_turn(&mut self, registry: &Registry) {
+        while let Some(local) = self.session.poll_retired_turn() {
+            if let Some(at) = self.turn.iter().position(|(_, l)| *l == local) {
+                let (mut sock, _) = self.turn.swap_remove(at);
+                let _ = registry.deregister(&mut sock);
+            }
+            match bind_udp(registry, TURN) {
+                Ok((sock, port)) => {
+                    let fresh = SocketAddr::new(self.host.ip(), port);
+                    self.turn.push((sock, fresh));
+                    self.session.add_turn_socket(fresh);
+                }
+                Err(e) => self.session.error(e),
+            }
+        }
     }
 
     /// Connect, read, keep alive; returns the broker's deadline.
@@ -578,10 +606,11 @@ impl Running {
 
     fn send_datagrams(&mut self) {
         while let Some(t) = self.session.poll_transmit() {
-            let sock = match &self.turn {
-                Some((sock, local)) if *local == t.from => sock,
-                _ => &self.udp,
-            };
+            let sock = self
+                .turn
+                .iter()
+                .find(|(_, local)| *local == t.from)
+                .map_or(&self.udp, |(sock, _)| sock);
             // A full socket buffer or an unreachable address loses this datagram (counted);
             // ICE retransmits and the probes come again.
             if let Err(e) = sock.send_to(&t.data, t.to) {

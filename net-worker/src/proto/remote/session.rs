@@ -72,6 +72,16 @@ pub const CHECKING_TIMEOUT_NS: u64 = 6_000_000_000;
 /// it never selects a pair and never answers our probes. Probes go four a second: four
 /// unanswered in a row on a fresh path, not loss.
 pub const UNANSWERED_NS: u64 = 1_000_000_000;
+/// A TURN socket whose agent was dropped is retired this long later (its allocation's
+/// delete has been answered by then), and the caller replaces it with a fresh one: a new
+/// client 5-tuple at the TURN server. Reusing one would meet the old allocation wherever its
+/// delete was lost (coturn keeps it up to 10 minutes and answers every Allocate from that
+/// 5-tuple with 437 Allocation Mismatch, so the new agent would never get a relay), and even
+/// a delete that arrived takes coturn about a second to act on.
+pub const TURN_RETIRE_NS: u64 = 2_000_000_000;
+/// TURN sockets the caller should hold ready: one per possible peer, and spares for the
+/// restarts whose old sockets are still being retired.
+pub const TURN_SOCKETS: usize = MAX_PEERS + 2;
 /// A peer we have heard nothing from (rendezvous or datagram) this long is forgotten.
 pub const PEER_FORGET_NS: u64 = 180_000_000_000;
 /// Addresses per peer that may reach rice-proto (its candidates and learned ones).
@@ -129,8 +139,9 @@ pub struct SessionConfig {
     pub host: SocketAddr,
     /// A STUN server.
     pub stun: Option<SocketAddr>,
-    /// A TURN server, and the local address of the socket reserved for it.
-    pub turn: Option<(TurnServer, SocketAddr)>,
+    /// A TURN server. Each agent allocates its relay from a socket of its own (see
+    /// [`Session::add_turn_socket`]).
+    pub turn: Option<TurnServer>,
 }
 
 /// ICE progress of one pair.
@@ -163,7 +174,10 @@ struct Peer {
     pair: Option<CandidatePair>,
     /// Addresses that may reach the agent.
     known: Vec<SocketAddr>,
-    relay: bool,
+    /// The TURN socket its agent allocates from (None: no TURN server, or none free).
+    turn_local: Option<SocketAddr>,
+    /// Its agent finished gathering: whether a relayed candidate came of it is known.
+    relay_checked: bool,
     sealer: Sealer,
     opener: Opener,
     offset: OffsetEstimator,
@@ -178,6 +192,9 @@ struct Peer {
     connected_ns: Option<u64>,
     /// An authenticated frame arrived since the current path came up.
     answered: bool,
+    /// The path was taken from the peer's frames, not selected by the agent
+    /// ([`adopt_path`]): the agent's own state changes no longer move it.
+    adopted: bool,
     last_heard_ns: u64,
     last_restart_ns: u64,
     stats: RemotePeerStatus,
@@ -204,6 +221,15 @@ pub struct Session {
     local_types: Vec<String>,
     errors: VecDeque<String>,
     grid: GridSync,
+    /// TURN sockets no agent uses, and those retired at the time given (ns).
+    turn_free: Vec<SocketAddr>,
+    turn_retiring: VecDeque<(SocketAddr, u64)>,
+    /// Retired TURN sockets for the caller to close and replace.
+    turn_retired: VecDeque<SocketAddr>,
+    /// Tests: the controlled side's agent never reports a selected pair (rice-proto's lost
+    /// nomination, which needs a NAT to happen for real).
+    #[cfg(test)]
+    lose_nominations: bool,
 }
 
 impl Session {
@@ -229,6 +255,11 @@ impl Session {
             local_types: Vec::new(),
             errors: VecDeque::new(),
             grid: GridSync::new(config.me),
+            turn_free: Vec::new(),
+            turn_retiring: VecDeque::new(),
+            turn_retired: VecDeque::new(),
+            #[cfg(test)]
+            lose_nominations: false,
             config,
         }
     }
@@ -387,21 +418,7 @@ impl Session {
     /// A fresh agent for peer `index` (same keys, clock estimate and counters).
     fn restart(&mut self, index: usize, now_ns: u64) {
         let mut old = self.peers.swap_remove(index);
-        // Close the old agent first: its TURN allocation is deleted (a Refresh with lifetime
-        // 0) before the fresh agent allocates from the same socket, which the relay would
-        // otherwise refuse (437: one allocation per 5-tuple).
-        let rice_now = self.rice_now(now_ns);
-        old.agent.close(rice_now);
-        // Its transmits are paced (Ta): step the clock past the pacing so the delete leaves
-        // now; the agent is dropped right after, so nothing else depends on that clock.
-        let ta = old.agent.timing_advance();
-        for step in 0..8u32 {
-            let at = rice_now + ta * step;
-            take_transmits(&mut old.agent, at, &mut self.transmits);
-            if matches!(old.agent.poll(at), AgentPoll::Closed) {
-                break;
-            }
-        }
+        self.close_agent(&mut old, now_ns);
         let mut fresh = self.new_peer(old.id, now_ns);
         fresh.seen_ufrags = old.seen_ufrags;
         fresh.last_heard_ns = old.last_heard_ns;
@@ -416,6 +433,41 @@ impl Session {
         self.peers.push(fresh);
         let last = self.peers.len() - 1;
         self.peers.swap(index, last);
+    }
+
+    /// Close a dropped peer's agent: its TURN allocation is deleted (a Refresh with lifetime
+    /// 0, so the relay frees it now rather than at its expiry) and its TURN socket retired.
+    fn close_agent(&mut self, old: &mut Peer, now_ns: u64) {
+        let rice_now = self.rice_now(now_ns);
+        old.agent.close(rice_now);
+        // Its transmits are paced (Ta): step the clock past the pacing so the delete leaves
+        // now; the agent is dropped right after, so nothing else depends on that clock.
+        let ta = old.agent.timing_advance();
+        for step in 0..8u32 {
+            let at = rice_now + ta * step;
+            take_transmits(&mut old.agent, at, &mut self.transmits);
+            if matches!(old.agent.poll(at), AgentPoll::Closed) {
+                break;
+            }
+        }
+        if let Some(local) = old.turn_local.take() {
+            self.turn_retiring
+                .push_back((local, now_ns.saturating_add(TURN_RETIRE_NS)));
+        }
+    }
+
+    /// A TURN socket the caller opened for the session (address as the TURN server should
+    /// see it before NAT: the same routable local address as the host socket). Give it
+    /// [`TURN_SOCKETS`] at the start and a fresh one for each [`Session::poll_retired_turn`].
+    pub fn add_turn_socket(&mut self, local: SocketAddr) {
+        if !self.turn_free.contains(&local) {
+            self.turn_free.push(local);
+        }
+    }
+
+    /// A TURN socket the session no longer needs: close it (and open a fresh one).
+    pub fn poll_retired_turn(&mut self) -> Option<SocketAddr> {
+        self.turn_retired.pop_front()
     }
 
     fn new_peer(&mut self, id: PeerId, now_ns: u64) -> Peer {
@@ -442,12 +494,24 @@ impl Session {
             .iter()
             .map(|s| (TransportType::Udp, *s))
             .collect();
-        // One TURN allocation per client 5-tuple (RFC 5766 §2.2): the TURN socket serves the
-        // first peer that needs it. Further peers go without a relay (see README).
-        let relay_free = !self.peers.iter().any(|p| p.relay);
-        let turn: Vec<(SocketAddr, TurnConfig)> = match (&self.config.turn, relay_free) {
-            (Some((server, local_addr)), true) => vec![(
-                *local_addr,
+        // One TURN allocation per client 5-tuple (RFC 5766 §2.2): each agent allocates from
+        // a socket of its own, never one an earlier agent used (see TURN_RETIRE_NS).
+        let turn_local = match &self.config.turn {
+            Some(_) => {
+                let free = self.turn_free.pop();
+                if free.is_none() {
+                    self.counters.relay_unavailable += 1;
+                    self.error(format!(
+                        "no free TURN socket: peer {id} goes without a relay"
+                    ));
+                }
+                free
+            }
+            None => None,
+        };
+        let turn: Vec<(SocketAddr, TurnConfig)> = match (&self.config.turn, turn_local) {
+            (Some(server), Some(local_addr)) => vec![(
+                local_addr,
                 TurnConfig::new(
                     TransportType::Udp,
                     server.addr,
@@ -456,7 +520,6 @@ impl Session {
             )],
             _ => Vec::new(),
         };
-        let relay = !turn.is_empty();
         let mut errors = Vec::new();
         if let Some(mut s) = agent.mut_stream(stream) {
             match s.add_component() {
@@ -483,7 +546,7 @@ impl Session {
         if let Some(s) = self.config.stun {
             known.push(s);
         }
-        if let Some((server, _)) = &self.config.turn {
+        if let Some(server) = &self.config.turn {
             known.push(server.addr);
         }
         Peer {
@@ -503,7 +566,8 @@ impl Session {
             ice: Ice::Checking,
             pair: None,
             known,
-            relay,
+            turn_local,
+            relay_checked: false,
             sealer: Sealer::new(&self.root.datagram_key(self.config.me, id), 0),
             opener: Opener::new(&self.root.datagram_key(id, self.config.me), 0),
             offset: OffsetEstimator::new(),
@@ -513,6 +577,7 @@ impl Session {
             last_timeline: None,
             connected_ns: None,
             answered: false,
+            adopted: false,
             last_heard_ns: now_ns,
             last_restart_ns: now_ns,
             stats: RemotePeerStatus {
@@ -531,18 +596,24 @@ impl Session {
         now_ns: u64,
     ) {
         self.counters.datagrams_read += 1;
-        let from_relay = self
+        let from_turn = self
             .config
             .turn
             .as_ref()
-            .is_some_and(|(server, turn_local)| server.addr == from && *turn_local == local);
-        if from_relay {
-            // The TURN server on its own socket: allocations, permissions and relayed data
-            // (ChannelData or Data indications), for the pair that owns the allocation.
-            let target: Vec<usize> = (0..self.peers.len())
-                .filter(|&i| self.peers[i].relay)
-                .collect();
-            self.offer_to_agents(target, local, from, data, false, now_ns);
+            .is_some_and(|server| server.addr == from);
+        if from_turn
+            && let Some(owner) = self.peers.iter().position(|p| p.turn_local == Some(local))
+        {
+            // The TURN server on an agent's own socket: allocations, permissions and relayed
+            // data (ChannelData or Data indications), for that agent.
+            self.offer_to_agents(vec![owner], local, from, data, false, now_ns);
+            return;
+        }
+        if from_turn
+            && (self.turn_free.contains(&local)
+                || self.turn_retiring.iter().any(|(a, _)| *a == local))
+        {
+            // The server answering a dropped agent (its allocation's delete): nothing to do.
             return;
         }
         if frame::is_frame(data) {
@@ -559,7 +630,7 @@ impl Session {
                 })
                 .or_else(|| self.peers.iter().position(|p| p.known.contains(&from)));
             match found {
-                Some(i) => self.open_frame(i, data, now_ns),
+                Some(i) => self.open_frame(i, data, Some((local, from)), now_ns),
                 None => self.counters.datagrams_malformed += 1,
             }
             return;
@@ -628,7 +699,7 @@ impl Session {
             };
             for f in frames {
                 if frame::is_frame(&f) {
-                    self.open_frame(i, &f, now_ns);
+                    self.open_frame(i, &f, None, now_ns);
                 } else {
                     self.counters.datagrams_malformed += 1;
                 }
@@ -639,7 +710,15 @@ impl Session {
         }
     }
 
-    fn open_frame(&mut self, index: usize, data: &[u8], now_ns: u64) {
+    /// Open a frame from peer `index`; `direct`: (our socket, its address) when it came
+    /// straight from the peer rather than through our TURN allocation.
+    fn open_frame(
+        &mut self,
+        index: usize,
+        data: &[u8],
+        direct: Option<(SocketAddr, SocketAddr)>,
+        now_ns: u64,
+    ) {
         let mut plain = [0u8; MAX_DATAGRAM];
         let peer = &mut self.peers[index];
         let inner = match peer.opener.open(data, &mut plain) {
@@ -660,6 +739,14 @@ impl Session {
         peer.last_heard_ns = now_ns;
         peer.answered = true;
         peer.stats.datagrams_in += 1;
+        if let Some((local, from)) = direct
+            && !peer.controlling
+            && peer.ice != Ice::Connected
+            && adopt_path(peer, local, from, now_ns)
+        {
+            self.counters.paths_adopted += 1;
+        }
+        let peer = &mut self.peers[index];
         match inner {
             Inner::Ping { t1_ns } => {
                 let pong = Inner::Pong {
@@ -710,7 +797,8 @@ impl Session {
             },
             Inner::Bye => {
                 let id = peer.id;
-                self.peers.remove(index);
+                let mut old = self.peers.remove(index);
+                self.close_agent(&mut old, now_ns);
                 self.error(format!("peer {id} left the session"));
             }
             Inner::RtpMidi(_) | Inner::Rs(_) => {}
@@ -760,13 +848,22 @@ impl Session {
         if self.broker_ready {
             due = due.min(self.next_announce_ns);
         }
+        while let Some(&(local, at)) = self.turn_retiring.front() {
+            if now_ns < at {
+                due = due.min(at);
+                break;
+            }
+            self.turn_retiring.pop_front();
+            self.turn_retired.push_back(local);
+        }
         // Forget peers gone quiet; restart paths that failed or fell silent.
         let mut i = 0;
         while i < self.peers.len() {
             let p = &self.peers[i];
             if now_ns.saturating_sub(p.last_heard_ns) > PEER_FORGET_NS {
                 let id = p.id;
-                self.peers.remove(i);
+                let mut old = self.peers.remove(i);
+                self.close_agent(&mut old, now_ns);
                 self.error(format!("peer {id} is gone (silent for 3 minutes)"));
                 continue;
             }
@@ -794,11 +891,23 @@ impl Session {
                 }
                 self.restart(i, now_ns);
             }
-            if let Some(at) = self.peers[i].connected_ns
-                && self.peers[i].controlling
-                && !self.peers[i].answered
-            {
-                due = due.min(at.saturating_add(UNANSWERED_NS + 1));
+            // The controlling side's checks of this pair come due even when nothing else
+            // wakes the session (a dead path has no agent timers left after ~5 s).
+            let p = &self.peers[i];
+            if p.controlling {
+                let restart_at = p.last_restart_ns.saturating_add(RESTART_INTERVAL_NS);
+                let check_at = match p.ice {
+                    Ice::Checking => p.last_restart_ns.saturating_add(CHECKING_TIMEOUT_NS + 1),
+                    Ice::Failed => restart_at,
+                    Ice::Connected if !p.answered => p
+                        .connected_ns
+                        .map_or(u64::MAX, |at| at.saturating_add(UNANSWERED_NS + 1)),
+                    Ice::Connected => p
+                        .last_heard_ns
+                        .saturating_add(PEER_SILENCE_NS + 1)
+                        .max(restart_at),
+                };
+                due = due.min(check_at);
             }
             i += 1;
         }
@@ -937,9 +1046,30 @@ impl Session {
                 AgentPoll::GatheringComplete(c) => {
                     if let Some(mut s) = peer.agent.mut_stream(c.stream_id) {
                         s.end_of_local_candidates();
+                        // The TURN server refused or never answered the allocation: say so
+                        // (rice-proto only logs it), the peer may still connect directly.
+                        if peer.turn_local.is_some()
+                            && !peer.relay_checked
+                            && !s
+                                .local_candidates()
+                                .any(|c| c.candidate_type == CandidateType::Relayed)
+                        {
+                            self.counters.relay_failed += 1;
+                            errors.push(format!(
+                                "the TURN server gave no relay for peer {}",
+                                peer.id
+                            ));
+                        }
+                        peer.relay_checked = true;
                     }
                     peer.gathered_all = true;
                 }
+                // An adopted path stays until the controlling side restarts the pair.
+                AgentPoll::ComponentStateChange(_) if peer.adopted => {}
+                AgentPoll::SelectedPair(_) if peer.adopted => {}
+                #[cfg(test)]
+                AgentPoll::ComponentStateChange(_) | AgentPoll::SelectedPair(_)
+                    if self.lose_nominations && !peer.controlling => {}
                 AgentPoll::ComponentStateChange(c) => {
                     peer.ice = match c.state {
                         ComponentConnectionState::Connected => Ice::Connected,
@@ -1185,6 +1315,52 @@ fn remember<T: PartialEq>(list: &mut VecDeque<T>, item: T, max: usize) {
         list.pop_front();
     }
     list.push_back(item);
+}
+
+/// The controlled side takes the path an authentic, fresh frame came by, from our host
+/// socket `local` to one of the peer's own candidates `from`, when its agent has selected
+/// none: rice-proto 0.4.3 behind a NAT can drop the nomination (see [`UNANSWERED_NS`]) and
+/// leave the controlled side checking for good while the controlling side sends on the pair
+/// it nominated. The frame proves the peer sends from `from` (only the pair's key seals it;
+/// the replay window refuses a copy), and `from` must be a candidate the peer sent us, so a
+/// third party cannot point the path anywhere else. Returns whether the path was taken.
+fn adopt_path(peer: &mut Peer, local: SocketAddr, from: SocketAddr, now_ns: u64) -> bool {
+    let Some(mut stream) = peer.agent.mut_stream(peer.stream) else {
+        return false;
+    };
+    let Some(remote) = stream
+        .remote_candidates()
+        .iter()
+        .find(|c| c.address == from && c.transport_type == TransportType::Udp)
+        .cloned()
+    else {
+        return false;
+    };
+    let Some(local) = stream
+        .local_candidates()
+        .find(|c| {
+            c.candidate_type == CandidateType::Host
+                && c.transport_type == TransportType::Udp
+                && c.base_address == local
+        })
+        .cloned()
+    else {
+        return false;
+    };
+    let pair = CandidatePair::new(local, remote);
+    let Some(mut component) = stream.mut_component(peer.component) else {
+        return false;
+    };
+    if component.set_selected_pair(pair.clone()).is_err() {
+        return false;
+    }
+    remember_addr(&mut peer.known, pair.remote.address);
+    peer.pair = Some(pair);
+    peer.ice = Ice::Connected;
+    peer.adopted = true;
+    peer.connected_ns = Some(now_ns);
+    peer.pacer.restart();
+    true
 }
 
 fn remember_addr(list: &mut Vec<SocketAddr>, addr: SocketAddr) {

@@ -490,6 +490,26 @@ fn a_path_that_carries_nothing_back_is_restarted_within_two_seconds() {
     assert_eq!(sim.status(1).counters.paths_unanswered, 0);
 }
 
+/// The same failure as rice-proto has it: the controlled side's agent never selects a pair
+/// while the controlling side's does. The controlled side takes the path the controlling
+/// side's first authentic probe came by, answers it, and nothing restarts.
+#[test]
+fn the_controlled_side_takes_the_path_its_agent_never_selected() {
+    let mut sim = Sim::new(&[CODE, CODE], &[0, 250_000_000], symmetric(20));
+    sim.nodes[1].session.lose_nominations = true;
+    sim.connect_broker();
+    sim.run(sim.now + 2_000 * MS);
+    for i in 0..2 {
+        let s = sim.status(i);
+        let p = &s.peers[0];
+        assert_eq!(p.ice, "connected", "node {i}: {p:?}");
+        assert_eq!(p.restarts, 0, "node {i}: {p:?}");
+        assert!(p.offset_ms.is_some(), "node {i}: {p:?}");
+    }
+    assert_eq!(sim.status(1).counters.paths_adopted, 1);
+    assert_eq!(sim.status(0).counters.paths_unanswered, 0);
+}
+
 /// Node `i`'s local beat at simulation time `t`, and how far (ms) it lies from node `j`'s.
 fn apart_ms(sim: &Sim, i: usize, j: usize) -> f64 {
     let beat = |k: usize| {
@@ -630,4 +650,59 @@ fn through_a_minute_without_the_path_the_grid_holds_over_at_the_measured_drift()
         !grid.keeper && !grid.ours,
         "A still keeps the grid: {grid:?}"
     );
+}
+
+/// Each agent allocates its relay from a TURN socket of its own: a restart's fresh agent
+/// takes another socket, the old one is retired for the caller to replace once its delete
+/// has been answered, and an allocation that gave no relay is counted and said.
+#[test]
+fn each_agent_allocates_from_a_fresh_turn_socket_and_a_missing_relay_is_counted() {
+    let mut sim = Sim::new(&[CODE, CODE], &[0, 0], symmetric(10));
+    // A TURN server that never answers (its datagrams go nowhere in the simulation).
+    let node = &mut sim.nodes[0].session;
+    node.config.turn = Some(TurnServer {
+        addr: "203.0.113.9:3478".parse().unwrap(),
+        user: "u".into(),
+        pass: "p".into(),
+    });
+    let sockets: [SocketAddr; 2] = [
+        "198.51.100.10:6000".parse().unwrap(),
+        "198.51.100.10:6001".parse().unwrap(),
+    ];
+    for s in sockets {
+        node.add_turn_socket(s);
+    }
+    // No path either: the controlling side (node 0) restarts after CHECKING_TIMEOUT_NS.
+    sim.blackhole = true;
+    sim.connect_broker();
+    sim.run(sim.now + 100 * MS);
+    let first = sim.nodes[0].session.peers[0]
+        .turn_local
+        .expect("a TURN socket");
+    sim.run(sim.now + CHECKING_TIMEOUT_NS + 500 * MS);
+    let session = &mut sim.nodes[0].session;
+    assert_eq!(session.peers[0].stats.restarts, 1);
+    let second = session.peers[0].turn_local.expect("a TURN socket");
+    assert_ne!(
+        first, second,
+        "the fresh agent reuses the old allocation's 5-tuple"
+    );
+    assert_eq!(
+        session.poll_retired_turn(),
+        None,
+        "retired before its delete was answered"
+    );
+    assert!(session.counters.relay_failed >= 1, "{:?}", session.counters);
+    assert!(
+        session.errors.iter().any(|e| e.contains("gave no relay")),
+        "{:?}",
+        session.errors
+    );
+    sim.run(sim.now + TURN_RETIRE_NS);
+    let session = &mut sim.nodes[0].session;
+    assert_eq!(session.poll_retired_turn(), Some(first));
+    assert_eq!(session.poll_retired_turn(), None);
+    // The caller's fresh socket is free for the next agent.
+    session.add_turn_socket("198.51.100.10:6002".parse().unwrap());
+    assert_eq!(session.turn_free.len(), 1);
 }
