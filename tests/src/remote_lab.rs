@@ -457,3 +457,99 @@ pub fn grid_run(
         b,
     })
 }
+
+/// What one attempt of the relayed scenario ([`relay_attempt`]) saw.
+#[derive(Debug)]
+pub struct RelayAttempt {
+    /// Both studios ended connected to each other through the relay.
+    pub connected: bool,
+    /// Seconds from starting the runners to the first status line in which both showed the
+    /// path up (None: never).
+    pub path_after_s: Option<f64>,
+    /// The larger of the two offset errors against the truth, ms (when connected).
+    pub offset_error_ms: Option<f64>,
+    /// Each offset error lay within the bound its studio showed.
+    pub within_bound: bool,
+    /// A one-line account of each studio's last status (path, reads, restarts, counters).
+    pub account: String,
+}
+
+/// Studio A behind a symmetric NAT (a new public port per destination), B behind a home NAT,
+/// both with the lab's coturn as STUN and TURN (REST credentials from [`SECRET`]), 20 ms on
+/// each access link, for `seconds`: no hole can be punched to A, so the pair must go through
+/// the relay. `lab` must be built with `nat_a: Nat::Symmetric`, broker and TURN started.
+pub fn relay_attempt(lab: &WanLab, runner: &Path, seconds: u32) -> Result<RelayAttempt> {
+    let turn = [
+        "--turn".to_owned(),
+        format!(
+            "{}.{}.{}.{}:{TURN_PORT}",
+            SRV_IP[0], SRV_IP[1], SRV_IP[2], SRV_IP[3]
+        ),
+        "--turn-secret".to_owned(),
+        SECRET.to_owned(),
+    ];
+    let a = Studio::start(lab, Ns::HostA, runner, CODE, seconds, &turn)?;
+    // B stays 3 s longer: A's last report still has B.
+    let b = Studio::start(lab, Ns::HostB, runner, CODE, seconds + 3, &turn)?;
+    let (a, b) = (a.finish()?, b.finish()?);
+    let up = |s: &RemoteStatus| {
+        s.peers.len() == 1 && s.peers[0].ice == "connected" && s.peers[0].path == "relayed"
+    };
+    // Status lines come once a second from each runner, started together.
+    let path_after_s = a
+        .iter()
+        .zip(&b)
+        .position(|(a, b)| up(a) && up(b))
+        .map(|i| i as f64 + 1.0);
+    let a_last = a.last().context("no status from A")?;
+    let b_last = b
+        .iter()
+        .rfind(|s| !s.peers.is_empty())
+        .or(b.last())
+        .context("no status from B")?;
+    let account = [("A", a_last), ("B", b_last)]
+        .iter()
+        .map(|(name, s)| {
+            let c = &s.counters;
+            format!(
+                "{name}: {:?}, read {}, restarts {:?}, relays failed {}, unanswered {}, \
+                 adopted {}",
+                s.peers
+                    .iter()
+                    .map(|p| format!("{} via {} ({})", p.ice, p.path, p.pair))
+                    .collect::<Vec<_>>(),
+                c.datagrams_read,
+                s.peers.iter().map(|p| p.restarts).collect::<Vec<_>>(),
+                c.relay_failed,
+                c.paths_unanswered,
+                c.paths_adopted
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let connected = up(a_last) && up(b_last);
+    let mut offset_error_ms = None;
+    let mut within_bound = connected;
+    if connected {
+        for (us, them) in [(a_last, b_last), (b_last, a_last)] {
+            let p = &us.peers[0];
+            let truth = (us.clock_origin_ns.context("no clock origin")? as f64
+                - them.clock_origin_ns.context("no clock origin")? as f64)
+                / 1e6;
+            let (Some(offset), Some(bound)) = (p.offset_ms, p.offset_bound_ms) else {
+                within_bound = false;
+                continue;
+            };
+            let error = (offset - truth).abs();
+            within_bound &= error <= bound;
+            offset_error_ms = Some(offset_error_ms.map_or(error, |e: f64| e.max(error)));
+        }
+    }
+    Ok(RelayAttempt {
+        connected,
+        path_after_s,
+        offset_error_ms,
+        within_bound,
+        account,
+    })
+}

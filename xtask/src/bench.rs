@@ -200,6 +200,9 @@ pub fn main(args: &[String]) -> Result<()> {
             .and_then(|r| r[key].as_f64())
             .unwrap_or(f64::NAN)
     };
+    // The relayed path (symmetric NAT, coturn), several fresh attempts.
+    let relay = json_bench("remote_relay", 1)?;
+    let relay_value = |key: &str| relay[0][key].as_f64().unwrap_or(f64::NAN);
     // The attack suite's scenarios against the runner, with the no-attack figures beside them.
     let attacks = json_bench("attacks", 9)?;
     let link_value = |kind: &str, key: &str| {
@@ -481,6 +484,36 @@ pub fn main(args: &[String]) -> Result<()> {
                 .iter()
                 .any(|r| r["kind"] == "attack" && r["unchanged"] == true)
             {
+                1.0
+            } else {
+                0.0
+            },
+            "1=yes",
+            1.0,
+        ),
+        // Every attempt must connect through the relay; the slowest path, and the clock's
+        // error there against the truth (it must lie within the bound shown, 1 = yes).
+        Row::at_least(
+            "remote_relay_connected",
+            100.0 * relay_value("connected") / relay_value("attempts"),
+            "%",
+            100.0,
+        ),
+        Row::new(
+            "remote_relay_path_after_max",
+            relay_value("path_after_s_max"),
+            "s",
+            None,
+        ),
+        Row::new(
+            "remote_relay_offset_error_max",
+            relay_value("offset_error_ms_max"),
+            "ms",
+            Some(1.0),
+        ),
+        Row::at_least(
+            "remote_relay_error_within_bound",
+            if relay[0]["within_bound"] == true {
                 1.0
             } else {
                 0.0

@@ -15,7 +15,7 @@
 //!
 //! It is also an on-path attacker for the tests: it keeps a copy of the first
 //! [`CAPTURE_MAX`] Lockstep frames (first payload byte [`FRAME_V1`]) it saw cross from studio
-//! A's router to studio B's ([`Emulator::captured`]), and writes packets it is handed
+//! A's router to studio B's past the loss ([`Emulator::captured`]), and writes packets it is handed
 //! ([`Emulator::inject`]) onward at the pace asked, as if they had crossed the internet, so
 //! replays and forgeries reach B through B's own NAT with A's real addresses and ports.
 //!
@@ -369,11 +369,13 @@ impl Link {
         if packet.len() < 20 || packet[0] >> 4 != 4 {
             return;
         }
-        self.capture(packet);
         if self.rng.next_u64() % 1_000_000 < u64::from(self.config.loss_ppm) {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        // The attacker sits past the loss: a copy of a frame the path lost would reach B as
+        // that frame's first (late but authentic) arrival, not as a replay.
+        self.capture(packet);
         let src = side_of([packet[12], packet[13], packet[14], packet[15]]);
         let dst = side_of([packet[16], packet[17], packet[18], packet[19]]);
         let delay_us = i64::from(self.delay_ms(src) + self.delay_ms(dst)) * 1000;
