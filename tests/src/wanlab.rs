@@ -319,6 +319,13 @@ impl WanLab {
             &self.name(Ns::HostB),
             &["route", "add", "default", "via", "203.0.113.65"],
         )?;
+        // A real server has a default route. Without one, coturn's relay sending an ICE check
+        // to a peer's private host address failed at once (no route) and the allocation
+        // stopped relaying: one relayed attempt in four never connected, here only.
+        ip(
+            &self.name(Ns::Srv),
+            &["route", "add", "default", "dev", "eth0"],
+        )?;
         Ok(())
     }
 
