@@ -11,8 +11,7 @@
 
 use std::path::Path;
 
-use lockstep_host::remote_lab::{SECRET, relay_attempt};
-use lockstep_host::wanlab::{LabConfig, Nat, WanLab};
+use lockstep_host::remote_lab::relay_attempt;
 use serde_json::json;
 
 const RUNNER: &str = env!("CARGO_BIN_EXE_lockstep-headless");
@@ -30,15 +29,7 @@ fn run() -> anyhow::Result<()> {
     let (mut connected, mut within_bound) = (0, true);
     let (mut path_after_max, mut error_max) = (0.0f64, 0.0f64);
     for attempt in 0..ATTEMPTS {
-        let lab = WanLab::build(LabConfig {
-            nat_a: Nat::Symmetric,
-            delay_a_ms: 20,
-            delay_b_ms: 20,
-            ..LabConfig::default()
-        })?;
-        let _broker = lab.start_broker()?;
-        let _turn = lab.start_turn(SECRET)?;
-        let r = relay_attempt(&lab, Path::new(RUNNER), 12)?;
+        let r = relay_attempt(Path::new(RUNNER), 12)?;
         eprintln!(
             "remote relay bench: attempt {}: connected {}, path after {:?} s, offset error \
              {:?} ms; {}",

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::bundle::Build;
 use crate::harness::{Rng, ScriptPeer};
 use crate::link::{BeatSample, History, beat_samples, quantile};
-use crate::wanlab::{Ns, SRV_IP, TURN_PORT, WanLab};
+use crate::wanlab::{LabConfig, Nat, Ns, SRV_IP, TURN_PORT, WanLab};
 
 /// The session code the lab's studios type.
 pub const CODE: &str = "4817-7KQ3-M2XP-9FTR-HW4D";
@@ -477,8 +477,17 @@ pub struct RelayAttempt {
 /// Studio A behind a symmetric NAT (a new public port per destination), B behind a home NAT,
 /// both with the lab's coturn as STUN and TURN (REST credentials from [`SECRET`]), 20 ms on
 /// each access link, for `seconds`: no hole can be punched to A, so the pair must go through
-/// the relay. `lab` must be built with `nat_a: Nat::Symmetric`, broker and TURN started.
-pub fn relay_attempt(lab: &WanLab, runner: &Path, seconds: u32) -> Result<RelayAttempt> {
+/// the relay. Builds its own lab (broker and TURN started).
+pub fn relay_attempt(runner: &Path, seconds: u32) -> Result<RelayAttempt> {
+    let lab = WanLab::build(LabConfig {
+        nat_a: Nat::Symmetric,
+        delay_a_ms: 20,
+        delay_b_ms: 20,
+        ..LabConfig::default()
+    })?;
+    let _broker = lab.start_broker()?;
+    let _turn = lab.start_turn(SECRET)?;
+    let lab = &lab;
     let turn = [
         "--turn".to_owned(),
         format!(

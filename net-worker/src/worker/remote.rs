@@ -344,6 +344,16 @@ fn local_ip_toward(toward: SocketAddr) -> std::io::Result<std::net::IpAddr> {
     Ok(probe.local_addr()?.ip())
 }
 
+/// A TURN socket on the [`TURN`] token, with its address as the session knows it (`ip`,
+/// the host socket's routable address, and its port).
+fn open_turn_socket(
+    registry: &Registry,
+    ip: std::net::IpAddr,
+) -> Result<(UdpSocket, SocketAddr), String> {
+    let (sock, port) = bind_udp(registry, TURN)?;
+    Ok((sock, SocketAddr::new(ip, port)))
+}
+
 fn bind_udp(registry: &Registry, token: Token) -> Result<(UdpSocket, u16), String> {
     let mut sock = UdpSocket::bind("0.0.0.0:0".parse().expect("literal address"))
         .map_err(|e| format!("cannot open a UDP socket for the remote session: {e}"))?;
@@ -392,8 +402,7 @@ impl Running {
         let mut sockets = Vec::new();
         if turn.is_some() {
             for _ in 0..TURN_SOCKETS {
-                let (sock, port) = bind_udp(registry, TURN)?;
-                sockets.push((sock, SocketAddr::new(ip, port)));
+                sockets.push(open_turn_socket(registry, ip)?);
             }
         }
         let config = SessionConfig {
@@ -483,9 +492,8 @@ impl Running {
                 let (mut sock, _) = self.turn.swap_remove(at);
                 let _ = registry.deregister(&mut sock);
             }
-            match bind_udp(registry, TURN) {
-                Ok((sock, port)) => {
-                    let fresh = SocketAddr::new(self.host.ip(), port);
+            match open_turn_socket(registry, self.host.ip()) {
+                Ok((sock, fresh)) => {
                     self.turn.push((sock, fresh));
                     self.session.add_turn_socket(fresh);
                 }

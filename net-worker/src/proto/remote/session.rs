@@ -176,8 +176,6 @@ struct Peer {
     known: Vec<SocketAddr>,
     /// The TURN socket its agent allocates from (None: no TURN server, or none free).
     turn_local: Option<SocketAddr>,
-    /// Its agent finished gathering: whether a relayed candidate came of it is known.
-    relay_checked: bool,
     sealer: Sealer,
     opener: Opener,
     offset: OffsetEstimator,
@@ -198,6 +196,58 @@ struct Peer {
     last_heard_ns: u64,
     last_restart_ns: u64,
     stats: RemotePeerStatus,
+}
+
+impl Peer {
+    /// When the controlling side restarts this pair's ICE (ns): a path still checking after
+    /// [`CHECKING_TIMEOUT_NS`], a failed one, a connected one silent for [`PEER_SILENCE_NS`]
+    /// (those at most every [`RESTART_INTERVAL_NS`]), or one that never carried a frame back
+    /// ([`Peer::unanswered_at`]).
+    fn restart_at(&self) -> u64 {
+        let interval = self.last_restart_ns.saturating_add(RESTART_INTERVAL_NS);
+        match self.ice {
+            Ice::Checking => self
+                .last_restart_ns
+                .saturating_add(CHECKING_TIMEOUT_NS + 1)
+                .max(interval),
+            Ice::Failed => interval,
+            Ice::Connected => {
+                let silent = self
+                    .last_heard_ns
+                    .saturating_add(PEER_SILENCE_NS + 1)
+                    .max(interval);
+                self.unanswered_at().map_or(silent, |at| at.min(silent))
+            }
+        }
+    }
+
+    /// When a connected path that has carried no authenticated frame back counts as
+    /// unanswered ([`UNANSWERED_NS`]); None once one came. Its own wait bounds how often
+    /// this restarts (a path must come up first).
+    fn unanswered_at(&self) -> Option<u64> {
+        if self.ice != Ice::Connected || self.answered {
+            return None;
+        }
+        self.connected_ns
+            .map(|at| at.saturating_add(UNANSWERED_NS + 1))
+    }
+
+    /// Use `pair` for this peer's datagrams (rice sends on it) and let its remote address
+    /// reach the agent.
+    fn select_pair(&mut self, pair: CandidatePair) -> bool {
+        let Some(mut stream) = self.agent.mut_stream(self.stream) else {
+            return false;
+        };
+        let Some(mut component) = stream.mut_component(self.component) else {
+            return false;
+        };
+        if component.set_selected_pair(pair.clone()).is_err() {
+            return false;
+        }
+        remember_addr(&mut self.known, pair.remote.address);
+        self.pair = Some(pair);
+        true
+    }
 }
 
 /// The session.
@@ -567,7 +617,6 @@ impl Session {
             pair: None,
             known,
             turn_local,
-            relay_checked: false,
             sealer: Sealer::new(&self.root.datagram_key(self.config.me, id), 0),
             opener: Opener::new(&self.root.datagram_key(id, self.config.me), 0),
             offset: OffsetEstimator::new(),
@@ -867,21 +916,8 @@ impl Session {
                 self.error(format!("peer {id} is gone (silent for 3 minutes)"));
                 continue;
             }
-            let silent =
-                p.ice == Ice::Connected && now_ns.saturating_sub(p.last_heard_ns) > PEER_SILENCE_NS;
-            let stalled = p.ice == Ice::Checking
-                && now_ns.saturating_sub(p.last_restart_ns) > CHECKING_TIMEOUT_NS;
-            let failed = p.ice == Ice::Failed || stalled;
-            // Its own wait bounds how often this one restarts (a path must come up first).
-            let unanswered = p.ice == Ice::Connected
-                && !p.answered
-                && p.connected_ns
-                    .is_some_and(|at| now_ns.saturating_sub(at) > UNANSWERED_NS);
-            if p.controlling
-                && ((silent || failed)
-                    && now_ns.saturating_sub(p.last_restart_ns) >= RESTART_INTERVAL_NS
-                    || unanswered)
-            {
+            let unanswered = p.unanswered_at().is_some_and(|at| now_ns >= at);
+            if p.controlling && now_ns >= p.restart_at() {
                 if unanswered {
                     let id = p.id;
                     self.counters.paths_unanswered += 1;
@@ -891,23 +927,10 @@ impl Session {
                 }
                 self.restart(i, now_ns);
             }
-            // The controlling side's checks of this pair come due even when nothing else
-            // wakes the session (a dead path has no agent timers left after ~5 s).
-            let p = &self.peers[i];
-            if p.controlling {
-                let restart_at = p.last_restart_ns.saturating_add(RESTART_INTERVAL_NS);
-                let check_at = match p.ice {
-                    Ice::Checking => p.last_restart_ns.saturating_add(CHECKING_TIMEOUT_NS + 1),
-                    Ice::Failed => restart_at,
-                    Ice::Connected if !p.answered => p
-                        .connected_ns
-                        .map_or(u64::MAX, |at| at.saturating_add(UNANSWERED_NS + 1)),
-                    Ice::Connected => p
-                        .last_heard_ns
-                        .saturating_add(PEER_SILENCE_NS + 1)
-                        .max(restart_at),
-                };
-                due = due.min(check_at);
+            // Due even when nothing else wakes the session (a dead path has no agent timers
+            // left after ~5 s).
+            if self.peers[i].controlling {
+                due = due.min(self.peers[i].restart_at());
             }
             i += 1;
         }
@@ -1049,7 +1072,7 @@ impl Session {
                         // The TURN server refused or never answered the allocation: say so
                         // (rice-proto only logs it), the peer may still connect directly.
                         if peer.turn_local.is_some()
-                            && !peer.relay_checked
+                            && !peer.gathered_all
                             && !s
                                 .local_candidates()
                                 .any(|c| c.candidate_type == CandidateType::Relayed)
@@ -1060,7 +1083,6 @@ impl Session {
                                 peer.id
                             ));
                         }
-                        peer.relay_checked = true;
                     }
                     peer.gathered_all = true;
                 }
@@ -1090,14 +1112,7 @@ impl Session {
                     }
                 }
                 AgentPoll::SelectedPair(p) => {
-                    let pair = p.selected.candidate_pair().clone();
-                    if let Some(mut s) = peer.agent.mut_stream(p.stream_id)
-                        && let Some(mut c) = s.mut_component(p.component_id)
-                    {
-                        let _ = c.set_selected_pair(pair.clone());
-                    }
-                    remember_addr(&mut peer.known, pair.remote.address);
-                    peer.pair = Some(pair);
+                    peer.select_pair(p.selected.candidate_pair().clone());
                 }
                 AgentPoll::AllocateSocket(s) => {
                     // TCP only; we gather over UDP.
@@ -1325,7 +1340,7 @@ fn remember<T: PartialEq>(list: &mut VecDeque<T>, item: T, max: usize) {
 /// the replay window refuses a copy), and `from` must be a candidate the peer sent us, so a
 /// third party cannot point the path anywhere else. Returns whether the path was taken.
 fn adopt_path(peer: &mut Peer, local: SocketAddr, from: SocketAddr, now_ns: u64) -> bool {
-    let Some(mut stream) = peer.agent.mut_stream(peer.stream) else {
+    let Some(stream) = peer.agent.stream(peer.stream) else {
         return false;
     };
     let Some(remote) = stream
@@ -1347,15 +1362,9 @@ fn adopt_path(peer: &mut Peer, local: SocketAddr, from: SocketAddr, now_ns: u64)
     else {
         return false;
     };
-    let pair = CandidatePair::new(local, remote);
-    let Some(mut component) = stream.mut_component(peer.component) else {
-        return false;
-    };
-    if component.set_selected_pair(pair.clone()).is_err() {
+    if !peer.select_pair(CandidatePair::new(local, remote)) {
         return false;
     }
-    remember_addr(&mut peer.known, pair.remote.address);
-    peer.pair = Some(pair);
     peer.ice = Ice::Connected;
     peer.adopted = true;
     peer.connected_ns = Some(now_ns);
