@@ -56,7 +56,12 @@ pub const ANNOUNCE_LIFETIME_MS: u64 = 120_000;
 /// A directed message expires this long after it was sealed.
 pub const DIRECTED_LIFETIME_MS: u64 = 60_000;
 /// A connected peer silent this long has lost its path: the controlling side restarts ICE.
-pub const PEER_SILENCE_NS: u64 = 10_000_000_000;
+/// Probes go at least four a second each way ([`super::probe::SLOW_INTERVAL_NS`]) and are
+/// answered, so 2 s of silence is sixteen frames lost in a row (at 2 % loss, about once in
+/// 10^27 tries): a path that died, a relay that went away or a NAT that forgot our binding,
+/// not loss. The target is a recovery within 5 s of such a change; a restart costs one
+/// round of checks (about a second over the WAN).
+pub const PEER_SILENCE_NS: u64 = 2_000_000_000;
 /// How often the keeper's last timeline is re-mapped through the offset estimate (ns).
 pub const HOLDOVER_NS: u64 = 250_000_000;
 /// Restarts for one peer at most this often.
@@ -190,6 +195,9 @@ struct Peer {
     connected_ns: Option<u64>,
     /// An authenticated frame arrived since the current path came up.
     answered: bool,
+    /// The last authenticated frame, or when the current path came up (ns): the path's
+    /// silence, which a broker message must not hide.
+    frame_heard_ns: u64,
     /// The path was taken from the peer's frames, not selected by the agent
     /// ([`adopt_path`]): the agent's own state changes no longer move it.
     adopted: bool,
@@ -213,7 +221,7 @@ impl Peer {
             Ice::Failed => interval,
             Ice::Connected => {
                 let silent = self
-                    .last_heard_ns
+                    .frame_heard_ns
                     .saturating_add(PEER_SILENCE_NS + 1)
                     .max(interval);
                 self.unanswered_at().map_or(silent, |at| at.min(silent))
@@ -626,6 +634,7 @@ impl Session {
             last_timeline: None,
             connected_ns: None,
             answered: false,
+            frame_heard_ns: now_ns,
             adopted: false,
             last_heard_ns: now_ns,
             last_restart_ns: now_ns,
@@ -786,6 +795,7 @@ impl Session {
             }
         };
         peer.last_heard_ns = now_ns;
+        peer.frame_heard_ns = now_ns;
         peer.answered = true;
         peer.stats.datagrams_in += 1;
         if let Some((local, from)) = direct
@@ -1104,6 +1114,7 @@ impl Session {
                     };
                     if peer.ice == Ice::Connected {
                         peer.last_heard_ns = now_ns;
+                        peer.frame_heard_ns = now_ns;
                         peer.pacer.restart();
                         peer.connected_ns = Some(now_ns);
                         peer.answered = false;

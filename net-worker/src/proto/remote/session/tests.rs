@@ -407,6 +407,55 @@ fn a_path_that_goes_dead_restarts_and_recovers_keeping_the_clock_estimate() {
     assert!((offset - 250.0).abs() < 0.5, "{offset}");
 }
 
+/// The holdover target: a path that dies (an address change, a NAT that forgot our
+/// binding, a relay gone) is back within 5 s. Silence for [`PEER_SILENCE_NS`] restarts it;
+/// 1.5 s of total loss (six probes each way) does not.
+#[test]
+fn a_dead_path_is_back_within_five_seconds_and_a_short_loss_restarts_nothing() {
+    let mut sim = Sim::new(&[CODE, CODE], &[0, 0], symmetric(40));
+    sim.connect_broker();
+    sim.run(sim.now + 6_000 * MS);
+    assert_eq!(sim.status(0).peers[0].ice, "connected");
+    let restarts = |sim: &Sim| sim.status(0).peers[0].restarts;
+    let before = restarts(&sim);
+    sim.blackhole = true;
+    sim.run(sim.now + 1_500 * MS);
+    sim.blackhole = false;
+    sim.run(sim.now + 3_000 * MS);
+    assert_eq!(restarts(&sim), before, "1.5 s of loss restarted the path");
+    // Now the path dies for good (the old one never comes back: every datagram is lost
+    // until the restart, as after an address change), and the new one works.
+    let died = sim.now;
+    sim.blackhole = true;
+    while restarts(&sim) == before && sim.now < died + 3_000 * MS {
+        sim.run(sim.now + 10 * MS);
+    }
+    let restarted = sim.now - died;
+    assert!(
+        (PEER_SILENCE_NS..PEER_SILENCE_NS + 100 * MS).contains(&restarted),
+        "restarted {} ms after the path died",
+        restarted / MS
+    );
+    sim.blackhole = false;
+    while !(0..2).all(|i| {
+        let p = &sim.status(i).peers[0];
+        p.ice == "connected" && p.restarts > before
+    }) && sim.now < died + 10_000 * MS
+    {
+        sim.run(sim.now + 10 * MS);
+    }
+    let back = sim.now - died;
+    assert!(
+        back <= 5_000 * MS,
+        "back {} ms after the path died",
+        back / MS
+    );
+    // Frames flow again on the new path.
+    let heard = sim.status(0).peers[0].pongs;
+    sim.run(sim.now + 1_000 * MS);
+    assert!(sim.status(0).peers[0].pongs > heard);
+}
+
 #[test]
 fn three_studios_form_a_mesh() {
     let mut sim = Sim::new(
