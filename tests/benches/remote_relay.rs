@@ -29,7 +29,7 @@ fn run() -> anyhow::Result<()> {
     let (mut connected, mut within_bound) = (0, true);
     let (mut path_after_max, mut error_max) = (0.0f64, 0.0f64);
     for attempt in 0..ATTEMPTS {
-        let r = relay_attempt(Path::new(RUNNER), 12)?;
+        let r = relay_attempt(Path::new(RUNNER), 12, None)?;
         eprintln!(
             "remote relay bench: attempt {}: connected {}, path after {:?} s, offset error \
              {:?} ms; {}",

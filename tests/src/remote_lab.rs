@@ -34,6 +34,20 @@ struct Line {
     plugin: ExportedStatus,
 }
 
+/// The runner flags for the lab's coturn as TURN server, with REST credentials from
+/// [`SECRET`].
+pub fn turn_args() -> Vec<String> {
+    vec![
+        "--turn".to_owned(),
+        format!(
+            "{}.{}.{}.{}:{TURN_PORT}",
+            SRV_IP[0], SRV_IP[1], SRV_IP[2], SRV_IP[3]
+        ),
+        "--turn-secret".to_owned(),
+        SECRET.to_owned(),
+    ]
+}
+
 /// A runner in a lab namespace, its status lines read on a thread.
 pub struct Studio {
     child: Child,
@@ -277,12 +291,14 @@ fn peer_args(a: &[&str]) -> Vec<String> {
 /// The one-grid scenario on `lab` (broker and TURN already started): a real Link peer on each
 /// LAN, A's starting to play at 130 BPM after 1 s and changing to 140 BPM at `change_at` s,
 /// B's stopped at 90 BPM; a runner on each LAN in Link Follow, both with the lab's code, for
-/// `seconds` (the peers run 2 s longer), B's with `--remote-align align_b_ms` (its phase is
-/// then measured against A's that much earlier), and `attack` on B if given. Each peer prints
-/// its beat every 10 ms.
+/// `seconds` (the peers run 2 s longer), both with `extra` flags (e.g. [`turn_args`]), B's
+/// with `--remote-align align_b_ms` (its phase is then measured against A's that much
+/// earlier), and `attack` on B if given. Each peer prints its beat every 10 ms.
+#[allow(clippy::too_many_arguments)]
 pub fn grid_run(
     lab: &WanLab,
     runner: &Path,
+    extra: &[String],
     seconds: u32,
     change_at: u32,
     align_b_ms: u32,
@@ -311,7 +327,8 @@ pub fn grid_run(
     // peer joins (its 120 BPM instead of A's 130). Musicians' apps run before they start a
     // session; so do these.
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let link = peer_args(&["--link", "follow", "--link-interface", "eth0"]);
+    let mut link = peer_args(&["--link", "follow", "--link-interface", "eth0"]);
+    link.extend_from_slice(extra);
     let entered = raw_us();
     let a = Studio::start(lab, Ns::HostA, runner, CODE, seconds, &link)?;
     let mut link_b = link.clone();
@@ -458,9 +475,24 @@ pub fn grid_run(
     })
 }
 
+/// The relay going away: coturn is stopped `from_s` after the runners started and a fresh
+/// coturn (every allocation lost, as after a server restart) starts at `to_s`.
+#[derive(Debug, Clone, Copy)]
+pub struct Outage {
+    /// Seconds after the runners started.
+    pub from_s: u32,
+    /// Seconds after the runners started.
+    pub to_s: u32,
+}
+
 /// What one attempt of the relayed scenario ([`relay_attempt`]) saw.
 #[derive(Debug)]
 pub struct RelayAttempt {
+    /// For each status line (one a second from each runner, the first 1 s after the start):
+    /// both studios showed each other connected through the relay.
+    pub up: Vec<bool>,
+    /// ICE restarts of the pair at the end (A's count plus B's).
+    pub restarts: u64,
     /// Both studios ended connected to each other through the relay.
     pub connected: bool,
     /// Seconds from starting the runners to the first status line in which both showed the
@@ -477,8 +509,9 @@ pub struct RelayAttempt {
 /// Studio A behind a symmetric NAT (a new public port per destination), B behind a home NAT,
 /// both with the lab's coturn as STUN and TURN (REST credentials from [`SECRET`]), 20 ms on
 /// each access link, for `seconds`: no hole can be punched to A, so the pair must go through
-/// the relay. Builds its own lab (broker and TURN started).
-pub fn relay_attempt(runner: &Path, seconds: u32) -> Result<RelayAttempt> {
+/// the relay. Builds its own lab (broker and TURN started); `outage` takes the relay away
+/// for a while.
+pub fn relay_attempt(runner: &Path, seconds: u32, outage: Option<Outage>) -> Result<RelayAttempt> {
     let lab = WanLab::build(LabConfig {
         nat_a: Nat::Symmetric,
         delay_a_ms: 20,
@@ -486,30 +519,28 @@ pub fn relay_attempt(runner: &Path, seconds: u32) -> Result<RelayAttempt> {
         ..LabConfig::default()
     })?;
     let _broker = lab.start_broker()?;
-    let _turn = lab.start_turn(SECRET)?;
+    let mut relay = Some(lab.start_turn(SECRET)?);
     let lab = &lab;
-    let turn = [
-        "--turn".to_owned(),
-        format!(
-            "{}.{}.{}.{}:{TURN_PORT}",
-            SRV_IP[0], SRV_IP[1], SRV_IP[2], SRV_IP[3]
-        ),
-        "--turn-secret".to_owned(),
-        SECRET.to_owned(),
-    ];
+    let turn = turn_args();
+    let started = std::time::Instant::now();
     let a = Studio::start(lab, Ns::HostA, runner, CODE, seconds, &turn)?;
     // B stays 3 s longer: A's last report still has B.
     let b = Studio::start(lab, Ns::HostB, runner, CODE, seconds + 3, &turn)?;
+    if let Some(outage) = outage {
+        let at = |s: u32| started + Duration::from_secs(s.into());
+        std::thread::sleep(at(outage.from_s).saturating_duration_since(std::time::Instant::now()));
+        drop(relay.take());
+        std::thread::sleep(at(outage.to_s).saturating_duration_since(std::time::Instant::now()));
+        relay = Some(lab.start_turn(SECRET)?);
+    }
     let (a, b) = (a.finish()?, b.finish()?);
+    drop(relay);
     let up = |s: &RemoteStatus| {
         s.peers.len() == 1 && s.peers[0].ice == "connected" && s.peers[0].path == "relayed"
     };
     // Status lines come once a second from each runner, started together.
-    let path_after_s = a
-        .iter()
-        .zip(&b)
-        .position(|(a, b)| up(a) && up(b))
-        .map(|i| i as f64 + 1.0);
+    let both_up: Vec<bool> = a.iter().zip(&b).map(|(a, b)| up(a) && up(b)).collect();
+    let path_after_s = both_up.iter().position(|&u| u).map(|i| i as f64 + 1.0);
     let a_last = a.last().context("no status from A")?;
     let b_last = b
         .iter()
@@ -554,7 +585,13 @@ pub fn relay_attempt(runner: &Path, seconds: u32) -> Result<RelayAttempt> {
             offset_error_ms = Some(offset_error_ms.map_or(error, |e: f64| e.max(error)));
         }
     }
+    let restarts = [a_last, b_last]
+        .iter()
+        .flat_map(|s| s.peers.iter().map(|p| p.restarts))
+        .sum();
     Ok(RelayAttempt {
+        up: both_up,
+        restarts,
         connected,
         path_after_s,
         offset_error_ms,

@@ -3,8 +3,10 @@
 //! mosquitto in `srv`, find their public addresses with the real coturn's STUN, reach each
 //! other directly through two home NATs with ICE and measure their clocks over the path with
 //! sealed probes. A third runner with the wrong code in the same room never joins and is
-//! counted as forged. (The relayed path behind a symmetric NAT connects in about four runs of
-//! five, so it is measured by `cargo xtask bench` (`remote_relay_*`), not tested here yet.)
+//! counted as forged. Behind a symmetric NAT no hole can be punched: the pair goes through the
+//! real coturn's relay, plays the same grid to the same tolerance, and when the relay goes away
+//! (coturn stopped, then a fresh one started: every allocation lost) the session comes back
+//! through the new relay by itself.
 //!
 //! One beat grid: a real Link peer (aalink) on each LAN, each runner in Link Follow on its
 //! LAN. A's peer plays and changes tempo; B's peer, stopped at another tempo, must take A's
@@ -22,8 +24,10 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
-use lockstep_host::remote_lab::{Attack, CODE, SECRET, Studio, WRONG_CODE, grid_run};
-use lockstep_host::wanlab::{LabConfig, Ns, WanLab};
+use lockstep_host::remote_lab::{
+    Attack, CODE, Outage, SECRET, Studio, WRONG_CODE, grid_run, relay_attempt, turn_args,
+};
+use lockstep_host::wanlab::{LabConfig, Nat, Ns, WanLab};
 use lockstep_net::status::remote::{RemotePeerStatus, RemoteStatus};
 
 const RUNNER: &str = env!("CARGO_BIN_EXE_lockstep-headless");
@@ -136,6 +140,7 @@ fn two_studios_behind_home_nats_meet_by_code_and_connect_directly() -> Result<()
 fn two_link_sessions_across_the_wan_play_one_beat_grid() -> Result<()> {
     // 10,000 datagrams over 5 s, 2,000 a second, from 1 s after B plays A's grid.
     check_grid_run(
+        Route::Direct,
         0,
         Some(Attack {
             count: 10_000,
@@ -149,20 +154,106 @@ fn two_link_sessions_across_the_wan_play_one_beat_grid() -> Result<()> {
 /// peer plays A's grid 30 ms later, held to the same tolerance.
 #[test]
 fn an_aligned_studio_plays_the_grid_later_by_its_setting() -> Result<()> {
-    check_grid_run(30, None)
+    check_grid_run(Route::Direct, 30, None)
 }
 
-/// One grid run on a 40 ms path, checked: phase (against A's peer `align_b_ms` earlier),
-/// tempo change, start, and both grids' counters.
-fn check_grid_run(align_b_ms: u32, attack: Option<Attack>) -> Result<()> {
+/// Studio A behind a symmetric NAT (a new public port for every destination): no hole can be
+/// punched to it, so the pair goes through the lab's coturn, and the grid holds to the same
+/// tolerance over the relay.
+#[test]
+fn a_studio_behind_a_symmetric_nat_plays_the_grid_through_the_relay() -> Result<()> {
+    check_grid_run(Route::Relayed, 0, None)
+}
+
+/// The relayed pair loses its relay 10 s in (coturn stopped) and gets a fresh one 8 s later
+/// (every allocation lost, as when a TURN server restarts): the controlling side hears nothing
+/// for 2 s and restarts ICE until a relay answers again, and the session is back through the
+/// new relay with its clock still right. Printed: when it was back.
+#[test]
+fn a_relayed_session_comes_back_after_the_relay_goes_away() -> Result<()> {
+    let outage = Outage {
+        from_s: 10,
+        to_s: 18,
+    };
+    let mut r = relay_attempt(Path::new(RUNNER), 36, Some(outage))?;
+    // The last second is A leaving (B may already have heard its goodbye).
+    r.up.truncate(34);
+    let line = |i: usize| i + 1;
+    let up_before = r.up.iter().take(outage.from_s as usize - 1).any(|&u| u);
+    let down_during = r.up[outage.from_s as usize..outage.to_s as usize]
+        .iter()
+        .any(|&u| !u);
+    // The first line from which the pair stayed up to the end, in seconds after the relay
+    // came back.
+    let back =
+        r.up.iter()
+            .rposition(|&u| !u)
+            .map_or(0, |i| line(i + 1))
+            .saturating_sub(outage.to_s as usize);
+    eprintln!(
+        "relay outage {}–{} s: up {:?}; back {back} s after the relay returned; restarts {}, offset error {:?} ms; {}",
+        outage.from_s,
+        outage.to_s,
+        r.up.iter().map(|&u| u8::from(u)).collect::<Vec<_>>(),
+        r.restarts,
+        r.offset_error_ms,
+        r.account
+    );
+    ensure!(
+        up_before,
+        "never up through the relay before the outage: {}",
+        r.account
+    );
+    ensure!(
+        down_during,
+        "the path never went down while the relay was away: {}",
+        r.account
+    );
+    ensure!(r.connected && r.restarts >= 1, "{}", r.account);
+    // A restart every 5–6 s at most while no relay answers, then a round of checks.
+    ensure!(
+        back <= 10,
+        "back {back} s after the relay returned: {}",
+        r.account
+    );
+    ensure!(
+        r.within_bound && r.offset_error_ms.is_some_and(|e| e < 1.0),
+        "offset error {:?} ms (within bound {}): {}",
+        r.offset_error_ms,
+        r.within_bound,
+        r.account
+    );
+    Ok(())
+}
+
+/// How the two studios reach each other.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Route {
+    /// Both behind home NATs: a hole is punched, direct.
+    Direct,
+    /// A behind a symmetric NAT, both given the lab's TURN: through the relay.
+    Relayed,
+}
+
+/// One grid run on a 40 ms path by `route`, checked: phase (against A's peer `align_b_ms`
+/// earlier), tempo change, start, the path, and both grids' counters.
+fn check_grid_run(route: Route, align_b_ms: u32, attack: Option<Attack>) -> Result<()> {
     let lab = WanLab::build(LabConfig {
+        nat_a: match route {
+            Route::Direct => Nat::Home,
+            Route::Relayed => Nat::Symmetric,
+        },
         delay_a_ms: 20,
         delay_b_ms: 20,
         ..LabConfig::default()
     })?;
     let _broker = lab.start_broker()?;
     let _turn = lab.start_turn(SECRET)?;
-    let run = grid_run(&lab, Path::new(RUNNER), 22, 18, align_b_ms, attack)?;
+    let extra = match route {
+        Route::Direct => Vec::new(),
+        Route::Relayed => turn_args(),
+    };
+    let run = grid_run(&lab, Path::new(RUNNER), &extra, 22, 18, align_b_ms, attack)?;
     let (p50, p99, max) = run.quantiles();
     // How the path came up: restarts, and those for a path that carried nothing back.
     let restarts = |st: &[lockstep_net::status::remote::RemoteStatus]| {
@@ -179,7 +270,7 @@ fn check_grid_run(align_b_ms: u32, attack: Option<Attack>) -> Result<()> {
         restarts(&run.b)
     );
     eprintln!(
-        "B aligned {align_b_ms} ms: grid shared {:.2} s after the code was entered; tempo change followed after {:.1} ms; \
+        "{route:?}, B aligned {align_b_ms} ms: grid shared {:.2} s after the code was entered; tempo change followed after {:.1} ms; \
          phase error p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({:.1} s in) over {} samples \
          ({} readings left out)",
         run.time_to_grid_s,
@@ -236,7 +327,18 @@ fn check_grid_run(align_b_ms: u32, attack: Option<Attack>) -> Result<()> {
     ensure!((osc("/lockstep/remote/tempo")?.as_f64().unwrap_or(0.0) - 140.0).abs() < 0.01);
     ensure!(osc("/lockstep/remote/playing")? == 1);
     ensure!(osc("/lockstep/remote/align")?.as_f64() == Some(f64::from(align_b_ms)));
-    ensure!(osc("/lockstep/remote/studio/1/path")? == "direct");
+    let path = match route {
+        Route::Direct => "direct",
+        Route::Relayed => "relayed",
+    };
+    ensure!(osc("/lockstep/remote/studio/1/path")? == path);
+    for (name, st) in [("A", &run.a), ("B", &run.b)] {
+        let last = st
+            .iter()
+            .rfind(|s| !s.peers.is_empty())
+            .context("no peer")?;
+        ensure!(only_peer(last)?.path == path, "{name}: {last:#?}");
+    }
     let rtt = osc("/lockstep/remote/studio/1/rtt")?
         .as_f64()
         .unwrap_or(0.0);

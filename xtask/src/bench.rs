@@ -193,10 +193,17 @@ pub fn main(args: &[String]) -> Result<()> {
     let link = json_bench("link_sync", 4)?;
     // Remote studios: one beat grid across the emulated WAN (40 ± 5 ms, 2 % loss), aalink on
     // both LANs.
-    let grid = json_bench("remote_grid", 4)?;
+    // Then the same over the relayed path (symmetric NAT, coturn).
+    let grid = json_bench("remote_grid", 6)?;
     let grid_value = |kind: &str, key: &str| {
         grid.iter()
             .find(|r| r["kind"] == kind)
+            .and_then(|r| r[key].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    let grid_path = |kind: &str, path: &str, key: &str| {
+        grid.iter()
+            .find(|r| r["kind"] == kind && r["path"] == path)
             .and_then(|r| r[key].as_f64())
             .unwrap_or(f64::NAN)
     };
@@ -438,27 +445,51 @@ pub fn main(args: &[String]) -> Result<()> {
         // one-way delay + 50 ms.
         Row::new(
             "remote_grid_phase_direct_p50",
-            grid_value("phase", "p50_us"),
+            grid_path("phase", "direct", "p50_us"),
             "µs",
             None,
         ),
         Row::new(
             "remote_grid_phase_direct_p99",
-            grid_value("phase", "p99_us"),
+            grid_path("phase", "direct", "p99_us"),
             "µs",
             Some(1000.0),
         ),
         Row::new(
             "remote_grid_phase_direct_max",
-            grid_value("phase", "max_us"),
+            grid_path("phase", "direct", "max_us"),
             "µs",
             Some(2000.0),
         ),
         Row::new(
             "remote_time_to_grid_direct",
-            grid_value("time_to_grid", "s"),
+            grid_path("time_to_grid", "direct", "s"),
             "s",
             Some(3.0),
+        ),
+        Row::new(
+            "remote_grid_phase_relayed_p50",
+            grid_path("phase", "relayed", "p50_us"),
+            "µs",
+            None,
+        ),
+        Row::new(
+            "remote_grid_phase_relayed_p99",
+            grid_path("phase", "relayed", "p99_us"),
+            "µs",
+            Some(1000.0),
+        ),
+        Row::new(
+            "remote_grid_phase_relayed_max",
+            grid_path("phase", "relayed", "max_us"),
+            "µs",
+            Some(2000.0),
+        ),
+        Row::new(
+            "remote_time_to_grid_relayed",
+            grid_path("time_to_grid", "relayed", "s"),
+            "s",
+            Some(5.0),
         ),
         Row::new(
             "remote_tempo_change_to_far_peer",
