@@ -512,6 +512,8 @@ mod tests {
                 rx_repaired: 0,
                 sent: 0,
                 received: 0,
+                align_ms: None,
+                ck_exchanges: 0,
             }],
             resolving: Vec::new(),
             malformed: 0,

@@ -262,7 +262,17 @@ pub struct PeerSettings {
     /// Send the recovery journal (Chapter Q: a receiver that lost a Start, Stop, SPP or
     /// clocks recovers from the next packet). On by default; off for a peer that chokes on it.
     pub journal: bool,
+    /// Align to the measured latency: send this peer's clock earlier by its measured one-way
+    /// delay (half the best recent CK round trip, at most [`MAX_PEER_ALIGN_MS`]), so it plays on the
+    /// beat rather than one path delay late (a peer across the internet). `offset_ms` adds to
+    /// it.
+    pub align: bool,
 }
+
+/// The most an aligned peer is sent early for its latency, ms: a round trip of 500 ms is
+/// already no musical connection, and a peer that delays its CK answers must not make us
+/// predict the clock further ahead than this.
+pub const MAX_PEER_ALIGN_MS: f64 = 250.0;
 
 impl Default for NetSettings {
     fn default() -> Self {
@@ -296,6 +306,7 @@ impl Default for PeerSettings {
             offset_ms: 0.0,
             enabled: true,
             journal: true,
+            align: false,
         }
     }
 }

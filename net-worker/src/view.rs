@@ -52,6 +52,9 @@ pub struct PeerRow {
     pub rtt_ms: Option<f64>,
     /// Round-trip spread, ms.
     pub jitter_ms: Option<f64>,
+    /// Aligned to its measured latency: its clock is sent this much earlier, ms.
+    #[serde(default)]
+    pub align_ms: Option<f64>,
     /// RTP-MIDI packets sent to it.
     pub sent: u64,
     /// RTP-MIDI packets received from it.
@@ -391,6 +394,7 @@ pub fn peer_row(p: &PeerReport) -> PeerRow {
         health,
         rtt_ms: p.rtt_us.map(|r| r / 1e3),
         jitter_ms: p.jitter_us.map(|j| j / 1e3),
+        align_ms: p.align_ms,
         sent: p.sent,
         received: p.received,
         lost: p.rx_lost,
@@ -480,6 +484,8 @@ mod tests {
             rx_repaired: 0,
             sent: 40,
             received: 3,
+            align_ms: None,
+            ck_exchanges: 5,
         }
     }
 

@@ -205,7 +205,11 @@ fn status_page(ui: &mut egui::Ui, model: &Model) {
                     ui.label(&p.name);
                     ui.label(&p.address);
                     ui.label(&p.protocol);
-                    ui.label(ms(p.rtt_ms));
+                    match p.align_ms {
+                        Some(early) => ui.label(format!("{}, sent {early:.1} ms early", ms(p.rtt_ms)))
+                            .on_hover_text("aligned to the measured latency: its clock is sent half the round trip early, so it plays on the beat"),
+                        None => ui.label(ms(p.rtt_ms)),
+                    };
                     ui.label(ms(p.jitter_ms));
                     ui.label(p.sent.to_string());
                     ui.label(p.received.to_string());
@@ -360,7 +364,16 @@ fn settings_page(ui: &mut egui::Ui, panel: &mut Panel, model: &Model, actions: &
         egui::Grid::new("peer_settings")
             .striped(true)
             .show(ui, |ui| {
-                for h in ["on", "name", "host", "port", "offset ms", "journal", ""] {
+                for h in [
+                    "on",
+                    "name",
+                    "host",
+                    "port",
+                    "offset ms",
+                    "journal",
+                    "align",
+                    "",
+                ] {
                     ui.strong(h);
                 }
                 ui.end_row();
@@ -371,6 +384,11 @@ fn settings_page(ui: &mut egui::Ui, panel: &mut Panel, model: &Model, actions: &
                     ui.add(egui::DragValue::new(&mut p.port).range(1..=65535));
                     ui.add(egui::DragValue::new(&mut p.offset_ms).range(-250.0..=250.0));
                     ui.checkbox(&mut p.journal, "");
+                    ui.checkbox(&mut p.align, "").on_hover_text(
+                        "align to the measured latency: send this peer's clock half the \
+                         measured round trip early (a peer across the internet plays on the \
+                         beat, not one path delay late); the offset adds to it",
+                    );
                     if ui.button("remove").clicked() {
                         remove = Some(i);
                     }
@@ -940,6 +958,8 @@ pub fn demo_model(peers: usize, log_lines: usize) -> Model {
                     Health::Good
                 },
                 rtt_ms: (!lost).then_some(if slow { 31.5 } else { 1.2 + i as f64 * 0.1 }),
+                // The slow ones are across the internet, aligned to their latency.
+                align_ms: (slow && !lost).then_some(15.75),
                 sent: if lost { 0 } else { 4_800 + i as u64 },
                 received: if lost { 0 } else { 12 },
                 jitter_ms: (!lost).then_some(0.3),

@@ -1,10 +1,10 @@
 """A real AppleMIDI peer for Lockstep's interop tests, built on the `pymidi` package.
 
-Runs pymidi's server (a responder) on 127.0.0.1:PORT for SECONDS and prints one JSON line per
-event: {"event": "ready"}, {"event": "connected", "name": ...}, {"event": "midi", "status": S,
+Runs pymidi's server (a responder) on HOST:PORT (127.0.0.1 unless HOST is given) for SECONDS
+and prints one JSON line per event: {"event": "ready"}, {"event": "connected", "name": ...}, {"event": "midi", "status": S,
 "data": [...], "t": T} for every MIDI command pymidi decoded (in arrival order; T = when its
 packet was handled, microseconds on CLOCK_MONOTONIC_RAW, Ableton Link's clock on Linux), and
-{"event": "disconnected"}. Usage: pymidi_peer.py PORT SECONDS
+{"event": "disconnected"}. Usage: pymidi_peer.py PORT SECONDS [HOST]
 """
 
 import json
@@ -37,7 +37,8 @@ class Recorder(server.Handler):
 
 def main():
     port, seconds = int(sys.argv[1]), float(sys.argv[2])
-    srv = server.Server([("127.0.0.1", port)])
+    host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+    srv = server.Server([(host, port)])
     srv.add_handler(Recorder())
     srv._init_protocols()
     emit(event="ready")

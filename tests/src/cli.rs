@@ -27,6 +27,10 @@ usage: cargo xtask run -- [options]
                        an AppleMIDI peer to invite (repeatable; HOST an IP address or a
                        host name, resolved in the background; PORT its control port);
                        saved in the plugin's settings like a DAW would
+  --aligned-peer [NAME@]HOST:PORT
+                       the same, aligned to its measured latency: its clock is sent half
+                       the measured round trip early, so a peer across the internet plays
+                       on the beat (repeatable)
   --link off|lead|follow
                        Ableton Link mode (default off; lead = the DAW leads the session)
   --quantum N          Link quantum, 1..16 beats (default 4)
@@ -119,9 +123,9 @@ fn time_sig(value: &str) -> Result<(u16, u16), CliError> {
 }
 
 /// `[NAME@]HOST:PORT` → a peer for the settings.
-fn peer(value: &str) -> Result<PeerSettings, CliError> {
+fn peer(flag: &'static str, value: &str) -> Result<PeerSettings, CliError> {
     let invalid = || CliError::Invalid {
-        flag: "--peer",
+        flag,
         value: value.to_owned(),
         why: "expected [NAME@]HOST:PORT with HOST an IP address or host name",
     };
@@ -227,7 +231,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<RunConfig, CliErr
                 config.duration = Some(Duration::from_secs_f64(seconds));
             }
             "--status-json" => config.status_json = true,
-            "--peer" => config.peers.push(peer(&value("--peer")?)?),
+            "--peer" => config.peers.push(peer("--peer", &value("--peer")?)?),
+            "--aligned-peer" => config.peers.push(PeerSettings {
+                align: true,
+                ..peer("--aligned-peer", &value("--aligned-peer")?)?
+            }),
             "--no-journal" => config.journal = false,
             "--osc-preset" => {
                 let path = value("--osc-preset")?;
@@ -518,7 +526,13 @@ mod tests {
             ("Studio B", 6004)
         );
         assert_eq!(c.peers[1].name, "127.0.0.1:7004");
+        assert!(!c.peers[0].align && !c.peers[1].align);
         assert_eq!(c.rtpmidi_port, Some(5010));
+        let c = parse(args(&["--aligned-peer", "Far@198.51.100.12:5004"])).expect("valid");
+        assert_eq!(
+            (c.peers[0].name.as_str(), c.peers[0].port, c.peers[0].align),
+            ("Far", 5004, true)
+        );
         let c = parse(args(&["--rtpmidi-access", "directory"])).expect("valid");
         assert_eq!(c.rtpmidi_access, Some(AccessMode::Directory));
         assert!(parse(args(&["--rtpmidi-access", "friends"])).is_err());

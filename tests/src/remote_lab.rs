@@ -65,20 +65,36 @@ impl Studio {
         seconds: u32,
         extra: &[String],
     ) -> Result<Self> {
-        let plugin = Build::Release.clap_path();
         let srv = |port: u16| {
             format!(
                 "{}.{}.{}.{}:{port}",
                 SRV_IP[0], SRV_IP[1], SRV_IP[2], SRV_IP[3]
             )
         };
+        let mut flags: Vec<String> = ["--remote", code, "--broker", &srv(1883)]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        flags.extend(["--stun".to_owned(), srv(TURN_PORT)]);
+        flags.extend_from_slice(extra);
+        Self::start_plain(lab, ns, runner, seconds, &flags)
+    }
+
+    /// Start `runner` in `ns` with the release bundle, stopped, without mDNS, for `seconds`,
+    /// with only `extra` flags (no remote session unless they ask for one).
+    pub fn start_plain(
+        lab: &WanLab,
+        ns: Ns,
+        runner: &Path,
+        seconds: u32,
+        extra: &[String],
+    ) -> Result<Self> {
+        let plugin = Build::Release.clap_path();
         let mut command = lab.command(ns, runner.to_str().context("runner path")?);
         command
             .args(["--plugin", plugin.to_str().context("plugin path")?])
             .args(["--stopped", "--no-mdns", "--status-json"])
             .args(["--for", &seconds.to_string()])
-            .args(["--remote", code, "--broker", &srv(1883)])
-            .args(["--stun", &srv(TURN_PORT)])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -97,7 +113,15 @@ impl Studio {
     }
 
     /// Wait for the run to end; the remote status of every line, in order.
-    pub fn finish(mut self) -> Result<Vec<RemoteStatus>> {
+    pub fn finish(self) -> Result<Vec<RemoteStatus>> {
+        self.finish_all()?
+            .into_iter()
+            .map(|s| s.worker.remote.context("no remote status"))
+            .collect()
+    }
+
+    /// Wait for the run to end; every status line, in order.
+    pub fn finish_all(mut self) -> Result<Vec<ExportedStatus>> {
         let status = self.child.wait()?;
         let lines = self
             .lines
@@ -114,7 +138,7 @@ impl Studio {
             .iter()
             .map(|l| {
                 let line: Line = serde_json::from_str(l).with_context(|| format!("line {l}"))?;
-                line.plugin.worker.remote.context("no remote status")
+                Ok(line.plugin)
             })
             .collect()
     }

@@ -24,8 +24,10 @@
 //!
 //! NAT behaviour (RFC 4787 terms): [`Nat::Home`] is Linux `masquerade` (keeps the source port
 //! when free, so endpoint-independent mapping) behind a stateful forward chain (address- and
-//! port-dependent filtering), with short UDP timers. [`Nat::Symmetric`] adds `fully-random`, a
-//! new port per destination. Both routers drop unsolicited WAN traffic addressed to
+//! port-dependent filtering), with short UDP timers (30 s, answered or not, as many home
+//! routers keep). [`Nat::Symmetric`] adds `fully-random`, a new port per destination.
+//! [`LabConfig::forward_b`] forwards a UDP port range on B's router to hostB, as a studio
+//! does for its AppleMIDI ports. Both routers drop unsolicited WAN traffic addressed to
 //! themselves, as home routers do: otherwise the first hole-punching packet would create a
 //! conntrack entry on the peer's router that steals the very port its host is about to use.
 //!
@@ -79,6 +81,9 @@ pub struct LabConfig {
     pub jitter_ms: u32,
     /// Seed of the loss draws ([`crate::harness::Rng`]), so a run reproduces.
     pub seed: u64,
+    /// UDP ports (first, last) B's router forwards from its WAN address to hostB (the same
+    /// ports), as a studio forwards its AppleMIDI ports; None: nothing forwarded.
+    pub forward_b: Option<(u16, u16)>,
 }
 
 impl Default for LabConfig {
@@ -91,6 +96,7 @@ impl Default for LabConfig {
             loss_ppm: 0,
             jitter_ms: 0,
             seed: 1,
+            forward_b: None,
         }
     }
 }
@@ -174,8 +180,8 @@ impl WanLab {
         lab.wire()?;
         lab.address()?;
         lab.route_inet(config)?;
-        lab.load_nat(Ns::NatA, config.nat_a)?;
-        lab.load_nat(Ns::NatB, config.nat_b)?;
+        lab.load_nat(Ns::NatA, config.nat_a, None)?;
+        lab.load_nat(Ns::NatB, config.nat_b, config.forward_b)?;
         Ok(lab)
     }
 
@@ -386,8 +392,11 @@ impl WanLab {
         Ok(())
     }
 
-    fn load_nat(&self, ns: Ns, nat: Nat) -> Result<()> {
-        let Some(ruleset) = nat_ruleset(nat) else {
+    fn load_nat(&self, ns: Ns, nat: Nat, forward: Option<(u16, u16)>) -> Result<()> {
+        let [a, b, c, d] = HOST_B_IP;
+        let host_b = format!("{a}.{b}.{c}.{d}");
+        let forward = forward.map(|ports| (ports, host_b.as_str()));
+        let Some(ruleset) = nat_ruleset(nat, forward) else {
             return Ok(());
         };
         let mut command = self.command(ns, "nft");
@@ -435,28 +444,43 @@ impl Drop for WanLab {
     }
 }
 
-/// The nftables ruleset for a router, or `None` for plain routing. Checked with `nft -c`
+/// The nftables ruleset for a router, or `None` for plain routing; `forward` = ((first, last)
+/// UDP port, LAN host): those ports on the WAN address go to that host. Checked with `nft -c`
 /// (nftables 1.0.6): `nft list` omits `unreplied : 30` because it equals the kernel default.
-pub fn nat_ruleset(nat: Nat) -> Option<String> {
+pub fn nat_ruleset(nat: Nat, forward: Option<((u16, u16), &str)>) -> Option<String> {
     let masquerade = match nat {
         Nat::Home => "masquerade",
         Nat::Symmetric => "masquerade fully-random",
         Nat::None => return None,
+    };
+    let (dnat, forwarded) = match forward {
+        Some(((first, last), host)) => (
+            format!(
+                r#"
+    chain dstnat {{
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "wan0" udp dport {first}-{last} dnat ip to {host}
+    }}"#
+            ),
+            "
+        ct status dnat accept",
+        ),
+        None => (String::new(), ""),
     };
     Some(format!(
         r#"table inet lockstep_nat {{
     ct timeout udp_home {{
         protocol udp
         l3proto ip
-        policy = {{ unreplied : 30, replied : 60 }}
+        policy = {{ unreplied : 30, replied : 30 }}
     }}
     chain prerouting {{
         type filter hook prerouting priority raw; policy accept;
-        iifname "lan0" meta l4proto udp ct timeout set "udp_home"
-    }}
+        meta l4proto udp ct timeout set "udp_home"
+    }}{dnat}
     chain forward {{
         type filter hook forward priority filter; policy drop;
-        ct state established,related accept
+        ct state established,related accept{forwarded}
         iifname "lan0" oifname "wan0" accept
     }}
     chain input {{

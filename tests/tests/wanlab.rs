@@ -86,6 +86,38 @@ fn unsolicited_traffic_is_filtered() -> Result<()> {
     Ok(())
 }
 
+/// A forwarded port range on B's router reaches hostB from anywhere (hostA behind its own
+/// NAT here), replies go back through both NATs, and a port outside the range stays closed.
+#[test]
+fn a_forwarded_port_reaches_the_host_behind_the_router() -> Result<()> {
+    let lab = WanLab::build(LabConfig {
+        forward_b: Some((5004, 5005)),
+        ..LabConfig::default()
+    })?;
+    let host_a = bind(&lab, Ns::HostA, addr(HOST_A_IP, 5004))?;
+    let data_b = bind(&lab, Ns::HostB, addr(HOST_B_IP, 5005))?;
+    let closed_b = bind(&lab, Ns::HostB, addr(HOST_B_IP, 5006))?;
+    host_a.send_to(b"invite", addr(WAN_B_IP, 5005))?;
+    let (bytes, from) = recv(&data_b).context("the forwarded port did not reach hostB")?;
+    // hostB sees A's router (A's own NAT), not hostA.
+    ensure!(
+        bytes == b"invite" && from.ip() == std::net::IpAddr::from(WAN_A_IP),
+        "{bytes:?} from {from}"
+    );
+    data_b.send_to(b"ok", from)?;
+    let (bytes, from) = recv(&host_a).context("the reply did not come back")?;
+    ensure!(
+        bytes == b"ok" && from == addr(WAN_B_IP, 5005),
+        "{bytes:?} from {from}"
+    );
+    host_a.send_to(b"not forwarded", addr(WAN_B_IP, 5006))?;
+    ensure!(
+        recv(&closed_b).is_none(),
+        "a port outside the range reached hostB"
+    );
+    Ok(())
+}
+
 /// Both hosts learn their mapped addresses from srv, then send to each other's; returns whether
 /// hostA and hostB each received the other's datagram.
 fn punch(config: LabConfig) -> Result<(bool, bool)> {

@@ -79,4 +79,11 @@ pub struct PeerReport {
     /// RTP-MIDI packets received from it and applied (current session).
     #[serde(default)]
     pub received: u64,
+    /// Aligned to its measured latency: how much earlier its clock is sent for it now, ms
+    /// (None: not aligned, or no round trip measured yet).
+    #[serde(default)]
+    pub align_ms: Option<f64>,
+    /// Clock-sync (CK) exchanges measured with it so far.
+    #[serde(default)]
+    pub ck_exchanges: u64,
 }

@@ -85,7 +85,14 @@ pub fn run_link(
             continue;
         };
         let config = a.scheduler.config();
-        let horizon = FOLLOW_HORIZON_US + (-config.offset_ns / 1e3).max(0.0);
+        // Worked out as early as the earliest destination sends: the instance's own offset,
+        // or a peer's (its offset, or its alignment to a far peer's latency).
+        let early_ns = a
+            .rtpmidi
+            .as_ref()
+            .map_or(0.0, |r| r.max_early_ns())
+            .max(-config.offset_ns);
+        let horizon = FOLLOW_HORIZON_US + early_ns.max(0.0) / 1e3;
         // Link times are when the listener hears a beat; the scheduler adds the output
         // latency to a stamp, so stamps are the Link time on the host clock minus it.
         let shift = -link_minus_host * 1e3 - config.latency_ns;

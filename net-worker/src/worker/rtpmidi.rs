@@ -29,12 +29,30 @@ use crate::clock::{ClockEvent, ClockKind};
 use crate::proto::applemidi::endpoint::{Access, Endpoint, EndpointEvent};
 use crate::proto::applemidi::session::{Nanos, Port};
 use crate::proto::rtpmidi::TimedCommand;
-use crate::settings::{AccessMode, NetSettings, PeerSettings};
+use crate::settings::{AccessMode, MAX_PEER_ALIGN_MS, NetSettings, PeerSettings};
 
 /// One connected peer's clock stream.
 struct Destination {
     follower: ClockFollower,
     scheduler: Scheduler,
+}
+
+/// Smallest change of an aligned peer's measured one-way delay that moves its clock, ns
+/// (CK timestamps count in 100 µs; a round trip's jitter moves the best of eight less).
+const ALIGN_STEP_NS: f64 = 1e6;
+
+/// How much earlier (ns) an aligned peer's clock should go for a best round trip of
+/// `rtt_us`, if that differs from `applied` by [`ALIGN_STEP_NS`] or more: half the round trip,
+/// at most [`MAX_PEER_ALIGN_MS`]. None: leave it.
+fn next_alignment(applied: Option<f64>, rtt_us: f64) -> Option<f64> {
+    if !rtt_us.is_finite() {
+        return None;
+    }
+    let one_way = (rtt_us * 1e3 / 2.0).clamp(0.0, MAX_PEER_ALIGN_MS * 1e6);
+    match applied {
+        Some(a) if (a - one_way).abs() < ALIGN_STEP_NS => None,
+        _ => Some(one_way),
+    }
 }
 
 /// How long after a failed lookup a host name is tried again.
@@ -60,6 +78,9 @@ pub struct RtpMidi {
     destinations: BTreeMap<SocketAddr, Destination>,
     /// Per-peer offsets from the settings, ns.
     offsets: BTreeMap<SocketAddr, f64>,
+    /// Peers aligned to their measured latency, and how much earlier (ns) their clock is
+    /// sent now (absent until a round trip was measured).
+    aligned: BTreeMap<SocketAddr, Option<f64>>,
     /// The instance's schedule (latency + global offset).
     base: SchedulerConfig,
     output: (bool, bool),
@@ -149,6 +170,7 @@ impl RtpMidi {
             ),
             destinations: BTreeMap::new(),
             offsets: BTreeMap::new(),
+            aligned: BTreeMap::new(),
             base,
             output: (true, true),
             tempo: None,
@@ -193,6 +215,9 @@ impl RtpMidi {
     fn add_peer(&mut self, now: Nanos, peer: &PeerSettings, address: SocketAddr) {
         self.offsets
             .insert(address, f64::from(peer.offset_ms) * 1e6);
+        if peer.align {
+            self.aligned.insert(address, None);
+        }
         self.endpoint.add_peer(now, address);
         self.endpoint.set_peer_journal(address, peer.journal);
     }
@@ -240,9 +265,41 @@ impl RtpMidi {
     }
 
     fn schedule_for(&self, peer: SocketAddr) -> SchedulerConfig {
+        let early = self.aligned.get(&peer).copied().flatten().unwrap_or(0.0);
         SchedulerConfig {
-            offset_ns: self.base.offset_ns + self.offsets.get(&peer).copied().unwrap_or(0.0),
+            offset_ns: self.base.offset_ns + self.offsets.get(&peer).copied().unwrap_or(0.0)
+                - early,
             ..self.base
+        }
+    }
+
+    /// How far before its stamps the earliest connected destination sends (ns, 0 if none
+    /// sends early): a clock worked out ahead (Link Follow) must be known that early.
+    pub fn max_early_ns(&self) -> f64 {
+        self.destinations
+            .keys()
+            .map(|&peer| -self.schedule_for(peer).offset_ns)
+            .fold(0.0, f64::max)
+    }
+
+    /// Aligned peers follow their measured one-way delay (half the best recent CK round
+    /// trip, at most [`MAX_PEER_ALIGN_MS`]). A change under [`ALIGN_STEP_NS`] is left alone, so
+    /// the round trip's own jitter does not move the clock; a larger one moves it at once.
+    fn update_alignment(&mut self) {
+        let peers: Vec<SocketAddr> = self.aligned.keys().copied().collect();
+        for peer in peers {
+            let Some(latency) = self.endpoint.latency(peer) else {
+                continue;
+            };
+            let applied = self.aligned.get(&peer).copied().flatten();
+            let Some(one_way) = next_alignment(applied, latency.rtt_us) else {
+                continue;
+            };
+            self.aligned.insert(peer, Some(one_way));
+            let config = self.schedule_for(peer);
+            if let Some(d) = self.destinations.get_mut(&peer) {
+                d.scheduler.set_config(config);
+            }
         }
     }
 
@@ -313,6 +370,9 @@ impl RtpMidi {
             self.receive(now);
         }
         self.handle_events();
+        if !self.aligned.is_empty() {
+            self.update_alignment();
+        }
         // Clock packets first, then timers: a guard packet built now follows every clock packet
         // already due (and so never carries a later timestamp than the next one).
         let horizon = now.saturating_add(ahead) as f64;
@@ -479,6 +539,13 @@ impl RtpMidi {
                     rx_repaired: p.received.repairs,
                     sent: p.sent,
                     received: p.received.packets,
+                    align_ms: self
+                        .aligned
+                        .get(&p.address)
+                        .copied()
+                        .flatten()
+                        .map(|ns| ns / 1e6),
+                    ck_exchanges: p.latency.map_or(0, |l| l.samples),
                 })
                 .collect(),
             malformed: c.malformed,
@@ -505,5 +572,27 @@ impl Drop for RtpMidi {
             let _ = registry.deregister(&mut self.control);
             let _ = registry.deregister(&mut self.data);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_aligned_peer_goes_half_its_round_trip_early_moving_only_for_a_real_change() {
+        // 80.4 ms round trip: 40.2 ms early.
+        assert_eq!(next_alignment(None, 80_400.0), Some(40.2e6));
+        // The round trip's jitter (under 2 ms) leaves it alone; a real change moves it.
+        assert_eq!(next_alignment(Some(40.2e6), 81_900.0), None);
+        assert_eq!(next_alignment(Some(40.2e6), 78_600.0), None);
+        assert_eq!(next_alignment(Some(40.2e6), 82_400.0), Some(41.2e6));
+        // A peer that delays its answers moves us at most MAX_PEER_ALIGN_MS early.
+        assert_eq!(
+            next_alignment(None, 9_000_000.0),
+            Some(MAX_PEER_ALIGN_MS * 1e6)
+        );
+        assert_eq!(next_alignment(None, f64::NAN), None);
+        assert_eq!(next_alignment(None, -5.0), Some(0.0));
     }
 }

@@ -225,6 +225,14 @@ impl Endpoint {
         }
     }
 
+    /// The latest clock-sync figures of the peer whose control address is `peer`.
+    pub fn latency(&self, peer: SocketAddr) -> Option<Latency> {
+        self.slots
+            .iter()
+            .find(|s| s.status.address == peer)
+            .and_then(|s| s.status.latency)
+    }
+
     /// The current session with the peer whose control address is `peer`.
     pub fn session(&self, peer: SocketAddr) -> Option<&Session> {
         self.slots
