@@ -16,7 +16,8 @@
 //! than that the message is not known in time, so while the clock runs, ticks are *predicted*
 //! from the last real tick and the current tempo, and sent at their predicted time. Every real
 //! tick re-anchors the prediction and every tempo change reaches it with the next block's
-//! snapshot.
+//! snapshot. How far ahead it reaches is measured from the newest block the engine processed
+//! ([`Scheduler::handle_progress`]), not from the newest tick, which can be a tick period older.
 //!
 //! # Error bound of predicted ticks
 //! With `H` = how far ahead of the newest real tick a prediction reaches (at most the early part
@@ -102,6 +103,8 @@ pub struct Scheduler {
     tempo_bpm: Option<f64>,
     /// Predicted and sent, not yet confirmed: (beat, predicted stamp ns).
     predicted: VecDeque<(f64, f64)>,
+    /// How far the engine has produced its messages (host ns): the end of the newest block.
+    progress_ns: Option<f64>,
     stats: SchedulerStats,
 }
 
@@ -115,7 +118,18 @@ impl Scheduler {
             anchor: None,
             tempo_bpm: None,
             predicted: VecDeque::new(),
+            progress_ns: None,
             stats: SchedulerStats::default(),
+        }
+    }
+
+    /// The engine has produced every message stamped before `end_ns` (host ns; the end of
+    /// the block it just processed). Prediction then reaches past the newest block, not only
+    /// past the newest real tick, which may lie up to a tick period further back: without
+    /// this an early offset beyond `latency − 1 block` left ticks up to one tick late.
+    pub fn handle_progress(&mut self, end_ns: f64) {
+        if end_ns.is_finite() {
+            self.progress_ns = Some(self.progress_ns.map_or(end_ns, |p| p.max(end_ns)));
         }
     }
 
@@ -220,7 +234,8 @@ impl Scheduler {
         // for it.
         let horizon =
             (-self.config.offset_ns - self.config.latency_ns / 2.0 + PREDICTION_SLACK_NS).max(0.0);
-        (stamp <= anchor_ns + horizon).then_some((beat, stamp, anchor_sample))
+        let known = self.progress_ns.map_or(anchor_ns, |p| p.max(anchor_ns));
+        (stamp <= known + horizon).then_some((beat, stamp, anchor_sample))
     }
 
     /// The next message due at `now_ns`, if any.
@@ -381,6 +396,63 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].message.kind, ClockKind::Stop);
         assert!(s.poll_timeout().is_none(), "no prediction while stopped");
+    }
+
+    /// The worst lateness of any tick from beat 1 on, for a far peer aligned 40.4 ms early at
+    /// 130 BPM (2 × 256 samples at 48 kHz assumed latency): the engine delivers each block's
+    /// ticks 1 ms after the next block starts; with `progress` the scheduler hears each
+    /// block's start too.
+    fn worst_late_aligned(progress: bool) -> f64 {
+        let latency = 2.0 * 256.0 / 48_000.0 * 1e9;
+        let mut s = Scheduler::new(SchedulerConfig {
+            latency_ns: latency,
+            offset_ns: -40.4 * MS,
+        });
+        s.handle_tempo(Some(130.0));
+        let tick = 60.0 / 130.0 / 24.0 * 1e9;
+        let block = 256.0 / 48_000.0 * 1e9;
+        let t0 = 1000.0 * MS;
+        let (mut worst, mut now, mut next_tick) = (0.0f64, t0, 0u32);
+        for k in 0..400u32 {
+            let start = t0 + f64::from(k) * block;
+            while now < start + MS {
+                for t in drain(&mut s, now) {
+                    if t.message.beat >= 1.0 {
+                        worst = worst.max(now - t.send_at_ns);
+                    }
+                }
+                now += 0.1 * MS;
+            }
+            if progress {
+                s.handle_progress(start);
+            }
+            while t0 + f64::from(next_tick) * tick < start {
+                let stamp = t0 + f64::from(next_tick) * tick;
+                if next_tick == 0 {
+                    s.handle(now, msg(ClockKind::Start, 0.0, stamp));
+                }
+                s.handle(
+                    now,
+                    msg(ClockKind::Tick, f64::from(next_tick) / 24.0, stamp),
+                );
+                next_tick += 1;
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn block_progress_lets_a_far_early_offset_predict_every_tick_in_time() {
+        let with = worst_late_aligned(true);
+        let without = worst_late_aligned(false);
+        // 0.1 ms is the test's polling step.
+        assert!(
+            with <= 0.1 * MS + 1.0,
+            "{} ms late with block progress",
+            with / MS
+        );
+        // Anchored only on the newest real tick, a tick could leave most of a tick late.
+        assert!(without > 5.0 * MS, "{} ms late without", without / MS);
     }
 
     #[test]

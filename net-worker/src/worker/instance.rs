@@ -203,8 +203,12 @@ pub fn drain(rings: &mut BTreeMap<u64, Attached>, services: &mut Services<'_>) {
                             server.core.set_transport(*id, snapshot);
                         }
                         attached.scheduler.handle_tempo(snapshot.tempo_bpm);
+                        // The engine has produced every message before this block.
+                        let progress = snapshot.host_time_ns as f64;
+                        attached.scheduler.handle_progress(progress);
                         if let Some(rtpmidi) = &mut attached.rtpmidi {
                             rtpmidi.set_tempo(snapshot.tempo_bpm);
+                            rtpmidi.set_progress(progress);
                         }
                     }
                     blocks += 1;

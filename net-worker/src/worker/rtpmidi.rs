@@ -334,6 +334,13 @@ impl RtpMidi {
         }
     }
 
+    /// The engine has produced every clock message stamped before `ns` (host time).
+    pub fn set_progress(&mut self, ns: f64) {
+        for d in self.destinations.values_mut() {
+            d.scheduler.handle_progress(ns);
+        }
+    }
+
     /// A clock message from the engine.
     pub fn clock_event(&mut self, now: Nanos, event: ClockEvent) {
         for d in self.destinations.values_mut() {
