@@ -263,9 +263,9 @@ pub struct PeerSettings {
     /// clocks recovers from the next packet). On by default; off for a peer that chokes on it.
     pub journal: bool,
     /// Align to the measured latency: send this peer's clock earlier by its measured one-way
-    /// delay (half the best recent CK round trip, at most [`MAX_PEER_ALIGN_MS`]), so it plays on the
-    /// beat rather than one path delay late (a peer across the internet). `offset_ms` adds to
-    /// it.
+    /// delay (half the best recent CK round trip, at most [`MAX_PEER_ALIGN_MS`]), so it plays
+    /// on the beat rather than one path delay late (a peer across the internet). `offset_ms`
+    /// adds to it.
     pub align: bool,
 }
 

@@ -238,6 +238,16 @@ pub fn realtime_ns() -> f64 {
         .map_or(0.0, |d| d.as_nanos() as f64)
 }
 
+/// The MIDI messages `pymidi_peer.py` printed: (status byte, arrival µs on
+/// `CLOCK_MONOTONIC_RAW`), in order.
+pub fn pymidi_arrivals(lines: &[serde_json::Value]) -> Vec<(u64, f64)> {
+    lines
+        .iter()
+        .filter(|v| v["event"] == "midi")
+        .filter_map(|v| Some((v["status"].as_u64()?, v["t"].as_f64()?)))
+        .collect()
+}
+
 /// Wait until `deadline` the way Lockstep's send path does: park until
 /// [`SPIN`](lockstep_net::worker::sender::SPIN) before it, spin the rest; returns when it woke.
 pub fn wait_like_the_send_path(deadline: Instant) -> Instant {

@@ -487,12 +487,7 @@ fn in_follow_the_rtp_midi_clock_follows_aalink_and_starts_on_its_bar() -> Result
         .find(|v| v["event"] == "changed")
         .and_then(|v| v["t"].as_f64())
         .context("aalink changed its tempo")?;
-    let received: Vec<(u64, f64)> = midi
-        .lines()
-        .iter()
-        .filter(|v| v["event"] == "midi")
-        .filter_map(|v| Some((v["status"].as_u64()?, v["t"].as_f64()?)))
-        .collect();
+    let received = lockstep_host::harness::pymidi_arrivals(&midi.lines());
     let start = received
         .iter()
         .find(|(status, _)| *status == 0xFA)

@@ -132,11 +132,7 @@ fn an_applemidi_peer_across_the_internet_stays_up_and_plays_on_the_beat() -> Res
         connected == 1 && dropped == 0,
         "pymidi saw {connected} connections and {dropped} disconnections"
     );
-    let received: Vec<(u64, f64)> = lines
-        .iter()
-        .filter(|v| v["event"] == "midi")
-        .filter_map(|v| Some((v["status"].as_u64()?, v["t"].as_f64()?)))
-        .collect();
+    let received = lockstep_host::harness::pymidi_arrivals(&lines);
     let start = received
         .iter()
         .position(|(status, _)| *status == 0xFA)

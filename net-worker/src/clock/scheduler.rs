@@ -103,7 +103,7 @@ pub struct Scheduler {
     tempo_bpm: Option<f64>,
     /// Predicted and sent, not yet confirmed: (beat, predicted stamp ns).
     predicted: VecDeque<(f64, f64)>,
-    /// How far the engine has produced its messages (host ns): the end of the newest block.
+    /// How far the engine has produced its messages (host ns): the newest block's start.
     progress_ns: Option<f64>,
     stats: SchedulerStats,
 }
@@ -123,13 +123,14 @@ impl Scheduler {
         }
     }
 
-    /// The engine has produced every message stamped before `end_ns` (host ns; the end of
-    /// the block it just processed). Prediction then reaches past the newest block, not only
-    /// past the newest real tick, which may lie up to a tick period further back: without
-    /// this an early offset beyond `latency − 1 block` left ticks up to one tick late.
-    pub fn handle_progress(&mut self, end_ns: f64) {
-        if end_ns.is_finite() {
-            self.progress_ns = Some(self.progress_ns.map_or(end_ns, |p| p.max(end_ns)));
+    /// The engine has produced every message stamped before `ns` (host ns; the start of the
+    /// newest block: a block's messages come with the next one). Prediction then reaches from
+    /// there, not only from the newest real tick, which may lie up to a tick period further
+    /// back: without this an early offset beyond `latency − 1 block` left ticks up to one tick
+    /// late.
+    pub fn handle_progress(&mut self, ns: f64) {
+        if ns.is_finite() {
+            self.progress_ns = Some(self.progress_ns.map_or(ns, |p| p.max(ns)));
         }
     }
 

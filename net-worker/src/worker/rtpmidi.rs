@@ -55,6 +55,21 @@ fn next_alignment(applied: Option<f64>, rtt_us: f64) -> Option<f64> {
     }
 }
 
+/// `peer`'s schedule: the instance's, with the peer's own offset and, if aligned, sent `early`
+/// ns earlier.
+fn peer_schedule(
+    base: SchedulerConfig,
+    offsets: &BTreeMap<SocketAddr, f64>,
+    peer: SocketAddr,
+    early: Option<f64>,
+) -> SchedulerConfig {
+    SchedulerConfig {
+        offset_ns: base.offset_ns + offsets.get(&peer).copied().unwrap_or(0.0)
+            - early.unwrap_or(0.0),
+        ..base
+    }
+}
+
 /// How long after a failed lookup a host name is tried again.
 const RESOLVE_RETRY: Nanos = 30_000_000_000;
 
@@ -265,12 +280,12 @@ impl RtpMidi {
     }
 
     fn schedule_for(&self, peer: SocketAddr) -> SchedulerConfig {
-        let early = self.aligned.get(&peer).copied().flatten().unwrap_or(0.0);
-        SchedulerConfig {
-            offset_ns: self.base.offset_ns + self.offsets.get(&peer).copied().unwrap_or(0.0)
-                - early,
-            ..self.base
-        }
+        peer_schedule(
+            self.base,
+            &self.offsets,
+            peer,
+            self.aligned.get(&peer).copied().flatten(),
+        )
     }
 
     /// How far before its stamps the earliest connected destination sends (ns, 0 if none
@@ -286,19 +301,25 @@ impl RtpMidi {
     /// trip, at most [`MAX_PEER_ALIGN_MS`]). A change under [`ALIGN_STEP_NS`] is left alone, so
     /// the round trip's own jitter does not move the clock; a larger one moves it at once.
     fn update_alignment(&mut self) {
-        let peers: Vec<SocketAddr> = self.aligned.keys().copied().collect();
-        for peer in peers {
-            let Some(latency) = self.endpoint.latency(peer) else {
+        let Self {
+            aligned,
+            endpoint,
+            destinations,
+            offsets,
+            base,
+            ..
+        } = self;
+        for (&peer, applied) in aligned.iter_mut() {
+            let Some(latency) = endpoint.latency(peer) else {
                 continue;
             };
-            let applied = self.aligned.get(&peer).copied().flatten();
-            let Some(one_way) = next_alignment(applied, latency.rtt_us) else {
+            let Some(one_way) = next_alignment(*applied, latency.rtt_us) else {
                 continue;
             };
-            self.aligned.insert(peer, Some(one_way));
-            let config = self.schedule_for(peer);
-            if let Some(d) = self.destinations.get_mut(&peer) {
-                d.scheduler.set_config(config);
+            *applied = Some(one_way);
+            if let Some(d) = destinations.get_mut(&peer) {
+                d.scheduler
+                    .set_config(peer_schedule(*base, offsets, peer, Some(one_way)));
             }
         }
     }

@@ -227,18 +227,16 @@ impl Endpoint {
 
     /// The latest clock-sync figures of the peer whose control address is `peer`.
     pub fn latency(&self, peer: SocketAddr) -> Option<Latency> {
-        self.slots
-            .iter()
-            .find(|s| s.status.address == peer)
-            .and_then(|s| s.status.latency)
+        self.slot(peer).and_then(|s| s.status.latency)
     }
 
     /// The current session with the peer whose control address is `peer`.
     pub fn session(&self, peer: SocketAddr) -> Option<&Session> {
-        self.slots
-            .iter()
-            .find(|s| s.status.address == peer)
-            .and_then(|s| s.session.as_ref())
+        self.slot(peer).and_then(|s| s.session.as_ref())
+    }
+
+    fn slot(&self, peer: SocketAddr) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.status.address == peer)
     }
 
     /// Every known peer.
